@@ -1,0 +1,59 @@
+"""The attention arithmetic of Motion Embeddings (Motion Inversion, eq. 3).
+
+For one temporal self-attention layer with input features ``x`` (one row per spatial
+position, frames as the sequence):
+
+    TA(x) = softmax(Wq(x + m_qk) (Wk(x + m_qk))^T / sqrt(d_k)) Wv(x + m_v)
+
+``m_qk`` ``(1 f c)`` is shared by every spatial position (no appearance), ``m_v``
+``((h w) f c)`` has one entry per position. Hosts only need :func:`motion_inputs`: it
+returns what goes into the Q/K and V projections, which is exactly what ComfyUI's
+``attn1_patch`` and a diffusers attention processor can replace.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from einops import rearrange
+
+
+def motion_inputs(features: torch.Tensor, temporal_qk: torch.Tensor, value_embedding: Optional[torch.Tensor],
+                  strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs of the Q/K and V projections with the Motion Embeddings added.
+
+    ``features`` ``((b s) f c)`` with ``s = h*w`` positions, position-major inside each
+    batch item (ComfyUI's and diffusers' temporal layout); ``temporal_qk`` ``(1 f c)``;
+    ``value_embedding`` ``(s f c)`` or None (camera-only motion / dropped values).
+    Returns ``(qk_input ((b s) f c), value_input ((b s) f c))`` in the dtype of ``features``.
+    """
+    qk = temporal_qk.to(features) * strength
+    qk_input = features + qk
+    if value_embedding is None:
+        return qk_input, features
+    positions = value_embedding.shape[0]
+    if features.shape[0] % positions:
+        raise ValueError(f"features have {features.shape[0]} rows, not a multiple of the value embedding's "
+                         f"{positions} positions; resize the embedding to this latent size first")
+    batch = features.shape[0] // positions
+    value = value_embedding.to(features) * strength
+    value_input = rearrange(rearrange(features, "(b s) f c -> b s f c", b=batch) + value, "b s f c -> (b s) f c")
+    return qk_input, value_input
+
+
+def temporal_self_attention(features: torch.Tensor, to_q: torch.nn.Module, to_k: torch.nn.Module,
+                            to_v: torch.nn.Module, heads: int, temporal_qk: Optional[torch.Tensor] = None,
+                            value_embedding: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Eq. 3 written out (before the output projection), for tests and reference.
+
+    ``features`` ``((b s) f c)`` -> ``((b s) f c')`` with ``c'`` the projection width.
+    """
+    if temporal_qk is None:
+        qk_input, value_input = features, features
+    else:
+        qk_input, value_input = motion_inputs(features, temporal_qk, value_embedding)
+    q = rearrange(to_q(qk_input), "n f (h d) -> n h f d", h=heads)
+    k = rearrange(to_k(qk_input), "n f (h d) -> n h f d", h=heads)
+    v = rearrange(to_v(value_input), "n f (h d) -> n h f d", h=heads)
+    weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+    return rearrange(weights @ v, "n h f d -> n f (h d)")
