@@ -122,7 +122,7 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
             return _finish(snapshot, history, step, settings, reason)
         snapshot.load_values_(embedding)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward(inputs=params)   # only the embedding: no grads pile up on frozen weights
         optimizer.step()
         history.append(value)
         if callback is not None:

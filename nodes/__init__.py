@@ -1,0 +1,27 @@
+"""The ComfyUI nodes of the pack (V3 schema, registered through ``comfy_entrypoint``)."""
+from __future__ import annotations
+
+from typing_extensions import override
+
+from comfy_api.latest import ComfyExtension, io
+
+from .common import register_model_folder
+from .conditioning import InflateSVDConditioning
+from .files import LoadMotionEmbedding, SaveMotionEmbedding
+from .learn import LearnMotionEmbedding
+from .motion import ApplyMotion, DebiasValueEmbedding
+from .video_nodes import LoadReferenceVideo
+
+NODES = [LoadReferenceVideo, LearnMotionEmbedding, DebiasValueEmbedding, InflateSVDConditioning, ApplyMotion,
+         SaveMotionEmbedding, LoadMotionEmbedding]
+
+
+class MotionInversionExtension(ComfyExtension):
+    @override
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODES)
+
+
+async def comfy_entrypoint() -> MotionInversionExtension:
+    register_model_folder()
+    return MotionInversionExtension()

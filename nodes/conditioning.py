@@ -1,0 +1,75 @@
+"""Inflate SVD Conditioning: per-frame motion-text tokens into SVD's conditioning."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..motion_core.embedding import MotionEmbedding
+from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
+
+log = logging.getLogger(__name__)
+
+
+def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: int) -> tuple[list, list]:
+    """Replace SVD's single image token by the embedding's tokens.
+
+    positive: ``[[tokens (f n d), {..., "time_conditioning": (1 n d)}]]`` (row f of the
+    frame batch attends to ``tokens[f]``; the temporal cross-attention to the time tokens).
+    negative: zeros ``(1 n d)`` and zero ``time_conditioning`` of the same shape, so cond
+    and uncond have equal shapes and batch in one forward.
+    """
+    if not embedding.has_motion_text:
+        raise ValueError("this motion embedding has no motion-text tokens (it was learned with representation="
+                         f"{embedding.metadata.get('representation', 'temporal')!r}); use Apply Motion on the MODEL "
+                         "instead, or learn with representation motion_text or both")
+    resampled = embedding.resampled(frames)
+    spatial = resampled.spatial_tokens.detach().float().cpu()
+    tokens, width = spatial.shape[1], spatial.shape[2]
+    temporal = resampled.temporal_tokens
+    temporal = (spatial.mean(0) if temporal is None else temporal.detach().float().cpu())[None]
+    new_positive = []
+    for cond_tokens, options in positive:
+        if cond_tokens.shape[-1] != width:
+            raise ValueError(f"the positive conditioning has {cond_tokens.shape[-1]}-wide tokens, the motion "
+                             f"embedding {width}-wide: connect the positive of SVD_img2vid_Conditioning")
+        new_positive.append([spatial.clone(), dict(options, time_conditioning=temporal.clone())])
+    new_negative = [[torch.zeros(1, tokens, width), dict(options, time_conditioning=torch.zeros(1, tokens, width))]
+                    for _cond_tokens, options in negative]
+    return new_positive, new_negative
+
+
+class InflateSVDConditioning(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "InflateSVDConditioning",
+            display_name="Inflate SVD Conditioning",
+            category=CATEGORY,
+            description="Puts a learned motion-text embedding into SVD's conditioning: the target image still "
+                        "comes from SVD_img2vid_Conditioning (its latent), the motion from the learned per-frame "
+                        "tokens. Resamples the tokens when the video has another frame count than the reference.",
+            inputs=[
+                io.Conditioning.Input("positive", tooltip="positive of SVD_img2vid_Conditioning (the target image)."),
+                io.Conditioning.Input("negative", tooltip="negative of SVD_img2vid_Conditioning."),
+                MotionEmbeddingSocket.Input("motion_embedding", tooltip="From Learn or Load Motion Embedding."),
+                io.Int.Input("frames", default=0, min=0, max=256,
+                             tooltip="Frames of the video to make; 0 = from the latent input, else the embedding's."),
+                io.Latent.Input("latent", optional=True,
+                                tooltip="The video latent to sample (its frame count is used when frames = 0)."),
+            ],
+            outputs=[
+                io.Conditioning.Output(display_name="positive", tooltip="Per-frame motion tokens + the target image."),
+                io.Conditioning.Output(display_name="negative", tooltip="Matching zero tokens for CFG."),
+            ],
+        )
+
+    @classmethod
+    def execute(cls, positive, negative, motion_embedding, frames, latent=None) -> io.NodeOutput:
+        if frames == 0:
+            frames = int(latent["samples"].shape[0]) if latent is not None else motion_embedding.frames
+        if frames != motion_embedding.frames:
+            log.info("Inflate SVD Conditioning: resampling motion tokens from %d to %d frames",
+                     motion_embedding.frames, frames)
+        return io.NodeOutput(*inflate(positive, negative, motion_embedding, frames))

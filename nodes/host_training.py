@@ -1,0 +1,85 @@
+"""Running ``motion_core``'s training loop inside ComfyUI.
+
+ComfyUI's sampling machinery (``CFGGuider``) loads the model onto its device, builds
+SVD's ``c_concat``, ``y`` and ``num_video_frames`` from the conditioning, and applies
+every patch. So the loop runs as a custom ``comfy.samplers.Sampler`` (the pattern of
+``comfy_extras/nodes_train.py``): the "sampler" receives the guider as ``model_wrap``,
+which is exactly a denoiser ``D(x; sigma)``.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Callable, Optional
+
+import torch
+
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+
+from ..motion_core.embedding import MotionEmbedding
+from ..motion_core.training import TrainResult, TrainSettings, train_motion_embedding
+from .model_hooks import MotionAttentionPatch, TrainingFrame, trainable_clone, with_temporal_marks, with_training_frame
+
+log = logging.getLogger(__name__)
+
+
+class _TrainingSampler(comfy.samplers.Sampler):
+    def __init__(self, embedding: MotionEmbedding, settings: TrainSettings, frame: TrainingFrame,
+                 process_latent_out: Callable, on_step: Optional[Callable[[int, int, float], None]]):
+        self.embedding = embedding
+        self.settings = settings
+        self.frame = frame
+        self.process_latent_out = process_latent_out
+        self.on_step = on_step
+        self.result: Optional[TrainResult] = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        clean = latent_image.float()   # the guider already applied process_latent_in
+        sigma_data = float(model_wrap.inner_model.model_sampling.sigma_data)
+        settings = TrainSettings(**{**self.settings.__dict__, "sigma_data": sigma_data})
+
+        def denoiser(noisy, sigma, first_frame):
+            self.frame.latent = self.process_latent_out(first_frame.detach())
+            return model_wrap(noisy.to(latent_image.dtype), sigma, **extra_args)
+
+        progress = comfy.utils.ProgressBar(settings.steps)
+
+        def step_callback(step, total, loss):
+            progress.update_absolute(step, total)
+            if self.on_step is not None:
+                self.on_step(step, total, loss)
+            comfy.model_management.throw_exception_if_processing_interrupted()
+
+        self.result = train_motion_embedding(denoiser, clean, self.embedding, settings, step_callback)
+        return torch.zeros_like(latent_image)
+
+
+def train_in_host(model, positive: list, reference_latents: torch.Tensor, embedding: MotionEmbedding,
+                  settings: TrainSettings, on_step: Optional[Callable[[int, int, float], None]] = None) -> TrainResult:
+    """Optimise ``embedding`` through the frozen ``model``.
+
+    ``positive``: SVD conditioning whose tensors are the embedding's motion-text tokens
+    (or plain image tokens when only temporal embeddings are learned).
+    ``reference_latents`` ``(f c h w)``: the reference, VAE-encoded once, raw latent space.
+    The embedding must be a ``trainable_copy`` on the model's load device. Raises
+    ``TrainingInterrupted`` (with the last good embedding) on Cancel.
+    """
+    with torch.inference_mode(False), torch.enable_grad():
+        patched = trainable_clone(model)
+        frame = TrainingFrame()
+        with_training_frame(patched, frame)
+        if embedding.has_temporal:
+            with_temporal_marks(patched)
+            patched.set_model_attn1_patch(MotionAttentionPatch(embedding))
+        guider = comfy.samplers.CFGGuider(patched)
+        guider.set_conds(positive, [])
+        guider.set_cfg(1.0)
+        sampler = _TrainingSampler(embedding, settings, frame, patched.model.process_latent_out, on_step)
+        latents = reference_latents.detach().clone()
+        guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
+                      disable_pbar=True)
+        if sampler.result is None:
+            raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
+        return sampler.result

@@ -1,0 +1,197 @@
+"""Learn Motion Embedding: the reference clip's motion, with the video model frozen."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import torch
+
+import comfy.model_management
+import folder_paths
+from comfy_api.latest import io, ui
+
+from ..motion_core.augment import AugmentSettings
+from ..motion_core.embedding import MotionEmbedding, base_metadata, init_motion_text, init_temporal
+from ..motion_core.fileio import save_numbered
+from ..motion_core.layers import LAYER_PRESETS, PRESET_ALL, embedding_cost, select_layers
+from ..motion_core.objectives import LOSSES, LOSS_EDM
+from ..motion_core.plot import loss_plot
+from ..motion_core.training import TrainingInterrupted, TrainSettings
+from .common import CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, send_event
+from .host_training import train_in_host
+from .model_hooks import context_width, require_svd, temporal_layout
+
+log = logging.getLogger(__name__)
+
+REPRESENTATIONS = ("motion_text", "temporal", "both")
+
+
+def _image_embeds(clip_vision, frames: torch.Tensor, width: int) -> torch.Tensor:
+    """CLIP image embedding of every frame ``(f d)``; the width must match the model's."""
+    embeds = clip_vision.encode_image(frames).image_embeds.float().cpu()
+    if embeds.shape[-1] != width:
+        raise ValueError(f"the CLIP vision model gives {embeds.shape[-1]}-wide image embeddings, the SVD model's "
+                         f"cross-attention takes {width}: use the CLIP-H vision model SVD was trained with "
+                         "(clip_vision_h / the one inside the SVD checkpoint)")
+    return embeds
+
+
+def _build_embedding(representation, frames, latents, image_embeds, tokens_per_frame, model, layer_preset,
+                     explicit_layers, seed, width, height) -> MotionEmbedding:
+    embedding = MotionEmbedding(metadata=base_metadata(frames.shape[0], width, height, 0))
+    if representation in ("motion_text", "both"):
+        generator = torch.Generator().manual_seed(seed)
+        spatial, temporal = init_motion_text(frames.shape[0], tokens_per_frame, image_embeds, 0.1, generator,
+                                             context_width(model))
+        embedding.spatial_tokens, embedding.temporal_tokens = spatial, temporal
+        embedding.metadata["tokens_per_frame"] = tokens_per_frame
+    if representation in ("temporal", "both"):
+        layout = temporal_layout(model, latents.shape[-2], latents.shape[-1])
+        layers = select_layers(layout, layer_preset, explicit_layers)
+        cost = embedding_cost(layers, frames.shape[0])
+        log.info("Motion Embeddings on %d temporal layers (%s): %s parameters, %.1f MiB in float32 "
+                 "(plus Adam state: about 3x that while learning)", len(layers), layer_preset,
+                 f"{cost['parameters']:,}", cost["bytes_fp32"] / 2 ** 20)
+        embedding.temporal_qk, embedding.value_embedding = init_temporal(layers, frames.shape[0])
+        embedding.metadata["layers"] = layers
+        embedding.metadata["layer_preset"] = layer_preset
+    embedding.metadata["representation"] = representation
+    embedding.metadata["init"] = "clip_image_embeds" if image_embeds is not None else "noise (no CLIP vision given)"
+    return embedding
+
+
+def _conditioning(embedding: MotionEmbedding, first_latent, image_embeds, fps, motion_bucket_id,
+                  augmentation_level, width) -> list:
+    """SVD positive for training: the embedding's tokens (or the first frame's image token)."""
+    extra = {"motion_bucket_id": motion_bucket_id, "fps": fps, "augmentation_level": augmentation_level,
+             "concat_latent_image": first_latent}
+    if embedding.has_motion_text:
+        return [[embedding.spatial_tokens, dict(extra, time_conditioning=embedding.temporal_tokens[None])]]
+    token = torch.zeros(1, 1, width) if image_embeds is None else image_embeds[:1, None, :]
+    return [[token.to(first_latent.device), extra]]
+
+
+class LearnMotionEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "LearnMotionEmbedding",
+            display_name="Learn Motion Embedding",
+            category=CATEGORY,
+            description="Learns the motion of the reference frames with the SVD model frozen: motion-text tokens "
+                        "(Reenact Anything: N tokens per frame for the spatial cross-attention plus N for the "
+                        "temporal one) and/or Motion Embeddings in the temporal self-attention (Motion Inversion). "
+                        "Takes minutes to hours on a GPU (1000 steps by default); shows progress and honours Cancel, "
+                        "which saves what was learned so far to output/motion_embeddings/.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SVD / SVD-XT model (frozen; from ImageOnlyCheckpointLoader)."),
+                io.Vae.Input("vae", tooltip="The SVD VAE; encodes the reference once before training."),
+                io.Image.Input("reference_frames", tooltip="The reference clip, e.g. from Load Reference Video."),
+                io.Combo.Input("representation", options=list(REPRESENTATIONS), default="motion_text",
+                               tooltip="motion_text: per-frame cross-attention tokens; temporal: query-key and value "
+                                       "embeddings in the temporal self-attention; both: learned jointly."),
+                io.Int.Input("tokens_per_frame", default=5, min=1, max=77,
+                             tooltip="Motion-text tokens per frame (N). The paper uses 5."),
+                io.Int.Input("steps", default=1000, min=1, max=100000, tooltip="Optimisation steps (paper: 1000)."),
+                io.Float.Input("learning_rate", default=1e-2, min=1e-6, max=1.0, step=1e-4,
+                               tooltip="Adam learning rate (paper: 0.01)."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF,
+                             tooltip="Seeds init noise, noise levels, noise and augmentation: same seed, same result."),
+                io.Float.Input("noise_mean", default=2.8, min=-5.0, max=8.0, step=0.1,
+                               tooltip="Mean of ln(sigma) for training noise levels (paper: 2.8, mostly high noise)."),
+                io.Float.Input("noise_std", default=1.6, min=0.1, max=5.0, step=0.1,
+                               tooltip="Standard deviation of ln(sigma) (paper: 1.6)."),
+                io.Combo.Input("loss", options=list(LOSSES), default=LOSS_EDM,
+                               tooltip="edm: SVD's objective. appearance_debiased: adds the same loss with a random "
+                                       "anchor frame subtracted from all frames (helps temporal embeddings ignore looks)."),
+                io.Boolean.Input("augmentation", default=True,
+                                 tooltip="Same random crop/scale and colour jitter on all frames of each step."),
+                io.Boolean.Input("flip", default=False,
+                                 tooltip="Random horizontal flips. Leave off for horizontal camera motion."),
+                io.Int.Input("fps", default=6, min=1, max=60, tooltip="SVD's fps conditioning during learning."),
+                io.Int.Input("motion_bucket_id", default=127, min=1, max=1023,
+                             tooltip="SVD's motion-amount conditioning during learning."),
+                io.Float.Input("augmentation_level", default=0.0, min=0.0, max=10.0, step=0.01,
+                               tooltip="SVD's noise-augmentation conditioning during learning."),
+                io.Combo.Input("layers", options=list(LAYER_PRESETS), default=PRESET_ALL,
+                               tooltip="Temporal layers that get embeddings: all (16 on SVD), widest (the 1280-channel "
+                                       "levels, as the paper's code), or explicit (list below)."),
+                io.String.Input("explicit_layers", default="", optional=True,
+                                tooltip="For layers = explicit: comma-separated layer numbers, e.g. 0, 1, 14, 15."),
+                io.ClipVision.Input("clip_vision", optional=True,
+                                    tooltip="CLIP-H vision model: initialises the tokens from the frames (paper). "
+                                            "Without it the tokens start as small noise."),
+            ],
+            outputs=[
+                MotionEmbeddingSocket.Output(display_name="motion_embedding", tooltip="The learned motion."),
+                io.Image.Output(display_name="loss_plot", tooltip="Loss per step and its running mean."),
+                io.String.Output(display_name="loss_history", tooltip="Loss per step as a JSON list."),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
+                noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
+                layers, explicit_layers="", clip_vision=None) -> io.NodeOutput:
+        node = "Learn Motion Embedding"
+        require_svd(model, node)
+        if reference_frames.ndim != 4 or reference_frames.shape[0] < 2:
+            raise ValueError(f"{node} needs at least 2 reference frames, got IMAGE of shape "
+                             f"{tuple(reference_frames.shape)}; load more frames")
+        height, width = int(reference_frames.shape[1]), int(reference_frames.shape[2])
+        if height % 8 or width % 8:
+            raise ValueError(f"reference frames are {width}x{height}; SVD needs sides that are multiples of 8 "
+                             "(64 recommended): set width/height in Load Reference Video")
+        settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, log_sigma_mean=noise_mean,
+                                 log_sigma_std=noise_std, loss=loss,
+                                 augment=AugmentSettings(enabled=augmentation, flip=flip))
+        token_width = context_width(model)
+        frames = reference_frames[..., :3]
+        image_embeds = _image_embeds(clip_vision, frames, token_width) if clip_vision is not None else None
+        latents = vae.encode(frames)                     # (f c h w), raw latent space; the only encode
+        if augmentation_level > 0:                        # SVD's conditioning image is encoded with pixel noise
+            noisy_first = frames[:1] + augmentation_level * torch.randn_like(frames[:1])
+            first_latent = vae.encode(noisy_first)
+        else:
+            first_latent = latents[:1]
+        device = model.load_device
+        embedding = _build_embedding(representation, frames, latents, image_embeds, tokens_per_frame, model, layers,
+                                     explicit_layers, seed, width, height).trainable_copy(device)
+        positive = _conditioning(embedding, first_latent.to(device), image_embeds, fps, motion_bucket_id,
+                                 augmentation_level, token_width)
+        unique_id = cls.hidden.unique_id if cls.hidden is not None else None
+
+        def on_step(step, total, value):
+            if step == 1 or step == total or step % max(1, total // 100) == 0:
+                send_event(LOSS_EVENT, {"node": unique_id, "step": step, "total": total, "loss": value})
+
+        log.info("Learning %s motion: %d frames at %dx%d, %d steps on %s", representation, frames.shape[0],
+                 width, height, steps, comfy.model_management.get_torch_device_name(device))
+        try:
+            result = train_in_host(model, positive, latents, embedding, settings, on_step)
+        except TrainingInterrupted as stop:
+            folder = os.path.join(folder_paths.get_output_directory(), FOLDER_NAME)
+            partial = stop.result.embedding
+            partial.metadata["svd_conditioning"] = {"fps": fps, "motion_bucket_id": motion_bucket_id,
+                                                   "augmentation_level": augmentation_level}
+            path = save_numbered(partial, folder, "interrupted") if stop.result.steps_done else None
+            if path:
+                log.warning("Learning was cancelled after %d of %d steps; the embedding learned so far was saved "
+                            "to %s", stop.result.steps_done, steps, path)
+            raise stop.cause
+        embedding = result.embedding
+        embedding.metadata["svd_conditioning"] = {"fps": fps, "motion_bucket_id": motion_bucket_id,
+                                                  "augmentation_level": augmentation_level}
+        history = result.loss_history
+        status = (f"{embedding.summary()}; {result.steps_done} steps, loss {history[0]:.4f} -> {history[-1]:.4f}"
+                  if history else embedding.summary())
+        if result.stopped_reason:
+            status += f"; STOPPED EARLY: {result.stopped_reason}"
+            log.warning("Learn Motion Embedding: %s", result.stopped_reason)
+        log.info(status)
+        plot = loss_plot(history)
+        return io.NodeOutput(embedding, plot, json.dumps([round(v, 6) for v in history]),
+                             ui=ui.PreviewText(status))

@@ -1,0 +1,83 @@
+"""Debias Value Embedding and Apply Motion (temporal Motion Embeddings on the MODEL)."""
+from __future__ import annotations
+
+import logging
+
+from comfy_api.latest import io, ui
+
+from ..motion_core.debias import DEBIAS_MODES, DIFFERENCE, debias
+from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
+from .model_hooks import require_svd, with_motion
+
+log = logging.getLogger(__name__)
+
+
+class DebiasValueEmbedding(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "DebiasValueEmbedding",
+            display_name="Debias Value Embedding",
+            category=CATEGORY,
+            description="Removes the reference's appearance from the value embeddings before applying them "
+                        "(Motion Inversion eq. 5). difference: frame 1 kept, each later frame minus the previous "
+                        "(default, the paper's); normalize: subtract the mean over frames; none; drop: remove the "
+                        "value embeddings (camera-only motion).",
+            inputs=[
+                MotionEmbeddingSocket.Input("motion_embedding", tooltip="An embedding with temporal embeddings."),
+                io.Combo.Input("mode", options=list(DEBIAS_MODES), default=DIFFERENCE,
+                               tooltip="difference (eq. 5), normalize, none, or drop the value embeddings."),
+            ],
+            outputs=[MotionEmbeddingSocket.Output(display_name="motion_embedding", tooltip="The debiased copy.")],
+        )
+
+    @classmethod
+    def execute(cls, motion_embedding, mode) -> io.NodeOutput:
+        out = debias(motion_embedding, mode)
+        return io.NodeOutput(out, ui=ui.PreviewText(out.summary()))
+
+
+class ApplyMotion(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "ApplyMotion",
+            display_name="Apply Motion",
+            category=CATEGORY,
+            description="Returns a copy of the SVD model whose temporal self-attention adds the learned Motion "
+                        "Embeddings (Motion Inversion eq. 3) while sampling. Resizes value embeddings to the "
+                        "sampling resolution and resamples them to its frame count. The original MODEL is untouched.",
+            inputs=[
+                io.Model.Input("model", tooltip="The SVD model to sample with."),
+                MotionEmbeddingSocket.Input("motion_embedding", tooltip="Learned with representation temporal or both "
+                                                                       "(debiased, usually)."),
+                io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.01,
+                               tooltip="Scale of the embeddings; 0 = no effect."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress at which the motion starts acting (0 = first step)."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
+                               tooltip="Sampling progress after which it stops acting (1 = last step)."),
+                io.Int.Input("frames", default=0, min=0, max=256,
+                             tooltip="Frames of the video to make; 0 = the embedding's frame count."),
+            ],
+            outputs=[io.Model.Output(display_name="model", tooltip="The model with the motion applied.")],
+        )
+
+    @classmethod
+    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **_kwargs):
+        if start_percent is not None and end_percent is not None and start_percent > end_percent:
+            return f"start_percent ({start_percent}) must not be after end_percent ({end_percent})"
+        return True
+
+    @classmethod
+    def execute(cls, model, motion_embedding, strength, start_percent, end_percent, frames) -> io.NodeOutput:
+        require_svd(model, "Apply Motion")
+        if not motion_embedding.has_temporal:
+            raise ValueError("this motion embedding has no temporal Motion Embeddings (learned with representation "
+                             "motion_text); use Inflate SVD Conditioning for it, or learn with temporal or both")
+        embedding = motion_embedding.resampled(frames) if frames else motion_embedding
+        sampling = model.get_model_object("model_sampling")
+        sigma_start = sampling.percent_to_sigma(start_percent)
+        sigma_end = sampling.percent_to_sigma(end_percent)
+        patched, _patch = with_motion(model, embedding, strength, sigma_start, sigma_end)
+        return io.NodeOutput(patched)

@@ -1,0 +1,137 @@
+"""Test support for running the pack inside a real ComfyUI (found through ``COMFYUI_PATH``).
+
+ComfyUI is the host, not a dependency: these helpers import it from the folder named by
+``COMFYUI_PATH`` (a checkout with its requirements installed in the running Python), run
+it on the CPU, load this repository as a custom node pack the way ComfyUI does, and
+build tiny models of the real SVD architecture in code (no checkpoint files).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import tempfile
+
+import torch
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACK_DIR_NAME = "comfyui_motion_inversion"
+
+# A real SVD UNet (video resblocks, SpatialVideoTransformer with time_stack, temporal
+# cross-attention, "sequential" adm of width 768, 4 latent + 4 c_concat input channels)
+# shrunk to two levels of 32/64 channels. Token width stays 1024 (CLIP-H).
+TINY_SVD_UNET = {
+    "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 768, "in_channels": 8, "out_channels": 4,
+    "model_channels": 32, "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
+    "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
+    "context_dim": 1024, "extra_ff_mix_layer": True, "use_spatial_context": True,
+    "merge_strategy": "learned_with_images", "merge_factor": 0.0, "video_kernel_size": [3, 1, 1],
+    "use_temporal_resblock": True, "use_temporal_attention": True, "disable_temporal_crossattention": False,
+}
+
+_state = {}
+
+
+def comfy_path() -> str | None:
+    path = os.environ.get("COMFYUI_PATH")
+    return path if path and os.path.isdir(os.path.join(path, "comfy")) else None
+
+
+def start_comfy():
+    """Import ComfyUI on the CPU, load its extra nodes and this pack; returns ComfyUI's ``nodes`` module."""
+    if "nodes" in _state:
+        return _state["nodes"]
+    root = comfy_path()
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    argv = sys.argv
+    sys.argv = [argv[0], "--cpu"]
+    try:
+        import comfy.options
+        comfy.options.enable_args_parsing()
+        import comfy.cli_args  # noqa: F401  (parses --cpu now)
+        import folder_paths
+        import nodes
+    finally:
+        sys.argv = argv
+    work = tempfile.mkdtemp(prefix="mi_host_")
+    for kind in ("input", "output", "temp"):
+        os.makedirs(os.path.join(work, kind), exist_ok=True)
+    folder_paths.set_input_directory(os.path.join(work, "input"))
+    folder_paths.set_output_directory(os.path.join(work, "output"))
+    folder_paths.set_temp_directory(os.path.join(work, "temp"))
+    custom = os.path.join(work, "custom_nodes")
+    os.makedirs(custom)
+    os.symlink(REPO_ROOT, os.path.join(custom, PACK_DIR_NAME))
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    pack_path = os.path.join(custom, PACK_DIR_NAME)
+    loaded = asyncio.run(nodes.load_custom_node(pack_path))
+    if not loaded:
+        raise RuntimeError("ComfyUI failed to load the node pack; see the log above")
+    embeddings = os.path.join(work, "models", "motion_embeddings")
+    os.makedirs(embeddings)
+    folder_paths.folder_names_and_paths["motion_embeddings"] = ([embeddings], {".safetensors"})
+    _state.update(nodes=nodes, work=work, module=pack_path.replace(".", "_x_"))   # ComfyUI's sys.modules name
+    return nodes
+
+
+def work_dir() -> str:
+    return _state["work"]
+
+
+def pack_module(name: str):
+    """A submodule of the loaded pack, e.g. ``pack_module("nodes.model_hooks")``."""
+    return sys.modules[f"{_state['module']}.{name}"]
+
+
+def _init_weights(module: torch.nn.Module, seed: int) -> None:
+    """comfy ops skip weight init: initialise by module type, deterministically."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for sub in module.modules():
+            for name, param in sub.named_parameters(recurse=False):
+                if isinstance(sub, (torch.nn.GroupNorm, torch.nn.LayerNorm)):
+                    param.fill_(1.0 if name == "weight" else 0.0)
+                elif name == "mix_factor":
+                    param.zero_()
+                elif param.ndim >= 2:
+                    param.copy_(torch.randn(param.shape, generator=generator) / param[0].numel() ** 0.5)
+                else:
+                    param.copy_(torch.randn(param.shape, generator=generator) * 0.01)
+
+
+def build_tiny_svd(seed: int = 0, unet_config: dict | None = None, device=None):
+    """A ``ModelPatcher`` around ``comfy.model_base.SVD_img2vid`` with the tiny UNet."""
+    import comfy.model_base
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    model_config = comfy.supported_models.SVD_img2vid(dict(unet_config or TINY_SVD_UNET))
+    model_config.unet_config["num_head_channels"] = 16   # SVD's 64 would leave 32-channel layers without heads
+    model = comfy.model_base.SVD_img2vid(model_config, device=device or comfy.model_management.get_torch_device())
+    _init_weights(model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+def build_tiny_vae(seed: int = 0):
+    """A ``comfy.sd.VAE`` of the SD AutoencoderKL architecture (8x down, 4 channels), tiny."""
+    import comfy.sd
+
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 8,
+                "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
+    _init_weights(vae.first_stage_model, seed)
+    return vae
+
+
+def svd_conditioning(frames_latent: torch.Tensor, image_token: torch.Tensor | None = None):
+    """positive/negative shaped like SVD_img2vid_Conditioning's, from a first-frame latent ``(1 c h w)``."""
+    token = torch.zeros(1, 1, 1024) if image_token is None else image_token
+    extra = {"motion_bucket_id": 127, "fps": 6, "augmentation_level": 0.0}
+    positive = [[token, dict(extra, concat_latent_image=frames_latent)]]
+    negative = [[torch.zeros_like(token), dict(extra, concat_latent_image=torch.zeros_like(frames_latent))]]
+    return positive, negative
