@@ -270,7 +270,7 @@ def _shape(t: torch.Tensor) -> tuple:
     return tuple(t.shape)
 
 
-def _check_fit(unet, embedding: MotionEmbedding, layout: dict[str, dict], spatial, temporal) -> None:
+def _check_fit(embedding: MotionEmbedding, layout: dict[str, dict], spatial, temporal) -> None:
     """Raise ValueError naming the first tensor that does not fit this UNet, with both shapes."""
     frames = embedding.frames
     known = ", ".join(layout) or "none"
@@ -323,7 +323,7 @@ class MotionInstall:
         self.unet, self.embedding = unet, embedding
         self.layout = temporal_layer_layout(unet, latent_height, latent_width)
         spatial, temporal = _cross_attentions(unet)
-        _check_fit(unet, embedding, self.layout, spatial, temporal)
+        _check_fit(embedding, self.layout, spatial, temporal)
         modules = dict(unet.named_modules())
         plan: dict[str, object] = {}
         if embedding.spatial_tokens is not None:

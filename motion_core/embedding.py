@@ -118,7 +118,7 @@ class MotionEmbedding:
                 t.copy_(theirs[name].to(t))
 
     def all_finite(self) -> bool:
-        return all(bool(torch.isfinite(t).all()) for t in self.tensors().values())
+        return all(bool(torch.isfinite(t.detach()).all()) for t in self.tensors().values())
 
     # ---- adapting to another run ---------------------------------------------------------
     def resampled(self, frames: int) -> "MotionEmbedding":

@@ -56,17 +56,21 @@ class _TrainingSampler(comfy.samplers.Sampler):
         return torch.zeros_like(latent_image)
 
 
-def train_in_host(model, positive: list, reference_latents: torch.Tensor, embedding: MotionEmbedding,
-                  settings: TrainSettings, on_step: Optional[Callable[[int, int, float], None]] = None) -> TrainResult:
-    """Optimise ``embedding`` through the frozen ``model``.
+def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], reference_latents: torch.Tensor,
+                  initial: MotionEmbedding, settings: TrainSettings,
+                  on_step: Optional[Callable[[int, int, float], None]] = None) -> TrainResult:
+    """Learn ``initial``'s tensors through the frozen ``model``; returns the result.
 
-    ``positive``: SVD conditioning whose tensors are the embedding's motion-text tokens
-    (or plain image tokens when only temporal embeddings are learned).
-    ``reference_latents`` ``(f c h w)``: the reference, VAE-encoded once, raw latent space.
-    The embedding must be a ``trainable_copy`` on the model's load device. Raises
-    ``TrainingInterrupted`` (with the last good embedding) on Cancel.
+    ``make_positive(embedding)``: SVD conditioning built around the trainable tensors
+    (the motion-text tokens, or the plain image token when only temporal embeddings
+    are learned). ``reference_latents`` ``(f c h w)``: the reference, VAE-encoded once,
+    raw latent space. Everything trainable is made here, outside ComfyUI's inference
+    mode, on the model's load device in float32. Raises ``TrainingInterrupted`` (with
+    the last good embedding) on Cancel.
     """
     with torch.inference_mode(False), torch.enable_grad():
+        embedding = initial.trainable_copy(model.load_device)
+        positive = make_positive(embedding)
         patched = trainable_clone(model)
         frame = TrainingFrame()
         with_training_frame(patched, frame)

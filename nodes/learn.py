@@ -158,9 +158,11 @@ class LearnMotionEmbedding(io.ComfyNode):
         else:
             first_latent = latents[:1]
         device = model.load_device
-        embedding = _build_embedding(representation, frames, latents, image_embeds, tokens_per_frame, model, layers,
-                                     explicit_layers, seed, width, height).trainable_copy(device)
-        positive = _conditioning(embedding, first_latent.to(device), image_embeds, fps, motion_bucket_id,
+        initial = _build_embedding(representation, frames, latents, image_embeds, tokens_per_frame, model, layers,
+                                   explicit_layers, seed, width, height)
+
+        def make_positive(trainable):
+            return _conditioning(trainable, first_latent.clone().to(device), image_embeds, fps, motion_bucket_id,
                                  augmentation_level, token_width)
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
 
@@ -171,7 +173,7 @@ class LearnMotionEmbedding(io.ComfyNode):
         log.info("Learning %s motion: %d frames at %dx%d, %d steps on %s", representation, frames.shape[0],
                  width, height, steps, comfy.model_management.get_torch_device_name(device))
         try:
-            result = train_in_host(model, positive, latents, embedding, settings, on_step)
+            result = train_in_host(model, make_positive, latents, initial, settings, on_step)
         except TrainingInterrupted as stop:
             folder = os.path.join(folder_paths.get_output_directory(), FOLDER_NAME)
             partial = stop.result.embedding

@@ -51,6 +51,7 @@ def start_comfy():
         import comfy.options
         comfy.options.enable_args_parsing()
         import comfy.cli_args  # noqa: F401  (parses --cpu now)
+        import utils.install_util  # noqa: F401  (ComfyUI's top-level utils package, before anything shadows it)
         import folder_paths
         import nodes
     finally:
@@ -121,8 +122,8 @@ def build_tiny_vae(seed: int = 0):
     """A ``comfy.sd.VAE`` of the SD AutoencoderKL architecture (8x down, 4 channels), tiny."""
     import comfy.sd
 
-    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 8,
-                "ch_mult": [1, 1, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+    ddconfig = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+                "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
     vae = comfy.sd.VAE(sd={}, config={"params": {"ddconfig": ddconfig, "embed_dim": 4}})
     _init_weights(vae.first_stage_model, seed)
     return vae

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from diffusers import EulerDiscreteScheduler
+from diffusers import EulerDiscreteScheduler, UNetSpatioTemporalConditionModel
 from diffusers.models.attention_processor import AttnProcessor2_0
 from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
 
@@ -96,6 +96,17 @@ def test_layout_matches_real_hidden_states(unet, size):
     for (module, shape), L in zip(seen, layout.values()):
         assert shape == (batch * L["height"] * L["width"], 3, L["channels"])
         assert grids[module.split(".temporal_transformer_blocks")[0]] == (L["height"], L["width"])
+
+
+def test_layout_of_the_real_svd_unet():
+    """SVD's own config (built on the meta device, no weights): 16 layers at 576x1024."""
+    with torch.device("meta"):
+        real = UNetSpatioTemporalConditionModel()
+    layout = temporal_layer_layout(real, 72, 128)
+    assert [L["channels"] for L in layout.values()] == [320] * 2 + [640] * 2 + [1280] * 6 + [640] * 3 + [320] * 3
+    assert [L["downsample"] for L in layout.values()] == [1, 1, 2, 2, 4, 4, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1]
+    assert layout[layer_name(6)]["module"].startswith("mid_block.") and layout[layer_name(6)]["height"] == 9
+    assert all((L["height"], L["width"]) == (72 // L["downsample"], 128 // L["downsample"]) for L in layout.values())
 
 
 # ---- routing of the motion-text tokens ------------------------------------------------------
@@ -257,6 +268,7 @@ class _StubUNet:
         return (self.output,)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")   # numpy 2 notice inside the scheduler
 def test_denoiser_matches_diffusers_euler_v_prediction(clean):
     scheduler = EulerDiscreteScheduler(prediction_type="v_prediction", timestep_type="continuous",
                                        use_karras_sigmas=True, sigma_min=0.002, sigma_max=700.0)
