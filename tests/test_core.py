@@ -1,0 +1,215 @@
+"""motion_core without any host: container, init, resampling, objective, loop, debias, attention."""
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from motion_core.attention import motion_inputs, temporal_self_attention
+from motion_core.augment import AugmentSettings, augment_clip
+from motion_core.debias import debias, debias_value
+from motion_core.embedding import MotionEmbedding, base_metadata, init_motion_text, init_temporal, layer_name
+from motion_core.layers import embedding_cost, select_layers
+from motion_core.objectives import anchor_debiased, edm_loss, training_loss
+from motion_core.resample import resample_frames, resize_value_embedding
+from motion_core.training import TrainingInterrupted, TrainSettings, fixed_noise_loss, train_motion_embedding
+
+REPO = __file__.rsplit("/tests/", 1)[0]
+
+
+def test_motion_core_never_imports_comfyui():
+    code = ("import sys, motion_core.embedding, motion_core.training, motion_core.fileio, motion_core.video, "
+            "motion_core.debias, motion_core.attention, motion_core.plot, motion_core.layers, motion_core.diffusers_svd\n"
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', 'server', 'nodes')]\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_init_from_image_embeds_follows_the_paper():
+    embeds = torch.randn(6, 1024)
+    spatial, temporal = init_motion_text(6, 5, embeds, noise_std=0.1, generator=torch.Generator().manual_seed(0))
+    assert spatial.shape == (6, 5, 1024) and temporal.shape == (5, 1024)
+    assert (spatial - embeds[:, None]).std().item() == pytest.approx(0.1, rel=0.05)
+    assert (temporal - embeds.mean(0)).std().item() == pytest.approx(0.1, rel=0.05)
+    fallback, _ = init_motion_text(6, 5, None, generator=torch.Generator().manual_seed(0))
+    assert fallback.abs().mean() < 0.1
+
+
+def test_resample_frames_is_linear_and_identity_when_equal():
+    tokens = torch.arange(14.0)[:, None, None].expand(14, 2, 3)
+    assert resample_frames(tokens, 14) is tokens
+    out = resample_frames(tokens, 27)
+    assert out.shape == (27, 2, 3)
+    assert torch.allclose(out[:, 0, 0], torch.linspace(0, 13, 27))
+    embedding = MotionEmbedding(spatial_tokens=tokens.clone(), temporal_tokens=torch.zeros(2, 3),
+                                temporal_qk={"temporal_attn.00": torch.randn(1, 14, 8)},
+                                value_embedding={"temporal_attn.00": torch.randn(4, 14, 8)},
+                                metadata=base_metadata(14, 64, 64, 2))
+    moved = embedding.resampled(25)
+    assert moved.frames == 25 and moved.temporal_qk["temporal_attn.00"].shape == (1, 25, 8)
+    assert moved.value_embedding["temporal_attn.00"].shape == (4, 25, 8)
+    assert moved.metadata["resampled_from_frames"] == 14
+
+
+def test_resize_value_embedding_shapes_and_identity():
+    value = torch.randn(6 * 4, 3, 8)
+    assert resize_value_embedding(value, (6, 4), (6, 4)) is value
+    assert resize_value_embedding(value, (6, 4), (12, 8)).shape == (96, 3, 8)
+    constant = torch.ones(24, 3, 8)
+    assert torch.allclose(resize_value_embedding(constant, (6, 4), (3, 2)), torch.ones(6, 3, 8))
+
+
+def test_edm_loss_matches_direct_computation():
+    denoised, clean = torch.randn(4, 4, 8, 8), torch.randn(4, 4, 8, 8)
+    sigma = 3.7
+    direct = ((sigma ** 2 + 1.0) / (sigma * 1.0) ** 2 * (denoised - clean) ** 2).mean()
+    assert torch.allclose(edm_loss(denoised, clean, sigma, 1.0), direct)
+    half = ((sigma ** 2 + 0.25) / (sigma * 0.5) ** 2 * (denoised - clean) ** 2).mean()
+    assert torch.allclose(edm_loss(denoised, clean, sigma, 0.5), half)
+
+
+def test_appearance_debiased_loss_ignores_shared_appearance():
+    clean = torch.randn(5, 4, 6, 6)
+    shifted = clean + torch.randn(1, 4, 6, 6)          # same motion, another appearance
+    debiased = anchor_debiased(shifted, 2) - anchor_debiased(clean, 2)
+    assert torch.allclose(debiased, (math.sqrt(2) - 1) * (shifted - clean), atol=1e-5)
+    total = training_loss(shifted, clean, 2.0, 1.0, "appearance_debiased", anchor=2)
+    assert total > edm_loss(shifted, clean, 2.0)
+    with pytest.raises(ValueError, match="unknown loss"):
+        training_loss(shifted, clean, 2.0, 1.0, "l1")
+
+
+def test_augmentation_is_shared_by_all_frames():
+    frame = torch.randn(1, 4, 16, 16)
+    clip = frame.expand(6, -1, -1, -1).clone()
+    out = augment_clip(clip, torch.Generator().manual_seed(3), AugmentSettings(flip=True))
+    assert out.shape == clip.shape
+    assert all(torch.allclose(out[0], out[f]) for f in range(6))
+    assert not torch.allclose(out, clip)
+    assert augment_clip(clip, torch.Generator(), AugmentSettings(enabled=False)) is clip
+
+
+class ToyDenoiser(torch.nn.Module):
+    """A frozen linear 'video model' whose output depends on per-frame tokens: a real graph to optimise."""
+
+    def __init__(self, embedding):
+        super().__init__()
+        generator = torch.Generator().manual_seed(0)
+        self.mix = torch.randn(4, 4, generator=generator) * 0.3
+        self.embedding = embedding
+
+    def forward(self, noisy, sigma, first_frame):
+        c_in = 1 / (sigma[:, None, None, None] ** 2 + 1).sqrt()
+        shift = self.embedding.spatial_tokens.mean(-1)[:, :4, None, None]   # (f 4 1 1)
+        return torch.einsum("fchw,cd->fdhw", noisy * c_in, self.mix) + shift + 0 * first_frame
+
+
+def _toy_run(seed=0, steps=40, **settings):
+    spatial, temporal = init_motion_text(4, 4, None, generator=torch.Generator().manual_seed(seed), token_width=16)
+    embedding = MotionEmbedding(spatial_tokens=spatial, temporal_tokens=temporal,
+                                metadata=base_metadata(4, 32, 32, 4)).trainable_copy("cpu")
+    denoiser = ToyDenoiser(embedding)
+    clean = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(9)) * 0.5 + 0.7
+    before = fixed_noise_loss(denoiser, clean)
+    options = dict(steps=steps, learning_rate=5e-2, seed=seed, log_sigma_mean=-1.0, log_sigma_std=0.5,
+                   augment=AugmentSettings(enabled=False))
+    options.update(settings)
+    result = train_motion_embedding(denoiser, clean, embedding, TrainSettings(**options))
+    return result, before, fixed_noise_loss(denoiser, clean)
+
+
+def test_training_lowers_fixed_noise_loss_and_records_history():
+    result, before, after = _toy_run()
+    assert result.completed and result.steps_done == 40 and len(result.loss_history) == 40
+    assert after < before * 0.8
+    assert result.embedding.metadata["training"]["learning_rate"] == 5e-2
+    assert not result.embedding.spatial_tokens.requires_grad
+
+
+def test_same_seed_same_embedding():
+    first, _, _ = _toy_run(seed=5, steps=10)
+    second, _, _ = _toy_run(seed=5, steps=10)
+    other, _, _ = _toy_run(seed=6, steps=10)
+    assert torch.equal(first.embedding.spatial_tokens, second.embedding.spatial_tokens)
+    assert not torch.equal(first.embedding.spatial_tokens, other.embedding.spatial_tokens)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_embedding():
+    spatial, temporal = init_motion_text(2, 1, None, token_width=8)
+    embedding = MotionEmbedding(spatial_tokens=spatial, temporal_tokens=temporal,
+                                metadata=base_metadata(2, 8, 8, 1)).trainable_copy("cpu")
+    calls = {"n": 0}
+
+    def denoiser(noisy, sigma, first):
+        calls["n"] += 1
+        out = noisy * 0 + embedding.spatial_tokens.sum()
+        return out * float("nan") if calls["n"] == 4 else out
+
+    result = train_motion_embedding(denoiser, torch.zeros(2, 1, 2, 2), embedding,
+                                    TrainSettings(steps=10, augment=AugmentSettings(enabled=False)))
+    assert not result.completed and "step 4" in result.stopped_reason
+    assert result.steps_done == 3 and len(result.loss_history) == 3
+    assert result.embedding.all_finite()
+
+
+def test_interrupt_carries_the_last_good_result():
+    def cancel(step, total, loss):
+        if step == 3:
+            raise KeyError("cancelled")
+
+    spatial, temporal = init_motion_text(4, 4, None, token_width=16)
+    embedding = MotionEmbedding(spatial_tokens=spatial, temporal_tokens=temporal,
+                                metadata=base_metadata(4, 32, 32, 4)).trainable_copy("cpu")
+    with pytest.raises(TrainingInterrupted) as stop:
+        train_motion_embedding(ToyDenoiser(embedding), torch.zeros(4, 4, 4, 4), embedding,
+                               TrainSettings(steps=10, augment=AugmentSettings(enabled=False)), cancel)
+    assert stop.value.result.steps_done == 3 and isinstance(stop.value.cause, KeyError)
+    assert torch.equal(stop.value.result.embedding.spatial_tokens, embedding.spatial_tokens.detach())
+
+
+def test_debias_modes():
+    value = torch.randn(6, 5, 3)
+    difference = debias_value(value, "difference")
+    assert torch.equal(difference[:, 0], value[:, 0])
+    assert torch.allclose(difference[:, 3], value[:, 3] - value[:, 2])
+    assert torch.allclose(debias_value(value, "normalize").mean(1), torch.zeros(6, 3), atol=1e-6)
+    embedding = MotionEmbedding(temporal_qk={"temporal_attn.00": torch.zeros(1, 5, 3)},
+                                value_embedding={"temporal_attn.00": value}, metadata=base_metadata(5, 8, 8))
+    once = debias(embedding, "difference")
+    assert once.metadata["debias"] == "difference" and embedding.metadata["debias"] == "none"
+    with pytest.raises(ValueError, match="already debiased"):
+        debias(once, "difference")
+    dropped = debias(embedding, "drop")
+    assert not dropped.value_embedding and dropped.temporal_qk
+    assert debias(dropped, "difference") is dropped      # nothing to debias: a no-op, not an error
+
+
+def test_eq3_motion_attention_matches_direct_computation():
+    torch.manual_seed(0)
+    positions, frames, channels, heads, batch = 6, 5, 8, 2, 2
+    to_q, to_k, to_v = (torch.nn.Linear(channels, channels, bias=False) for _ in range(3))
+    features = torch.randn(batch * positions, frames, channels)
+    qk, value = torch.randn(1, frames, channels), torch.randn(positions, frames, channels)
+    out = temporal_self_attention(features, to_q, to_k, to_v, heads, qk, value)
+    qk_in = features + qk
+    value_in = (features.view(batch, positions, frames, channels) + value).view_as(features)
+    q, k, v = (t.view(batch * positions, frames, heads, -1).transpose(1, 2) for t in (to_q(qk_in), to_k(qk_in), to_v(value_in)))
+    direct = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(channels // heads), -1) @ v
+    assert torch.allclose(out, direct.transpose(1, 2).reshape(batch * positions, frames, channels), atol=1e-6)
+    zero_qk, zero_v = motion_inputs(features, torch.zeros(1, frames, channels), torch.zeros(positions, frames, channels))
+    assert torch.equal(zero_qk, features) and torch.equal(zero_v, features)
+
+
+def test_layer_presets_and_cost():
+    layout = {layer_name(i): {"channels": c, "height": 4, "width": 4} for i, c in enumerate([320, 1280, 1280, 640])}
+    assert list(select_layers(layout, "widest")) == ["temporal_attn.01", "temporal_attn.02"]
+    assert list(select_layers(layout, "explicit", "0, 3")) == ["temporal_attn.00", "temporal_attn.03"]
+    with pytest.raises(ValueError, match="numbered 0..3"):
+        select_layers(layout, "explicit", "9")
+    cost = embedding_cost(select_layers(layout, "all"), 14)
+    assert cost["query_key_parameters"] == 14 * (320 + 2560 + 640)
+    assert cost["bytes_fp32"] == 4 * cost["parameters"]
+    qk, values = init_temporal(layout, 14)
+    assert qk["temporal_attn.01"].shape == (1, 14, 1280) and values["temporal_attn.01"].shape == (16, 14, 1280)
+    assert not any(t.any() for t in qk.values())
