@@ -385,14 +385,16 @@ def install_motion(unet, embedding: MotionEmbedding, latent_height: int, latent_
 
 def init_embedding(unet, frames: int, latent_height: int, latent_width: int, tokens_per_frame: int = 0,
                    temporal: bool = True, with_values: bool = True, image_embeds: Optional[torch.Tensor] = None,
-                   noise_std: float = 0.1, seed: int = 0, vae_factor: int = 8) -> MotionEmbedding:
+                   noise_std: float = 0.1, seed: int = 0, vae_factor: int = 8,
+                   layers: Optional[dict[str, dict]] = None) -> MotionEmbedding:
     """A fresh embedding laid out for ``unet`` at this latent size (float32, CPU, no grad).
 
     Motion text when ``tokens_per_frame > 0`` (``init_motion_text``; ``image_embeds (f d)``
-    optional); zero Motion Embeddings on every temporal self-attention when ``temporal``.
-    ``metadata["layers"]`` holds :func:`temporal_layer_layout`.
+    optional); zero Motion Embeddings when ``temporal``, on ``layers`` (a subset of
+    :func:`temporal_layer_layout` at this size, e.g. from ``layers.select_layers``) or on
+    every temporal self-attention. ``metadata["layers"]`` holds their layout entries.
     """
-    layout = temporal_layer_layout(unet, latent_height, latent_width)
+    layout = layers if layers is not None else temporal_layer_layout(unet, latent_height, latent_width)
     metadata = base_metadata(frames, latent_width * vae_factor, latent_height * vae_factor, tokens_per_frame)
     embedding = MotionEmbedding(metadata=metadata)
     if tokens_per_frame > 0:

@@ -10,10 +10,11 @@ from .conditioning import InflateSVDConditioning
 from .files import LoadMotionEmbedding, SaveMotionEmbedding
 from .learn import LearnMotionEmbedding
 from .motion import ApplyMotion, DebiasValueEmbedding
+from .reference_noise import ReferenceNoise
 from .video_nodes import LoadReferenceVideo
 
 NODES = [LoadReferenceVideo, LearnMotionEmbedding, DebiasValueEmbedding, InflateSVDConditioning, ApplyMotion,
-         SaveMotionEmbedding, LoadMotionEmbedding]
+         SaveMotionEmbedding, LoadMotionEmbedding, ReferenceNoise]
 
 
 class MotionInversionExtension(ComfyExtension):

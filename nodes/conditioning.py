@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Optional
 
 import torch
 from comfy_api.latest import io
@@ -38,6 +39,23 @@ def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: 
     new_negative = [[torch.zeros(1, tokens, width), dict(options, time_conditioning=torch.zeros(1, tokens, width))]
                     for _cond_tokens, options in negative]
     return new_positive, new_negative
+
+
+def reference_conditioning(first_latent: torch.Tensor, embedding: Optional[MotionEmbedding], fps: int,
+                           motion_bucket_id: int, augmentation_level: float, width: int,
+                           image_embeds: Optional[torch.Tensor] = None) -> list:
+    """SVD positive for learning (and inverting) on the reference.
+
+    ``first_latent`` ``(1 c h w)``: the reference's first frame, raw latent space. With
+    motion-text tokens, the embedding's own tensors go in (so gradients reach them);
+    otherwise SVD's usual single image token ``(1 1 d)`` (zeros without CLIP vision).
+    """
+    extra = {"motion_bucket_id": motion_bucket_id, "fps": fps, "augmentation_level": augmentation_level,
+             "concat_latent_image": first_latent}
+    if embedding is not None and embedding.has_motion_text:
+        return [[embedding.spatial_tokens, dict(extra, time_conditioning=embedding.temporal_tokens[None])]]
+    token = torch.zeros(1, 1, width) if image_embeds is None else image_embeds[:1, None, :]
+    return [[token.to(first_latent.device), extra]]
 
 
 class InflateSVDConditioning(io.ComfyNode):

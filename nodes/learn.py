@@ -18,6 +18,7 @@ from ..motion_core.layers import LAYER_PRESETS, PRESET_ALL, embedding_cost, sele
 from ..motion_core.objectives import LOSSES, LOSS_EDM
 from ..motion_core.plot import loss_plot
 from ..motion_core.training import TrainingInterrupted, TrainSettings
+from .conditioning import reference_conditioning
 from .common import CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, send_event
 from .host_training import train_in_host
 from .model_hooks import context_width, require_svd, temporal_layout
@@ -59,17 +60,6 @@ def _build_embedding(representation, frames, latents, image_embeds, tokens_per_f
     embedding.metadata["representation"] = representation
     embedding.metadata["init"] = "clip_image_embeds" if image_embeds is not None else "noise (no CLIP vision given)"
     return embedding
-
-
-def _conditioning(embedding: MotionEmbedding, first_latent, image_embeds, fps, motion_bucket_id,
-                  augmentation_level, width) -> list:
-    """SVD positive for training: the embedding's tokens (or the first frame's image token)."""
-    extra = {"motion_bucket_id": motion_bucket_id, "fps": fps, "augmentation_level": augmentation_level,
-             "concat_latent_image": first_latent}
-    if embedding.has_motion_text:
-        return [[embedding.spatial_tokens, dict(extra, time_conditioning=embedding.temporal_tokens[None])]]
-    token = torch.zeros(1, 1, width) if image_embeds is None else image_embeds[:1, None, :]
-    return [[token.to(first_latent.device), extra]]
 
 
 class LearnMotionEmbedding(io.ComfyNode):
@@ -162,8 +152,8 @@ class LearnMotionEmbedding(io.ComfyNode):
                                    explicit_layers, seed, width, height)
 
         def make_positive(trainable):
-            return _conditioning(trainable, first_latent.clone().to(device), image_embeds, fps, motion_bucket_id,
-                                 augmentation_level, token_width)
+            return reference_conditioning(first_latent.clone().to(device), trainable, fps, motion_bucket_id,
+                                          augmentation_level, token_width, image_embeds)
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
 
         def on_step(step, total, value):

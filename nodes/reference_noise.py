@@ -1,0 +1,131 @@
+"""Reference Noise: the reference clip inverted along the model's ODE, blended with fresh noise.
+
+Motion Inversion's code starts sampling from the reference's inverted noise blended with
+fresh noise (prior 0.5); its author reports the embeddings work poorly without it. The
+inverted noise carries the reference's coarse motion layout; fresh noise keeps the
+target free to differ in appearance.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+
+import comfy.model_management
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+from comfy_api.latest import io
+
+from ..motion_core.resample import resample_frames
+from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
+from .conditioning import reference_conditioning
+from .model_hooks import context_width, require_svd, with_motion
+
+log = logging.getLogger(__name__)
+
+
+def inversion_sigmas(sigma_target: float, steps: int, sigma_start: float = 0.05) -> torch.Tensor:
+    """Ascending noise levels ``(steps + 1)`` from ``sigma_start`` to ``sigma_target``, log-spaced."""
+    return torch.logspace(math.log10(sigma_start), math.log10(sigma_target), steps + 1)
+
+
+class _InversionSampler(comfy.samplers.Sampler):
+    """Euler steps of the probability-flow ODE from a clean clip up to the last sigma."""
+
+    def __init__(self):
+        self.noise = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        x = latent_image.float()
+        frames = x.shape[0]
+        progress = comfy.utils.ProgressBar(len(sigmas) - 1)
+        for i in range(len(sigmas) - 1):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
+            denoised = model_wrap(x.to(latent_image.dtype), torch.full((frames,), sigma, device=x.device),
+                                  **extra_args).float()
+            x = x + (x - denoised) / sigma * (next_sigma - sigma)
+            progress.update(1)
+        self.noise = (x / float(sigmas[-1])).cpu()    # unit-variance noise that the sampler scales by sigma
+        return torch.zeros_like(latent_image)
+
+
+class BlendedNoise:
+    """A NOISE for SamplerCustomAdvanced: ``sqrt(prior) * inverted + sqrt(1 - prior) * fresh``."""
+
+    def __init__(self, inverted: torch.Tensor, prior: float, seed: int):
+        self.inverted = inverted   # (f c h w)
+        self.prior = prior
+        self.seed = seed
+
+    def generate_noise(self, input_latent):
+        latent = input_latent["samples"]
+        fresh = comfy.sample.prepare_noise(latent, self.seed, input_latent.get("batch_index"))
+        inverted = resample_frames(self.inverted, latent.shape[0], dim=0)
+        if inverted.shape[-2:] != latent.shape[-2:]:
+            inverted = comfy.utils.common_upscale(inverted, latent.shape[-1], latent.shape[-2], "bilinear", "center")
+            inverted = inverted / inverted.std().clamp_min(1e-6)
+        return (math.sqrt(self.prior) * inverted.to(fresh) + math.sqrt(1.0 - self.prior) * fresh)
+
+
+def invert_reference(model, vae, frames, sigma_target, steps, embedding=None, fps=6, motion_bucket_id=127):
+    """Inverted noise ``(f c h w)`` of ``frames`` at ``sigma_target``, conditioned like the Learn run."""
+    latents = vae.encode(frames[..., :3])
+    device = model.load_device
+    if embedding is not None:
+        embedding = embedding.resampled(latents.shape[0])
+    positive = reference_conditioning(latents[:1].to(device), embedding, fps, motion_bucket_id, 0.0,
+                                      context_width(model))
+    run_model = model
+    if embedding is not None and embedding.has_temporal:
+        run_model, _patch = with_motion(model, embedding)
+    guider = comfy.samplers.CFGGuider(run_model)
+    guider.set_conds(positive, [])
+    guider.set_cfg(1.0)
+    sampler = _InversionSampler()
+    guider.sample(torch.zeros_like(latents), latents, sampler, inversion_sigmas(sigma_target, steps), seed=0,
+                  disable_pbar=True)
+    return sampler.noise
+
+
+class ReferenceNoise(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "ReferenceNoise",
+            display_name="Reference Noise",
+            category=CATEGORY,
+            description="Inverts the reference clip along the SVD model's own ODE (Euler) up to the first sampling "
+                        "sigma and blends it with seeded fresh noise. Connect to SamplerCustomAdvanced's noise input: "
+                        "Motion Embeddings work much better starting from it (Motion Inversion's code, prior 0.5).",
+            inputs=[
+                io.Model.Input("model", tooltip="The SVD model (plain; Apply Motion's output also works)."),
+                io.Vae.Input("vae", tooltip="The SVD VAE, to encode the reference."),
+                io.Image.Input("reference_frames", tooltip="The reference clip the motion was learned from."),
+                io.Sigmas.Input("sigmas", tooltip="The sampling schedule; the inversion goes up to its first sigma."),
+                io.Float.Input("prior", default=0.5, min=0.0, max=1.0, step=0.01,
+                               tooltip="Share of inverted noise: 0 = fresh noise only, 1 = inverted only (paper: 0.5)."),
+                io.Int.Input("inversion_steps", default=8, min=1, max=100,
+                             tooltip="Euler steps of the inversion; more is closer to the true ODE, and slower."),
+                io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                             tooltip="Seed of the fresh noise."),
+                MotionEmbeddingSocket.Input("motion_embedding", optional=True,
+                                            tooltip="Condition the inversion like the Learn run (recommended)."),
+            ],
+            outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced.")],
+        )
+
+    @classmethod
+    def execute(cls, model, vae, reference_frames, sigmas, prior, inversion_steps, seed,
+                motion_embedding=None) -> io.NodeOutput:
+        require_svd(model, "Reference Noise")
+        if sigmas.numel() < 2 or float(sigmas[0]) <= 0:
+            raise ValueError(f"sigmas must start with a positive noise level, got {sigmas.tolist()[:3]}...; connect "
+                             "the SIGMAS of a scheduler node (e.g. KarrasScheduler or BasicScheduler)")
+        inverted = invert_reference(model, vae, reference_frames, float(sigmas[0]), inversion_steps, motion_embedding)
+        log.info("Reference Noise: inverted %d frames to sigma %.3g (std %.3f), prior %.2f", inverted.shape[0],
+                 float(sigmas[0]), float(inverted.std()), prior)
+        return io.NodeOutput(BlendedNoise(inverted, prior, seed))
