@@ -27,8 +27,8 @@ def motion_inputs(features: torch.Tensor, temporal_qk: torch.Tensor, value_embed
     ``value_embedding`` ``(s f c)`` or None (camera-only motion / dropped values).
     Returns ``(qk_input ((b s) f c), value_input ((b s) f c))`` in the dtype of ``features``.
     """
-    qk = temporal_qk.to(features) * strength
-    qk_input = features + qk
+    qk = temporal_qk.to(features)
+    qk_input = features + (qk if strength == 1.0 else qk * strength)
     if value_embedding is None:
         return qk_input, features
     positions = value_embedding.shape[0]
@@ -36,7 +36,8 @@ def motion_inputs(features: torch.Tensor, temporal_qk: torch.Tensor, value_embed
         raise ValueError(f"features have {features.shape[0]} rows, not a multiple of the value embedding's "
                          f"{positions} positions; resize the embedding to this latent size first")
     batch = features.shape[0] // positions
-    value = value_embedding.to(features) * strength
+    value = value_embedding.to(features)
+    value = value if strength == 1.0 else value * strength
     value_input = rearrange(rearrange(features, "(b s) f c -> b s f c", b=batch) + value, "b s f c -> (b s) f c")
     return qk_input, value_input
 

@@ -161,9 +161,25 @@ class MotionAttentionPatch:
         self.sigma_start = sigma_start
         self.sigma_end = sigma_end
         self.calls = 0   # patched calls, for tests and logs
+        self._prepared = {}   # (layer, h, w, dtype, device) -> (qk, value), when nothing is being learned
+        self.learning = any(t.requires_grad for t in embedding.tensors().values())
 
     def __deepcopy__(self, memo):
         return self
+
+    def _tensors(self, name, height, width, like):
+        """The layer's (query-key, value) cast, scaled and resized for this call."""
+        learning = self.learning
+        key = (name, height, width, like.dtype, like.device)
+        if not learning and key in self._prepared:
+            return self._prepared[key]
+        qk = self.embedding.temporal_qk[name].to(like) * self.strength
+        value = None
+        if name in self.embedding.value_embedding:
+            value = self.embedding.value_embedding_at(name, height, width).to(like) * self.strength
+        if not learning:
+            self._prepared[key] = (qk, value)
+        return qk, value
 
     def _active(self, extra_options) -> bool:
         sigmas = extra_options.get("sigmas")
@@ -182,10 +198,8 @@ class MotionAttentionPatch:
         if qk.shape[1] != frames:
             raise ValueError(f"layer {name}: the embedding has {qk.shape[1]} frames, the run has {frames}; "
                              "resample the embedding (Apply Motion does this) before sampling")
-        value = None
-        if name in self.embedding.value_embedding:
-            value = self.embedding.value_embedding_at(name, height, width)
-        qk_input, value_input = motion_inputs(n, qk, value, self.strength)
+        qk, value = self._tensors(name, height, width, n)
+        qk_input, value_input = motion_inputs(n, qk, value)
         self.calls += 1
         return qk_input, qk_input, value_input
 
