@@ -128,6 +128,8 @@ class LearnMotionEmbedding(io.ComfyNode):
                 layers, explicit_layers="", clip_vision=None) -> io.NodeOutput:
         node = "Learn Motion Embedding"
         require_svd(model, node)
+        if representation not in REPRESENTATIONS:
+            raise ValueError(f"representation {representation!r} is not one of {REPRESENTATIONS}")
         if reference_frames.ndim != 4 or reference_frames.shape[0] < 2:
             raise ValueError(f"{node} needs at least 2 reference frames, got IMAGE of shape "
                              f"{tuple(reference_frames.shape)}; load more frames")

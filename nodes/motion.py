@@ -64,7 +64,11 @@ class ApplyMotion(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent=0.0, end_percent=1.0, **_kwargs):
+    def validate_inputs(cls, start_percent, end_percent):
+        # ComfyUI skips its own range check for inputs named here, so check them too
+        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
+            if value is not None and not 0.0 <= value <= 1.0:
+                return f"{name} is {value}; it must be between 0 and 1"
         if start_percent is not None and end_percent is not None and start_percent > end_percent:
             return f"start_percent ({start_percent}) must not be after end_percent ({end_percent})"
         return True

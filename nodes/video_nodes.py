@@ -63,7 +63,12 @@ class LoadReferenceVideo(io.ComfyNode):
         )
 
     @classmethod
-    def validate_inputs(cls, video, frames, start_frame, end_frame, stride, width, height):
+    def validate_inputs(cls, video, frames, start_frame, end_frame, stride):
+        # ComfyUI skips its own range check for inputs named here, so check them too
+        for name, value, low, high in (("frames", frames, 2, 128), ("start_frame", start_frame, 0, 100000),
+                                       ("end_frame", end_frame, -1, 100000), ("stride", stride, 0, 1000)):
+            if value is not None and not low <= value <= high:
+                return f"{name} is {value}; it must be between {low} and {high}"
         if not video:
             return "no reference video chosen: upload one or put it in ComfyUI's input folder"
         path = _resolve(video)

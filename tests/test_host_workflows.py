@@ -402,3 +402,18 @@ def test_apply_saved_motion_workflow_runs_in_comfyui_executor(comfy_nodes, stand
     new = _files(videos) - before
     assert len(new) == len(_nodes_of(prompt, "SaveAnimatedWEBP")) >= 2
     assert all(_webp_frames(path) == (4, (64, 64)) for path in new)
+
+
+@pytest.mark.parametrize("class_type,widget,bad", [
+    ("MotionInversion_ApplyMotion", "strength", 5.0),
+    ("MotionInversion_ApplyMotion", "end_percent", 1.5),
+    ("MotionInversion_LoadReferenceVideo", "width", 100000),
+    ("MotionInversion_LoadReferenceVideo", "frames", 1),
+])
+def test_comfyui_validation_refuses_out_of_range_values(comfy_nodes, stand_ins, class_type, widget, bad):
+    import execution
+
+    prompt = workflow_to_api_prompt(load_workflow("motion_embeddings_svd.json"), comfy_nodes.NODE_CLASS_MAPPINGS)
+    assert set_inputs(prompt, class_type, **{widget: bad})
+    _valid, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("validate", prompt, None))
+    assert widget in json.dumps(node_errors, default=str)   # the node is refused (other branches may still run)
