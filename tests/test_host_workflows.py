@@ -258,9 +258,15 @@ def test_motion_embeddings_workflow_learns_temporal_and_applies_debiased(comfy_n
     assert prompt[debias]["inputs"]["mode"] == "difference" and _source(prompt, debias, "motion_embedding")[1] == learn
     (apply,) = _nodes_of(prompt, PACK + "ApplyMotion")
     assert prompt[apply]["inputs"]["strength"] == 1 and _source(prompt, apply, "motion_embedding")[1] == debias
-    (sampler,) = _nodes_of(prompt, "KSampler")
-    assert _model_chain(prompt, sampler) == ["VideoLinearCFGGuidance", PACK + "ApplyMotion", LOADER]
-    assert _source(prompt, sampler, "positive")[0] == "SVD_img2vid_Conditioning"
+    (sampler,) = _nodes_of(prompt, "SamplerCustomAdvanced")
+    guider_type, guider, _slot = _source(prompt, sampler, "guider")
+    assert guider_type == "CFGGuider" and prompt[guider]["inputs"]["cfg"] == 3
+    assert _model_chain(prompt, guider) == ["VideoLinearCFGGuidance", PACK + "ApplyMotion", LOADER]
+    assert _source(prompt, guider, "positive")[0] == "SVD_img2vid_Conditioning"
+    noise_type, noise, _slot = _source(prompt, sampler, "noise")
+    assert noise_type == PACK + "ReferenceNoise" and prompt[noise]["inputs"]["prior"] == 0.5
+    assert _source(prompt, noise, "motion_embedding")[1] == learn      # inverted like the Learn run
+    assert _source(prompt, noise, "sigmas")[1] == _source(prompt, sampler, "sigmas")[1]
     assert not _nodes_of(prompt, PACK + "InflateSVDConditioning")
 
 
