@@ -9,12 +9,16 @@ from .common import register_model_folder
 from .conditioning import InflateSVDConditioning
 from .files import LoadMotionEmbedding, SaveMotionEmbedding
 from .learn import LearnMotionEmbedding
+from .metrics_node import MotionFidelityScore
 from .motion import ApplyMotion, DebiasValueEmbedding
 from .reference_noise import ReferenceNoise
+from .toy_clips import ToyMotionClip, ToyTargetImage, ToyVideoConditioning
+from .toy_model import LoadToyVideoModel
 from .video_nodes import LoadReferenceVideo
 
 NODES = [LoadReferenceVideo, LearnMotionEmbedding, DebiasValueEmbedding, InflateSVDConditioning, ApplyMotion,
-         SaveMotionEmbedding, LoadMotionEmbedding, ReferenceNoise]
+         SaveMotionEmbedding, LoadMotionEmbedding, ReferenceNoise, LoadToyVideoModel, MotionFidelityScore,
+         ToyMotionClip, ToyTargetImage, ToyVideoConditioning]
 
 
 class MotionInversionExtension(ComfyExtension):

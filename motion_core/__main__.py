@@ -1,0 +1,45 @@
+"""Command line: ``python -m motion_core {demo,train-toy}``."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+
+def _train_toy(argv: list[str]) -> int:
+    from .toytrain import ToyTrainSettings, train_toy
+    from .toyworld import MANIFEST_PATH, WEIGHTS_PATH
+
+    parser = argparse.ArgumentParser(prog="python -m motion_core train-toy",
+                                     description="Train the toy world's SVD-architecture model (CPU, seeded).")
+    for field in dataclasses.fields(ToyTrainSettings):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+    parser.add_argument("--out", default=WEIGHTS_PATH, help="weights file to write")
+    parser.add_argument("--manifest", default=MANIFEST_PATH, help="manifest JSON to write")
+    args = vars(parser.parse_args(argv))
+    out, manifest = args.pop("out"), args.pop("manifest")
+    train_toy(ToyTrainSettings(**args), out, manifest)
+    return 0
+
+
+def _demo(argv: list[str]) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(argv)
+
+
+COMMANDS = {"train-toy": _train_toy, "demo": _demo}
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    if not argv or argv[0] not in COMMANDS:
+        sys.stderr.write(f"usage: python -m motion_core {{{','.join(COMMANDS)}}} [options]\n")
+        return 2
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

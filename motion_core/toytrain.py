@@ -1,0 +1,192 @@
+"""Training the toy world's model (``python -m motion_core train-toy``), seeded, on the CPU.
+
+1. Render clips of every motion class (train palette) with :mod:`motion_core.toyclips`.
+2. Train the tiny VAE on their frames (reconstruction + a small KL), then rescale its
+   latent so that SVD's scale factor 0.18215 brings it to unit variance.
+3. Encode every clip once and train the SVD-architecture UNet on the latents the way SVD
+   is conditioned (first frame's latent concatenated; EDM v-prediction, sigma_data 1) with
+   the motion class as the cross-attention token (a learned token per class), replaced by
+   the first frame's image embedding a quarter of the time.
+4. Write the weights and a manifest (sha256, command, steps, final loss, date).
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+
+import torch
+
+from . import toyclips
+from .toyworld import (COND_FPS, COND_MOTION_BUCKET, FRAMES, IMAGE_SIZE, MANIFEST_PATH, SVD_LATENT_SCALE,
+                       TOKEN_WIDTH, WEIGHTS_PATH, ToyWorld, build_models, save_world)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ToyTrainSettings:
+    seed: int = 0
+    clips: int = 2600
+    vae_steps: int = 400
+    vae_batch: int = 16
+    vae_crop: int = 32
+    unet_steps: int = 2400
+    unet_batch: int = 8
+    unet_lr: float = 3e-4
+    log_sigma_mean: float = 0.5
+    log_sigma_std: float = 1.4
+    image_token_share: float = 0.25
+    threads: int = 2
+
+
+def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
+    if step == 1 or step % max(1, total // 40) == 0 or step == total:
+        elapsed = time.time() - start
+        log.info("%s %d/%d  loss %.4f  %.0fs elapsed, ~%.0fs left", label, step, total, loss, elapsed,
+                 elapsed / step * (total - step))
+
+
+def render_dataset(settings: ToyTrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n f h w c)`` clips and ``(n)`` class indices, balanced over classes."""
+    clips, labels = [], []
+    for frames, label in toyclips.make_dataset(settings.clips, settings.seed, frames=FRAMES, size=IMAGE_SIZE):
+        clips.append(frames)
+        labels.append(label)
+    return torch.stack(clips), torch.tensor(labels)
+
+
+def train_vae(vae, clips: torch.Tensor, settings: ToyTrainSettings, generator: torch.Generator) -> list[float]:
+    frames = clips.flatten(0, 1).permute(0, 3, 1, 2) * 2 - 1          # (n*f c h w) in -1..1
+    optimizer = torch.optim.Adam(vae.parameters(), lr=1e-3)
+    history, start = [], time.time()
+    for step in range(1, settings.vae_steps + 1):
+        batch = frames[torch.randint(0, frames.shape[0], (settings.vae_batch,), generator=generator)]
+        top, left = (int(v) for v in torch.randint(0, IMAGE_SIZE - settings.vae_crop + 1, (2,), generator=generator))
+        batch = batch[:, :, top:top + settings.vae_crop, left:left + settings.vae_crop]   # convs: crops suffice
+        posterior = vae.encode(batch).latent_dist
+        latent = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        recon = vae.decode(latent).sample
+        loss = (recon - batch).abs().mean() + 0.5 * ((recon - batch) ** 2).mean() + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        history.append(float(loss.detach()))
+        _progress("vae", step, settings.vae_steps, start, history[-1])
+    return history
+
+
+@torch.no_grad()
+def rescale_latent(vae, clips: torch.Tensor) -> float:
+    """Fold a scale into the VAE so raw latents have std ``1 / 0.18215`` (SVD's convention)."""
+    sample = clips[:256].flatten(0, 1).permute(0, 3, 1, 2) * 2 - 1
+    std = float(vae.encode(sample).latent_dist.mean.std())
+    scale = (1.0 / SVD_LATENT_SCALE) / std
+    channels = vae.config.latent_channels
+    vae.quant_conv.weight[:channels] *= scale
+    vae.quant_conv.bias[:channels] *= scale
+    vae.quant_conv.bias[channels:] += 2 * math.log(scale)          # log-variance of the scaled latent
+    vae.post_quant_conv.weight /= scale
+    return scale
+
+
+@torch.no_grad()
+def encode_clips(vae, clips: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """Raw latents ``(n f 4 h/4 w/4)``."""
+    frames = clips.flatten(0, 1).permute(0, 3, 1, 2) * 2 - 1
+    latents = torch.cat([vae.encode(frames[i:i + batch]).latent_dist.mode() for i in range(0, len(frames), batch)])
+    return latents.reshape(clips.shape[0], clips.shape[1], *latents.shape[1:])
+
+
+def batched_denoise(unet, noisy: torch.Tensor, sigma: torch.Tensor, first_raw: torch.Tensor,
+                    context: torch.Tensor) -> torch.Tensor:
+    """SVD's EDM preconditioning for a batch of clips.
+
+    ``noisy`` ``(b f c h w)`` scaled latents, ``sigma`` ``(b)``, ``first_raw`` ``(b c h w)``
+    unscaled first-frame latents, ``context`` ``(b n d)``. Returns ``(b f c h w)``.
+    """
+    s = sigma[:, None, None, None, None]
+    model_in = noisy / (s ** 2 + 1).sqrt()
+    condition = first_raw[:, None].expand(-1, noisy.shape[1], -1, -1, -1)
+    added = torch.tensor([[COND_FPS - 1, COND_MOTION_BUCKET, 0.0]]).expand(noisy.shape[0], -1)
+    out = unet(torch.cat([model_in, condition], dim=2), 0.25 * sigma.log(), encoder_hidden_states=context,
+               added_time_ids=added, return_dict=False)[0]
+    return noisy / (s ** 2 + 1) - out * s / (s ** 2 + 1).sqrt()
+
+
+def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor, first_images: torch.Tensor,
+               settings: ToyTrainSettings, generator: torch.Generator) -> tuple[torch.Tensor, list[float]]:
+    """Returns the learned motion-class tokens ``(classes d)`` and the loss history."""
+    tokens = torch.nn.Parameter(torch.randn(len(toyclips.MOTION_CLASSES), TOKEN_WIDTH, generator=generator))
+    with torch.no_grad():
+        image_tokens = torch.cat([image_encoder(first_images[i:i + 256]) for i in range(0, len(first_images), 256)])
+    optimizer = torch.optim.AdamW(list(unet.parameters()) + [tokens], lr=settings.unet_lr, weight_decay=0.01)
+    unet.train()
+    history, start = [], time.time()
+    for step in range(1, settings.unet_steps + 1):
+        index = torch.randint(0, latents.shape[0], (settings.unet_batch,), generator=generator)
+        raw = latents[index]                                                # (b f c h w)
+        clean = raw * SVD_LATENT_SCALE
+        sigma = torch.exp(settings.log_sigma_mean + settings.log_sigma_std * torch.randn(len(index), generator=generator))
+        noisy = clean + sigma[:, None, None, None, None] * torch.randn(clean.shape, generator=generator)
+        use_image = torch.rand(len(index), generator=generator) < settings.image_token_share
+        context = torch.where(use_image[:, None], image_tokens[index], tokens[labels[index]])[:, None]
+        denoised = batched_denoise(unet, noisy, sigma, raw[:, 0], context)
+        weight = ((sigma ** 2 + 1) / sigma ** 2)[:, None, None, None, None]
+        loss = (weight * (denoised - clean) ** 2).mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + [tokens], 1.0)
+        optimizer.step()
+        history.append(float(loss.detach()))
+        _progress("unet", step, settings.unet_steps, start, history[-1])
+    unet.eval()
+    return tokens.detach(), history
+
+
+def sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: str = MANIFEST_PATH) -> dict:
+    torch.set_num_threads(settings.threads)
+    torch.manual_seed(settings.seed)
+    generator = torch.Generator().manual_seed(settings.seed)
+    started = time.time()
+    unet, vae, image_encoder = build_models(settings.seed)
+    image_encoder.requires_grad_(False)
+    log.info("rendering %d clips", settings.clips)
+    clips, labels = render_dataset(settings)
+    vae_history = train_vae(vae, clips, settings, generator)
+    vae.requires_grad_(False).eval()
+    scale = rescale_latent(vae, clips)
+    latents = encode_clips(vae, clips)
+    log.info("latents %s, std after scaling %.3f", tuple(latents.shape), float(latents.std() * SVD_LATENT_SCALE))
+    tokens, unet_history = train_unet(unet, image_encoder, latents, labels, clips[:, 0], settings, generator)
+    minutes = (time.time() - started) / 60
+    tail = unet_history[-100:]
+    metadata = {"settings": dataclasses.asdict(settings), "classes": list(toyclips.MOTION_CLASSES),
+                "latent_rescale": scale, "vae_final_loss": sum(vae_history[-50:]) / 50,
+                "unet_final_loss": sum(tail) / len(tail), "minutes": round(minutes, 1)}
+    save_world(ToyWorld(unet.requires_grad_(False), vae, image_encoder, tokens, metadata), path)
+    record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
+              "command": "python -m motion_core train-toy " + " ".join(sys.argv[2:]),
+              "unet_steps": settings.unet_steps, "vae_steps": settings.vae_steps, "clips": settings.clips,
+              "seed": settings.seed, "final_unet_loss_mean_last_100": round(metadata["unet_final_loss"], 5),
+              "final_vae_loss_mean_last_50": round(metadata["vae_final_loss"], 5), "minutes": round(minutes, 1),
+              "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
+    with open(manifest, "w", encoding="utf-8") as fh:
+        json.dump(record, fh, indent=2)
+        fh.write("\n")
+    log.info("wrote %s (%d bytes) in %.1f min", path, record["bytes"], minutes)
+    return record
