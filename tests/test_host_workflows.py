@@ -18,7 +18,8 @@ from host_support import build_tiny_svd, build_tiny_vae, pack_module, work_dir
 from workflow_support import (FRONTEND_ONLY, check_links, check_slots, check_values, load_workflow, set_inputs,
                               widget_index, workflow_names, workflow_to_api_prompt)
 
-WORKFLOWS = ["reenact_svd.json", "apply_saved_motion.json", "motion_embeddings_svd.json"]
+SVD_WORKFLOWS = ["reenact_svd.json", "apply_saved_motion.json", "motion_embeddings_svd.json"]
+WORKFLOWS = SVD_WORKFLOWS + ["toy_reenact.json"]
 LOADER = "ImageOnlyCheckpointLoader"
 TEST_LOADER = "MotionInversionTest_TinySVDLoader"
 PACK = "MotionInversion_"
@@ -135,7 +136,7 @@ def test_workflow_nodes_links_and_widgets_match_definitions(comfy_nodes, name):
     assert len(notes) >= 4 and all(n["widgets_values"][0].strip() for n in notes)
 
 
-@pytest.mark.parametrize("name", WORKFLOWS)
+@pytest.mark.parametrize("name", SVD_WORKFLOWS)
 def test_workflow_declares_its_checkpoint_download(comfy_nodes, name):
     loaders = [n for n in load_workflow(name)["nodes"] if n["type"] == LOADER]
     assert loaders
@@ -423,3 +424,20 @@ def test_comfyui_validation_refuses_out_of_range_values(comfy_nodes, stand_ins, 
     assert set_inputs(prompt, class_type, **{widget: bad})
     _valid, _error, _outputs, node_errors = asyncio.run(execution.validate_prompt("validate", prompt, None))
     assert widget in json.dumps(node_errors, default=str)   # the node is refused (other branches may still run)
+
+
+def test_toy_workflow_runs_in_comfyui_executor_without_downloads(comfy_nodes):
+    """The toy world's workflow with the shipped toy weights: no stand-ins, only fewer steps."""
+    import folder_paths
+
+    prompt = workflow_to_api_prompt(load_workflow("toy_reenact.json"), comfy_nodes.NODE_CLASS_MAPPINGS)
+    assert not _nodes_of(prompt, LOADER)                       # nothing to download
+    set_inputs(prompt, PACK + "LearnMotionEmbedding", steps=3)
+    set_inputs(prompt, "KarrasScheduler", steps=3)
+    videos = os.path.join(folder_paths.get_output_directory(), "motion_inversion", "toy_*.webp")
+    before = _files(videos)
+    executor = _run(comfy_nodes, prompt)
+    (new_video,) = _files(videos) - before
+    assert _webp_frames(new_video) == (8, (64, 64))
+    (score_node,) = _nodes_of(prompt, PACK + "MotionFidelityScore")
+    assert "Motion Fidelity Score" in executor.history_result["outputs"][score_node]["text"][0]

@@ -1,0 +1,141 @@
+"""Learning and transferring motion in the toy world, and scoring it (demo and benchmark).
+
+Everything runs on the CPU through the diffusers adapter: learn an embedding from a
+reference clip with the frozen toy model, animate new first frames with it (Euler on a
+Karras schedule), and score the result against the reference with the metrics of
+:mod:`motion_core.metrics`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable, Optional
+
+import torch
+
+from . import metrics, toyclips
+from .augment import AugmentSettings
+from .debias import debias
+from .diffusers_svd import SVDDenoiser, init_embedding, install_motion, learn_motion
+from .embedding import MotionEmbedding
+from .toyworld import SVD_LATENT_SCALE, ToyWorld
+from .training import TrainSettings
+
+
+@dataclasses.dataclass
+class Variant:
+    """One way of learning motion (a row of the benchmark)."""
+    name: str
+    tokens_per_frame: int = 0          # motion-text tokens N (0: none)
+    per_frame_tokens: bool = True      # F' = F + 1 (True) or F' = 1: one token set shared by all
+    temporal: bool = False             # Motion Embeddings in the temporal self-attention
+    values: bool = True                # with value embeddings
+    debias: str = "none"               # value debias at inference
+    learn: bool = True                 # False: no motion input (the target's own image embedding)
+
+
+VARIANTS = {
+    "no_motion": Variant("no motion input (target's own embedding)", learn=False),
+    "text_F1_N1": Variant("motion-text F'=1, N=1", 1, per_frame_tokens=False),
+    "text_F1_N15": Variant("motion-text F'=1, N=15", 15, per_frame_tokens=False),
+    "text_FF_N1": Variant("motion-text F'=F+1, N=1", 1),
+    "text_FF_N5": Variant("motion-text F'=F+1, N=5 (default)", 5),
+    "qk_only": Variant("temporal query-key only", temporal=True, values=False),
+    "qkv_none": Variant("query-key + value, no debias", temporal=True),
+    "qkv_difference": Variant("query-key + value, difference", temporal=True, debias="difference"),
+    "qkv_normalize": Variant("query-key + value, normalize", temporal=True, debias="normalize"),
+    "both": Variant("both representations", 5, temporal=True, debias="difference"),
+}
+
+
+@dataclasses.dataclass
+class ToyLearnSettings:
+    steps: int = 150
+    learning_rate: float = 2e-2
+    log_sigma_mean: float = 1.0
+    log_sigma_std: float = 1.2
+    seed: int = 0
+
+
+def _tie_tokens(embedding: MotionEmbedding) -> None:
+    """F' = 1: one token set for every frame and the temporal cross-attention (projection)."""
+    with torch.no_grad():
+        shared = torch.cat([embedding.spatial_tokens, embedding.temporal_tokens[None]]).mean(0)
+        embedding.spatial_tokens.copy_(shared.expand_as(embedding.spatial_tokens))
+        embedding.temporal_tokens.copy_(shared)
+
+
+def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, settings: ToyLearnSettings,
+                  progress: Optional[Callable[[int, int, float], None]] = None) -> tuple[Optional[MotionEmbedding], float]:
+    """Learn ``variant`` from ``reference`` ``(f h w c)``; returns the embedding and seconds taken."""
+    if not variant.learn:
+        return None, 0.0
+    started = time.time()
+    frames = reference.shape[0]
+    latent_h, latent_w = reference.shape[1] // 4, reference.shape[2] // 4
+    image_embeds = world.image_embeds(reference)
+    embedding = init_embedding(world.unet, frames, latent_h, latent_w, tokens_per_frame=variant.tokens_per_frame,
+                               temporal=variant.temporal, with_values=variant.values,
+                               image_embeds=image_embeds if variant.tokens_per_frame else None, seed=settings.seed,
+                               vae_factor=4).trainable_copy("cpu")
+    if variant.tokens_per_frame and not variant.per_frame_tokens:
+        _tie_tokens(embedding)
+
+    def callback(step, total, loss):
+        if variant.tokens_per_frame and not variant.per_frame_tokens:
+            _tie_tokens(embedding)
+        if progress is not None:
+            progress(step, total, loss)
+
+    train = TrainSettings(steps=settings.steps, learning_rate=settings.learning_rate, seed=settings.seed,
+                          log_sigma_mean=settings.log_sigma_mean, log_sigma_std=settings.log_sigma_std,
+                          augment=AugmentSettings(min_crop_scale=0.9, color_jitter=0.05))
+    result = learn_motion(world.unet, lambda clip: world.encode(clip) * SVD_LATENT_SCALE, reference, embedding, train,
+                          denoiser_kwargs={"image_embeds": image_embeds[:1]}, callback=callback)
+    learned = result.embedding
+    if variant.debias != "none" and learned.value_embedding:
+        learned = debias(learned, variant.debias)
+    return learned, time.time() - started
+
+
+def karras_sigmas(steps: int, sigma_min: float = 0.02, sigma_max: float = 40.0, rho: float = 7.0) -> list[float]:
+    ramp = torch.linspace(0, 1, steps)
+    sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+    return sigmas.tolist() + [0.0]
+
+
+@torch.no_grad()
+def animate(world: ToyWorld, first_image: torch.Tensor, embedding: Optional[MotionEmbedding], frames: int,
+            steps: int = 16, seed: int = 0) -> torch.Tensor:
+    """Animate ``first_image`` ``(h w c)`` into ``(f h w c)`` with the learned motion (or none)."""
+    first = world.encode(first_image[None]) * SVD_LATENT_SCALE                      # (1 c h w)
+    denoiser = SVDDenoiser(world.unet, image_embeds=world.image_embeds(first_image[None]))
+    generator = torch.Generator().manual_seed(seed)
+    sigmas = karras_sigmas(steps)
+    x = torch.randn((frames, *first.shape[1:]), generator=generator) * sigmas[0]
+    install = install_motion(world.unet, embedding, first.shape[-2], first.shape[-1], frames=frames) \
+        if embedding is not None else None
+    try:
+        for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+            denoised = denoiser(x, torch.full((frames,), sigma), first)
+            x = x + (x - denoised) / sigma * (next_sigma - sigma)
+    finally:
+        if install is not None:
+            install.remove()
+    return world.decode(x / SVD_LATENT_SCALE)
+
+
+def score(reference: torch.Tensor, reference_class: Optional[str], target: torch.Tensor,
+          generated: torch.Tensor) -> dict:
+    """The benchmark's columns for one generated clip."""
+    predicted = metrics.classify_motion(generated)
+    return {"predicted_class": predicted,
+            "class_correct": None if reference_class is None else predicted == reference_class,
+            "motion_fidelity": metrics.motion_fidelity_score(reference, generated),
+            "first_frame_psnr": metrics.first_frame_psnr(target, generated),
+            "appearance_leakage": metrics.appearance_leakage(reference, target, generated)}
+
+
+def heldout_reference(motion: str, seed: int, frames: int = 8) -> torch.Tensor:
+    """A reference clip in the held-out palette (shapes, colours, backgrounds unseen in training)."""
+    return toyclips.make_clip(motion, seed, frames=frames, palette="heldout")[0]

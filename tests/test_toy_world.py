@@ -1,0 +1,64 @@
+"""The shipped toy world: weights match their manifest, load in diffusers, and the demo runs."""
+import json
+import os
+
+import pytest
+import torch
+
+from motion_core import toyworld
+from motion_core.toytrain import sha256
+
+
+def test_weights_match_manifest():
+    with open(toyworld.MANIFEST_PATH, encoding="utf-8") as fh:
+        manifest = json.load(fh)
+    assert manifest["file"] == os.path.basename(toyworld.WEIGHTS_PATH)
+    assert sha256(toyworld.WEIGHTS_PATH) == manifest["sha256"]
+    assert os.path.getsize(toyworld.WEIGHTS_PATH) == manifest["bytes"]
+    for key in ("command", "unet_steps", "final_unet_loss_mean_last_100", "date", "seed"):
+        assert key in manifest, key
+
+
+@pytest.fixture(scope="module")
+def world():
+    torch.set_num_threads(1)
+    return toyworld.load_world()
+
+
+def test_weights_load_in_diffusers_and_denoise(world):
+    from motion_core.diffusers_svd import SVDDenoiser
+
+    clip = torch.rand(toyworld.FRAMES, toyworld.IMAGE_SIZE, toyworld.IMAGE_SIZE, 3)
+    latents = world.encode(clip) * toyworld.SVD_LATENT_SCALE
+    assert latents.shape == (toyworld.FRAMES, 4, toyworld.LATENT_SIZE, toyworld.LATENT_SIZE)
+    denoiser = SVDDenoiser(world.unet, image_embeds=world.image_embeds(clip[:1]))
+    noisy = latents + 2.0 * torch.randn_like(latents)
+    out = denoiser(noisy, torch.full((toyworld.FRAMES,), 2.0), latents[:1])
+    assert out.shape == latents.shape and torch.isfinite(out).all()
+    assert world.motion_tokens.shape[1] == toyworld.TOKEN_WIDTH
+    assert world.metadata["classes"][0] == "translate_E_1"
+
+
+def test_vae_keeps_svd_latent_scale(world):
+    from motion_core import toyclips
+
+    clip, _spec = toyclips.make_clip("pan_E", 3)
+    latents = world.encode(clip) * toyworld.SVD_LATENT_SCALE
+    assert 0.4 < float(latents.std()) < 2.5
+    decoded = world.decode(latents / toyworld.SVD_LATENT_SCALE)
+    assert float((decoded - clip).abs().mean()) < 0.12
+
+
+def test_short_demo_writes_every_output(tmp_path, world):
+    from motion_core.demo import main
+
+    out = str(tmp_path / "demo")
+    assert main(["--out", out, "--steps", "3", "--sample-steps", "3", "--num-targets", "2"]) == 0
+    names = set(os.listdir(out))
+    assert {"reference.webp", "target_1.webp", "target_2.webp", "target_1_no_motion.webp", "grid.png",
+            "report.json"} <= names
+    with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
+        report = json.load(fh)
+    assert len(report["targets"]) == 2 and report["reference_class"] == "translate_E_2"
+    for key in ("class_accuracy", "motion_fidelity", "first_frame_psnr", "appearance_leakage"):
+        assert key in report["summary"]["with_motion"]
