@@ -20,6 +20,7 @@ import math
 import os
 import sys
 import time
+from typing import Callable
 
 import torch
 
@@ -44,6 +45,8 @@ class ToyTrainSettings:
     log_sigma_std: float = 1.4
     image_token_share: float = 0.25
     threads: int = 2
+    minutes: float = 0.0          # > 0: stop the UNet phase after this many minutes (steps done are recorded)
+    checkpoint_every: int = 200   # write the weights every N UNet steps, so a stopped run keeps its progress
 
 
 def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
@@ -121,7 +124,8 @@ def batched_denoise(unet, noisy: torch.Tensor, sigma: torch.Tensor, first_raw: t
 
 
 def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor, first_images: torch.Tensor,
-               settings: ToyTrainSettings, generator: torch.Generator) -> tuple[torch.Tensor, list[float]]:
+               settings: ToyTrainSettings, generator: torch.Generator,
+               checkpoint: Callable[[torch.Tensor, list[float]], None]) -> tuple[torch.Tensor, list[float]]:
     """Returns the learned motion-class tokens ``(classes d)`` and the loss history."""
     tokens = torch.nn.Parameter(torch.randn(len(toyclips.MOTION_CLASSES), TOKEN_WIDTH, generator=generator))
     with torch.no_grad():
@@ -146,6 +150,11 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         optimizer.step()
         history.append(float(loss.detach()))
         _progress("unet", step, settings.unet_steps, start, history[-1])
+        if step % settings.checkpoint_every == 0:
+            checkpoint(tokens.detach(), history)
+        if settings.minutes and time.time() - start > 60 * settings.minutes:
+            log.info("time budget of %.1f min reached after %d UNet steps", settings.minutes, step)
+            break
     unet.eval()
     return tokens.detach(), history
 
@@ -172,21 +181,29 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
     scale = rescale_latent(vae, clips)
     latents = encode_clips(vae, clips)
     log.info("latents %s, std after scaling %.3f", tuple(latents.shape), float(latents.std() * SVD_LATENT_SCALE))
-    tokens, unet_history = train_unet(unet, image_encoder, latents, labels, clips[:, 0], settings, generator)
-    minutes = (time.time() - started) / 60
-    tail = unet_history[-100:]
-    metadata = {"settings": dataclasses.asdict(settings), "classes": list(toyclips.MOTION_CLASSES),
-                "latent_rescale": scale, "vae_final_loss": sum(vae_history[-50:]) / 50,
-                "unet_final_loss": sum(tail) / len(tail), "minutes": round(minutes, 1)}
-    save_world(ToyWorld(unet.requires_grad_(False), vae, image_encoder, tokens, metadata), path)
-    record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
-              "command": "python -m motion_core train-toy " + " ".join(sys.argv[2:]),
-              "unet_steps": settings.unet_steps, "vae_steps": settings.vae_steps, "clips": settings.clips,
-              "seed": settings.seed, "final_unet_loss_mean_last_100": round(metadata["unet_final_loss"], 5),
-              "final_vae_loss_mean_last_50": round(metadata["vae_final_loss"], 5), "minutes": round(minutes, 1),
-              "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
-    with open(manifest, "w", encoding="utf-8") as fh:
-        json.dump(record, fh, indent=2)
-        fh.write("\n")
+    def write(tokens, unet_history):
+        """Weights and manifest as of now (also the checkpoints: a stopped run keeps its progress)."""
+        minutes = (time.time() - started) / 60
+        tail = unet_history[-100:]
+        metadata = {"settings": dataclasses.asdict(settings), "classes": list(toyclips.MOTION_CLASSES),
+                    "latent_rescale": scale, "vae_final_loss": sum(vae_history[-50:]) / 50,
+                    "unet_steps_done": len(unet_history), "unet_final_loss": sum(tail) / len(tail),
+                    "minutes": round(minutes, 1)}
+        save_world(ToyWorld(unet, vae, image_encoder, tokens, metadata), path)
+        record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
+                  "command": "python -m motion_core train-toy " + " ".join(sys.argv[2:]),
+                  "reproduce": f"python -m motion_core train-toy --unet-steps {len(unet_history)} --seed {settings.seed}",
+                  "unet_steps": len(unet_history), "vae_steps": settings.vae_steps, "clips": settings.clips,
+                  "seed": settings.seed, "final_unet_loss_mean_last_100": round(metadata["unet_final_loss"], 5),
+                  "final_vae_loss_mean_last_50": round(metadata["vae_final_loss"], 5), "minutes": round(minutes, 1),
+                  "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
+        with open(manifest, "w", encoding="utf-8") as fh:
+            json.dump(record, fh, indent=2)
+            fh.write("\n")
+        return record, minutes
+
+    tokens, unet_history = train_unet(unet, image_encoder, latents, labels, clips[:, 0], settings, generator, write)
+    unet.requires_grad_(False)
+    record, minutes = write(tokens, unet_history)
     log.info("wrote %s (%d bytes) in %.1f min", path, record["bytes"], minutes)
     return record
