@@ -127,16 +127,19 @@ def animate(world: ToyWorld, first_image: torch.Tensor, embedding: Optional[Moti
 
 @torch.no_grad()
 def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Optional[MotionEmbedding], frames: int,
-                  steps: int = 16, seed: int = 0) -> torch.Tensor:
+                  steps: int = 16, seed: int = 0, context: Optional[torch.Tensor] = None) -> torch.Tensor:
     """:func:`animate` for many first images at once: ``(n h w c)`` -> ``(n f h w c)``.
 
     One UNet call per step for all clips (CPU throughput); the learned tensors are shared
     by every clip of the batch, exactly as they are by the cond rows of a CFG batch.
+    ``context`` ``(n k d)``: cross-attention tokens to use without an embedding (default:
+    each target's own image embedding; a motion-class token gives the "oracle" clip).
     """
     from .toytrain import batched_denoise
 
     first_raw = world.encode(first_images)                                          # (n c h w), raw
-    context = world.image_embeds(first_images)[:, None]                             # (n 1 d)
+    if context is None:
+        context = world.image_embeds(first_images)[:, None]                         # (n 1 d)
     generator = torch.Generator().manual_seed(seed)
     sigmas = karras_sigmas(steps)
     x = torch.randn((first_images.shape[0], frames, *first_raw.shape[1:]), generator=generator) * sigmas[0]
