@@ -152,6 +152,8 @@ class LearnMotionEmbedding(io.ComfyNode):
         device = model.load_device
         initial = _build_embedding(representation, frames, latents, image_embeds, tokens_per_frame, model, layers,
                                    explicit_layers, seed, width, height)
+        initial.metadata["svd_conditioning"] = {"fps": fps, "motion_bucket_id": motion_bucket_id,
+                                                "augmentation_level": augmentation_level}
 
         def make_positive(trainable):
             return reference_conditioning(first_latent.clone().to(device), trainable, fps, motion_bucket_id,
@@ -168,17 +170,12 @@ class LearnMotionEmbedding(io.ComfyNode):
             result = train_in_host(model, make_positive, latents, initial, settings, on_step)
         except TrainingInterrupted as stop:
             folder = os.path.join(folder_paths.get_output_directory(), FOLDER_NAME)
-            partial = stop.result.embedding
-            partial.metadata["svd_conditioning"] = {"fps": fps, "motion_bucket_id": motion_bucket_id,
-                                                   "augmentation_level": augmentation_level}
-            path = save_numbered(partial, folder, "interrupted") if stop.result.steps_done else None
+            path = save_numbered(stop.result.embedding, folder, "interrupted") if stop.result.steps_done else None
             if path:
                 log.warning("Learning was cancelled after %d of %d steps; the embedding learned so far was saved "
                             "to %s", stop.result.steps_done, steps, path)
             raise stop.cause
         embedding = result.embedding
-        embedding.metadata["svd_conditioning"] = {"fps": fps, "motion_bucket_id": motion_bucket_id,
-                                                  "augmentation_level": augmentation_level}
         history = result.loss_history
         status = (f"{embedding.summary()}; {result.steps_done} steps, loss {history[0]:.4f} -> {history[-1]:.4f}"
                   if history else embedding.summary())
