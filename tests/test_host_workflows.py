@@ -272,14 +272,14 @@ def test_motion_embeddings_workflow_learns_temporal_and_applies_debiased(comfy_n
 
 
 # ------------------------------------------------------------------ running them
-def _tiny_clip_vision():
+def _tiny_clip_vision(projection_dim=1024):
     """A real ``comfy.clip_vision.ClipVisionModel`` (CLIP-H layout, 1024-wide image_embeds), tiny."""
     import comfy.clip_vision
 
     config = {"hidden_act": "gelu", "hidden_size": 32, "image_size": 28, "intermediate_size": 64,
               "layer_norm_eps": 1e-5, "model_type": "clip_vision_model", "num_attention_heads": 2,
-              "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14, "projection_dim": 1024}
-    path = os.path.join(work_dir(), "tiny_clip_vision.json")
+              "num_channels": 3, "num_hidden_layers": 2, "patch_size": 14, "projection_dim": projection_dim}
+    path = os.path.join(work_dir(), f"tiny_clip_vision_{projection_dim}.json")
     with open(path, "w") as fh:
         json.dump(config, fh)
     model = comfy.clip_vision.ClipVisionModel(path)
@@ -441,3 +441,12 @@ def test_toy_workflow_runs_in_comfyui_executor_without_downloads(comfy_nodes):
     assert _webp_frames(new_video) == (8, (64, 64))
     (score_node,) = _nodes_of(prompt, PACK + "MotionFidelityScore")
     assert "Motion Fidelity Score" in executor.history_result["outputs"][score_node]["text"][0]
+
+
+def test_learn_refuses_a_clip_vision_of_the_wrong_width(comfy_nodes):
+    from test_host_motion_text import _learn
+
+    with pytest.raises(ValueError, match="512-wide image embeddings.*takes 1024"):
+        _learn(comfy_nodes, clip_vision=_tiny_clip_vision(512))
+    embedding = _learn(comfy_nodes, steps=1, clip_vision=_tiny_clip_vision(1024)).result[0]
+    assert embedding.metadata["init"] == "clip_image_embeds"
