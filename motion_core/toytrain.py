@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 class ToyTrainSettings:
     seed: int = 0
     clips: int = 2600
-    vae_steps: int = 400
+    vae_steps: int = 1500         # 400 (the first shipped weights) left held-out colours wrong
     vae_batch: int = 16
     vae_crop: int = 32
     unet_steps: int = 2400
@@ -192,7 +192,8 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         save_world(ToyWorld(unet, vae, image_encoder, tokens, metadata), path)
         record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
                   "command": "python -m motion_core train-toy " + " ".join(sys.argv[2:]),
-                  "reproduce": f"python -m motion_core train-toy --unet-steps {len(unet_history)} --seed {settings.seed}",
+                  "reproduce": (f"python -m motion_core train-toy --unet-steps {len(unet_history)} --vae-steps "
+                                f"{settings.vae_steps} --clips {settings.clips} --seed {settings.seed}"),
                   "unet_steps": len(unet_history), "vae_steps": settings.vae_steps, "clips": settings.clips,
                   "seed": settings.seed, "final_unet_loss_mean_last_100": round(metadata["unet_final_loss"], 5),
                   "final_vae_loss_mean_last_50": round(metadata["vae_final_loss"], 5), "minutes": round(minutes, 1),
