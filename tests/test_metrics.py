@@ -15,12 +15,7 @@ from motion_core import metrics as mt
 from motion_core import toyclips as tc
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clip(motion, seed, palette="train", **kw):
