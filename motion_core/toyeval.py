@@ -127,31 +127,37 @@ def animate(world: ToyWorld, first_image: torch.Tensor, embedding: Optional[Moti
 
 @torch.no_grad()
 def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Optional[MotionEmbedding], frames: int,
-                  steps: int = 16, seed: int = 0, context: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  steps: int = 16, seed: int = 0, context: Optional[torch.Tensor] = None,
+                  guidance: float = 1.0) -> torch.Tensor:
     """:func:`animate` for many first images at once: ``(n h w c)`` -> ``(n f h w c)``.
 
     One UNet call per step for all clips (CPU throughput); the learned tensors are shared
     by every clip of the batch, exactly as they are by the cond rows of a CFG batch.
     ``context`` ``(n k d)``: cross-attention tokens to use without an embedding (default:
     each target's own image embedding; a motion-class token gives the "oracle" clip).
+    ``guidance`` > 1: classifier-free guidance against the plain model with each target's
+    own image embedding (the "no motion input" the toy model was trained with).
     """
     from .toytrain import batched_denoise
 
     first_raw = world.encode(first_images)                                          # (n c h w), raw
-    if context is None:
-        context = world.image_embeds(first_images)[:, None]                         # (n 1 d)
+    plain_context = world.image_embeds(first_images)[:, None]                       # (n 1 d)
+    guided = guidance != 1.0 and (embedding is not None or context is not None)
+    context = plain_context if context is None else context
     generator = torch.Generator().manual_seed(seed)
     sigmas = karras_sigmas(steps)
     x = torch.randn((first_images.shape[0], frames, *first_raw.shape[1:]), generator=generator) * sigmas[0]
-    install = install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1], frames=frames) \
-        if embedding is not None else None
-    try:
-        for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
-            denoised = batched_denoise(world.unet, x, torch.full((x.shape[0],), sigma), first_raw, context)
-            x = x + (x - denoised) / sigma * (next_sigma - sigma)
-    finally:
-        if install is not None:
-            install.remove()
+    for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+        sigma_batch = torch.full((x.shape[0],), sigma)
+        if embedding is not None:
+            with install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1], frames=frames):
+                denoised = batched_denoise(world.unet, x, sigma_batch, first_raw, context)
+        else:
+            denoised = batched_denoise(world.unet, x, sigma_batch, first_raw, context)
+        if guided:
+            plain = batched_denoise(world.unet, x, sigma_batch, first_raw, plain_context)
+            denoised = plain + guidance * (denoised - plain)
+        x = x + (x - denoised) / sigma * (next_sigma - sigma)
     return torch.stack([world.decode(clip / SVD_LATENT_SCALE) for clip in x])
 
 

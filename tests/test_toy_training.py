@@ -1,0 +1,46 @@
+"""Toy-model training pieces and the quality benchmark, on tiny settings."""
+import pytest
+import torch
+
+from motion_core import toyworld
+from motion_core.toytrain import lr_schedule, token_gap
+
+
+def test_lr_schedule_warms_up_then_decays_to_a_tenth():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    schedule = lr_schedule(optimizer, steps=50, warmup=10)
+    rates = []
+    for _ in range(50):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(rates[:10], rates[1:10]))           # warm-up rises
+    assert all(a >= b for a, b in zip(rates[10:], rates[11:]))            # then only falls
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)           # ... to 10 % of the peak
+
+
+def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
+    unet, _, _ = toyworld.build_models(0)
+    unet.eval()
+    latents = torch.randn(2, toyworld.FRAMES, 4, toyworld.LATENT_SIZE, toyworld.LATENT_SIZE) * 5
+    labels = torch.tensor([0, 3])
+    same = torch.randn(1, toyworld.TOKEN_WIDTH).expand(26, -1)
+    right, wrong = token_gap(unet, latents, labels, same, torch.Generator().manual_seed(0))
+    assert right == wrong                                    # no motion information: no gap
+    distinct = torch.randn(26, toyworld.TOKEN_WIDTH) * 10
+    right, wrong = token_gap(unet, latents, labels, distinct, torch.Generator().manual_seed(0))
+    assert right != wrong
+
+
+def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
+    from bench import quality
+
+    assert quality.main(["--motions", "translate_E_2", "--variants", "class_token", "no_motion", "text_FF_N1",
+                         "--targets-per-reference", "2", "--steps", "2", "--sample-steps", "2", "--threads", "1", "--no-doc"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| method | motion-class accuracy | Motion Fidelity")
+    names = [line.split("|")[1].strip() for line in table[2:]]
+    assert names == ["(upper bound) the model's own motion-class token", "no motion input (target's own embedding)",
+                     "motion-text F'=F+1, N=1"]
