@@ -233,7 +233,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
                     "minutes": round(minutes, 1)}
         save_world(ToyWorld(unet, vae, image_encoder, tokens, metadata), path)
         record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
-                  "command": "python -m motion_core train-toy " + " ".join(sys.argv[2:]),
+                  "command": ("python -m motion_core train-toy " + " ".join(sys.argv[2:])).strip(),
                   "reproduce": (f"python -m motion_core train-toy --unet-steps {settings.unet_steps} --vae-steps "
                                 f"{settings.vae_steps} --unet-lr {settings.unet_lr} --clips {settings.clips} "
                                 f"--seed {settings.seed}" + ("" if len(unet_history) == settings.unet_steps else
