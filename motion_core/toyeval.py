@@ -147,17 +147,24 @@ def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Option
     generator = torch.Generator().manual_seed(seed)
     sigmas = karras_sigmas(steps)
     x = torch.randn((first_images.shape[0], frames, *first_raw.shape[1:]), generator=generator) * sigmas[0]
-    for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
-        sigma_batch = torch.full((x.shape[0],), sigma)
-        if embedding is not None:
-            with install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1], frames=frames):
-                denoised = batched_denoise(world.unet, x, sigma_batch, first_raw, context)
-        else:
+    install = install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1], frames=frames) \
+        if embedding is not None else None                 # once for the whole run, not per step
+    try:
+        for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+            sigma_batch = torch.full((x.shape[0],), sigma)
             denoised = batched_denoise(world.unet, x, sigma_batch, first_raw, context)
-        if guided:
-            plain = batched_denoise(world.unet, x, sigma_batch, first_raw, plain_context)
-            denoised = plain + guidance * (denoised - plain)
-        x = x + (x - denoised) / sigma * (next_sigma - sigma)
+            if guided:
+                if install is not None:
+                    install.remove()                       # the guidance reference is the plain model
+                plain = batched_denoise(world.unet, x, sigma_batch, first_raw, plain_context)
+                if embedding is not None:
+                    install = install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1],
+                                             frames=frames)
+                denoised = plain + guidance * (denoised - plain)
+            x = x + (x - denoised) / sigma * (next_sigma - sigma)
+    finally:
+        if install is not None:
+            install.remove()
     return torch.stack([world.decode(clip / SVD_LATENT_SCALE) for clip in x])
 
 

@@ -44,3 +44,18 @@ def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
     names = [line.split("|")[1].strip() for line in table[2:]]
     assert names == ["(upper bound) the model's own motion-class token", "no motion input (target's own embedding)",
                      "motion-text F'=F+1, N=1"]
+
+
+def test_guided_animation_with_zero_embedding_equals_plain_and_leaves_the_unet_unpatched(one_thread):
+    from motion_core import toyclips
+    from motion_core.diffusers_svd import init_embedding
+    from motion_core.toyeval import animate_batch
+
+    world = toyworld.load_world()
+    processors = dict(world.unet.attn_processors)
+    targets = toyclips.make_target_images(1, 5)
+    zero = init_embedding(world.unet, toyworld.FRAMES, toyworld.LATENT_SIZE, toyworld.LATENT_SIZE, vae_factor=4)
+    plain = animate_batch(world, targets, None, toyworld.FRAMES, steps=2)
+    guided = animate_batch(world, targets, zero, toyworld.FRAMES, steps=2, guidance=3.0)
+    assert torch.allclose(guided, plain, atol=1e-5)           # zero Motion Embeddings change nothing
+    assert {k: type(v) for k, v in world.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
