@@ -286,7 +286,8 @@ def classify_motion(frames, stats: Optional[dict] = None) -> str:
     (divergence sign), whichever of |curl| and |divergence| is larger; otherwise rigid
     motion: down then back up with little sideways -> bounce; a path turning over 12
     deg/frame -> circle (turn sign); else translate, direction to the nearest of the 8
-    compass points, slow / fast split at 1.75 px/frame (between 1.0 and 2.5). All classes
+    compass points, slow / fast split at 3 px/frame (between 2 and 4; times
+    ``toyclips.time_scale`` for clips over 8 frames, whose rates are finer). All classes
     are kept apart (no coarser grouping was needed). Tuned on rendered toy clips; thresholds
     rise with the measured tracking jitter, so mild noise (sigma 0.02) is tolerated.
     """
@@ -307,7 +308,8 @@ def classify_motion(frames, stats: Optional[dict] = None) -> str:
         return "circle_cw" if s["turning"] > 0 else "circle_ccw"
     dx, dy = s["translation"]
     sector = int(round(math.degrees(math.atan2(-dy, dx)) / 45.0)) % 8
-    speed = 1 if s["speed"] < 0.5 * (toyclips.SPEEDS[1] + toyclips.SPEEDS[2]) else 2
+    split = 0.5 * (toyclips.SPEEDS[1] + toyclips.SPEEDS[2]) * toyclips.time_scale(len(s["path"]))
+    speed = 1 if s["speed"] < split else 2
     return f"translate_{toyclips.COMPASS[sector]}_{speed}"
 
 

@@ -7,19 +7,23 @@ class*. Frames are ``(f h w c)`` float32 RGB in [0, 1]; 64x64 and 8 frames by de
 Motion classes (``MOTION_CLASSES``, a stable order; ``class_index`` gives the label):
 
 - ``translate_<D>_<s>``: every object moves in compass direction ``D`` (E, NE, N, NW, W,
-  SW, S, SE; N is *up* on screen) at speed ``s``: 1 = slow (1.0 px/frame), 2 = fast
-  (2.5 px/frame). The background stays still.
-- ``circle_cw`` / ``circle_ccw``: objects travel on a circle (radius 7 px, 25 deg/frame),
+  SW, S, SE; N is *up* on screen) at speed ``s``: 1 = slow (2 px/frame), 2 = fast
+  (4 px/frame). The background stays still.
+- ``circle_cw`` / ``circle_ccw``: objects travel on a circle (radius 10 px, 30 deg/frame),
   clockwise / counter-clockwise as seen on screen.
-- ``zoom_in`` / ``zoom_out``: objects scale about their own centre by 1.08 / 1/1.08 per frame.
-- ``rotate_cw`` / ``rotate_ccw``: objects spin about their own centre, 8 deg/frame.
-- ``pan_E`` / ``pan_W``: the *camera* pans east / west at 2 px/frame, so the background and
+- ``zoom_in`` / ``zoom_out``: objects scale about their own centre by 1.1 / 1/1.1 per frame.
+- ``rotate_cw`` / ``rotate_ccw``: objects spin about their own centre, 12 deg/frame.
+- ``pan_E`` / ``pan_W``: the *camera* pans east / west at 4 px/frame, so the background and
   the objects shift together the other way on screen (pan_E: content moves left).
-- ``bounce``: objects drop from rest to a floor 12 px lower (accelerating, as under
+- ``bounce``: objects drop from rest to a floor 16 px lower (accelerating, as under
   gravity), rebound and rise back to the start: down, then up.
 - ``static``: nothing moves.
 
-Speeds and distances are quoted for a 64-px frame and scale with ``size / 64``. Start
+Speeds and distances are quoted for a 64-px frame and scale with ``size / 64``; per-frame
+rates are for 8 frames, and a longer clip covers the same path in finer steps (rates times
+``time_scale(frames)`` = 7 / (frames - 1)). Motions are fast on purpose: the toy model's
+latent is 4x smaller, and at these speeds translations move whole latent pixels per frame
+(1.0 and 0.5), which a tiny video model learns far more easily than sub-pixel drift. Start
 positions are chosen so every object stays wholly inside the frame in every frame.
 
 Palettes (``PALETTES``; "train" / "heldout" are disjoint in every row, so a model trained on
@@ -49,14 +53,14 @@ import torch
 logger = logging.getLogger(__name__)
 
 COMPASS = ("E", "NE", "N", "NW", "W", "SW", "S", "SE")   # screen angle 0, 45, ... deg, N = up
-SPEEDS = {1: 1.0, 2: 2.5}                                 # speed label -> px/frame at 64 px
+SPEEDS = {1: 2.0, 2: 4.0}                                 # speed label -> px/frame at 64 px, 8 frames
 MOTION_CLASSES: tuple[str, ...] = tuple(
     f"translate_{d}_{s}" for d in COMPASS for s in SPEEDS
 ) + ("circle_cw", "circle_ccw", "zoom_in", "zoom_out", "rotate_cw", "rotate_ccw",
      "pan_E", "pan_W", "bounce", "static")
 
-CIRCLE_RADIUS, CIRCLE_STEP_DEG = 7.0, 25.0
-ZOOM_RATE, ROTATE_STEP_DEG, PAN_SPEED, BOUNCE_HEIGHT = 1.08, 8.0, 2.0, 12.0
+CIRCLE_RADIUS, CIRCLE_STEP_DEG = 10.0, 30.0
+ZOOM_RATE, ROTATE_STEP_DEG, PAN_SPEED, BOUNCE_HEIGHT = 1.10, 12.0, 4.0, 16.0
 MIN_FRAMES, MAX_FRAMES, MIN_SIZE = 8, 14, 32
 SUPERSAMPLE = 2
 
@@ -184,6 +188,12 @@ def _check(frames: int, size: int, palette: str) -> None:
         raise ValueError(f"palette={palette!r}: expected one of {tuple(PALETTES)}")
 
 
+def time_scale(frames: int) -> float:
+    """Factor on the per-frame rates of a ``frames``-long clip: 1 up to 8 frames, then
+    7 / (frames - 1), so every length covers the 8-frame clip's path (and stays in frame)."""
+    return min(1.0, (MIN_FRAMES - 1) / (int(frames) - 1))
+
+
 def object_track(motion: str, frames: int, size: int = 64, phase: float = 0.0):
     """Per-frame object transform relative to frame 0.
 
@@ -191,7 +201,7 @@ def object_track(motion: str, frames: int, size: int = 64, phase: float = 0.0):
     clockwise on screen, ``scales`` (f).
     """
     ms, k = motion_spec(motion), size / 64.0
-    t = np.arange(frames, dtype=np.float64)
+    t = np.arange(frames, dtype=np.float64) * time_scale(frames)
     offsets, angles, scales = np.zeros((frames, 2)), np.zeros(frames), np.ones(frames)
     if ms.kind in ("translate", "pan"):
         offsets = np.outer(t, ms.velocity) * k
@@ -203,7 +213,7 @@ def object_track(motion: str, frames: int, size: int = 64, phase: float = 0.0):
     elif ms.kind == "zoom":
         scales = ms.scale_rate ** t
     elif ms.kind == "bounce":
-        tc = (frames - 1) / 2.0
+        tc = t[-1] / 2.0
         offsets[:, 1] = ms.height * k * (1.0 - np.abs(t - tc) / tc) ** 2
     return offsets, angles, scales
 

@@ -15,7 +15,7 @@ Three parts, all in one ``.safetensors`` file shipped with the pack
   the "no motion input" conditioning.
 
 In training, the cross-attention token carries the *motion class* (a learned token per
-class, as text does in SVD's pre-training); a quarter of the time it is the first frame's
+class, as text does in SVD's pre-training); 15 % of the time it is the first frame's
 image embedding instead, so without a motion token the model moves things ambiguously.
 """
 from __future__ import annotations
