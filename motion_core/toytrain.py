@@ -6,8 +6,9 @@
 3. Encode every clip once and train the SVD-architecture UNet on the latents the way SVD
    is conditioned (first frame's latent concatenated; EDM v-prediction, sigma_data 1) with
    the motion class as the cross-attention token (a learned token per class), replaced by
-   the first frame's image embedding a quarter of the time.
-4. Write the weights and a manifest (sha256, command, steps, final loss, date).
+   the first frame's image embedding 15 % of the time (``image_token_share``).
+4. Average the last checkpoints' UNet weights and tokens (``average_last``), then write the
+   weights and a manifest (sha256, command, steps, final loss, date).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -34,12 +35,12 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class ToyTrainSettings:
     seed: int = 0
-    clips: int = 2600
+    clips: int = 6000             # ~550 clips per class (2600) left each class thinly covered
     vae_steps: int = 1000         # 400 at a flat 1e-3 (the first shipped weights) left colours wrong
     vae_batch: int = 16
     vae_crop: int = 32
     vae_lr: float = 1e-3
-    unet_steps: int = 2100        # ~1.45 s/step on 2 idle cores: the whole run fits in about an hour
+    unet_steps: int = 2000        # ~1.5 s/step on 2 idle cores: the whole run fits in about an hour
     unet_batch: int = 8
     unet_lr: float = 8e-4         # peak; 3e-4 flat learned no motion in 1953 steps
     warmup_steps: int = 100       # both phases: linear warm-up, then cosine decay to 10 % of the peak
@@ -49,6 +50,7 @@ class ToyTrainSettings:
     threads: int = 2
     minutes: float = 0.0          # > 0: stop the UNet phase after this many minutes (steps done are recorded)
     checkpoint_every: int = 200   # write the weights every N UNet steps, so a stopped run keeps its progress
+    average_last: int = 3         # ship the mean of the last N checkpoints' UNet and tokens (1: the last alone)
 
 
 def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
@@ -139,8 +141,9 @@ def batched_denoise(unet, noisy: torch.Tensor, sigma: torch.Tensor, first_raw: t
 
 def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor, first_images: torch.Tensor,
                settings: ToyTrainSettings, generator: torch.Generator,
-               checkpoint: Callable[[torch.Tensor, list[float]], None]) -> tuple[torch.Tensor, list[float]]:
-    """Returns the learned motion-class tokens ``(classes d)`` and the loss history."""
+               checkpoint: Callable[[torch.Tensor, list[float]], None]) -> tuple[torch.Tensor, list[float], list[int]]:
+    """Returns the learned motion-class tokens ``(classes d)``, the loss history and the
+    checkpoint steps averaged into the final weights (empty: the last step's weights)."""
     tokens = torch.nn.Parameter(torch.randn(len(toyclips.MOTION_CLASSES), TOKEN_WIDTH, generator=generator))
     with torch.no_grad():
         image_tokens = torch.cat([image_encoder(first_images[i:i + 256]) for i in range(0, len(first_images), 256)])
@@ -150,6 +153,7 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
     probe_index = torch.randint(0, latents.shape[0], (16,), generator=probe)
     unet.train()
     history, start = [], time.time()
+    average = CheckpointAverage(settings.unet_steps - (settings.average_last - 1) * settings.checkpoint_every)
     for step in range(1, settings.unet_steps + 1):
         index = torch.randint(0, latents.shape[0], (settings.unet_batch,), generator=generator)
         raw = latents[index]                                                # (b f c h w)
@@ -175,11 +179,45 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
                      step, right, wrong)
             unet.train()
             checkpoint(tokens.detach(), history)
+            average.add(step, unet, tokens.detach())
         if settings.minutes and time.time() - start > 60 * settings.minutes:
             log.info("time budget of %.1f min reached after %d UNet steps", settings.minutes, step)
             break
     unet.eval()
-    return tokens.detach(), history
+    tokens = average.apply(unet, tokens.detach())
+    return tokens, history, (average.steps if len(average.steps) > 1 else [])
+
+
+class CheckpointAverage:
+    """Running mean of the UNet weights and tokens at checkpoints from step ``first`` on.
+
+    A cheap stand-in for an EMA of the weights: a single late checkpoint still carries the
+    optimiser's step-to-step noise, which shows as flicker in sampled clips.
+    """
+
+    def __init__(self, first: int):
+        self.first, self.steps = first, []
+        self.state: dict[str, torch.Tensor] = {}
+        self.tokens: Optional[torch.Tensor] = None
+
+    def add(self, step: int, unet, tokens: torch.Tensor) -> None:
+        if step < self.first:
+            return
+        self.steps.append(step)
+        weight = 1.0 / len(self.steps)                      # running mean: m += (x - m) / n
+        for name, value in unet.state_dict().items():
+            current = self.state.setdefault(name, value.detach().clone().float())
+            current += (value.detach().float() - current) * weight
+        self.tokens = tokens.clone() if self.tokens is None else self.tokens + (tokens - self.tokens) * weight
+
+    @torch.no_grad()
+    def apply(self, unet, tokens: torch.Tensor) -> torch.Tensor:
+        """Load the mean into ``unet`` and return the mean tokens (a no-op below two checkpoints)."""
+        if len(self.steps) < 2:
+            return tokens
+        unet.load_state_dict({k: v.to(unet.state_dict()[k].dtype) for k, v in self.state.items()})
+        log.info("UNet and tokens: mean of the checkpoints at steps %s", self.steps)
+        return self.tokens
 
 
 @torch.no_grad()
@@ -223,23 +261,26 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
     scale = rescale_latent(vae, clips)
     latents = encode_clips(vae, clips)
     log.info("latents %s, std after scaling %.3f", tuple(latents.shape), float(latents.std() * SVD_LATENT_SCALE))
-    def write(tokens, unet_history):
+    def write(tokens, unet_history, averaged=()):
         """Weights and manifest as of now (also the checkpoints: a stopped run keeps its progress)."""
         minutes = (time.time() - started) / 60
         tail = unet_history[-100:]
         metadata = {"settings": dataclasses.asdict(settings), "classes": list(toyclips.MOTION_CLASSES),
                     "latent_rescale": scale, "vae_final_loss": sum(vae_history[-50:]) / 50,
                     "unet_steps_done": len(unet_history), "unet_final_loss": sum(tail) / len(tail),
-                    "minutes": round(minutes, 1)}
+                    "minutes": round(minutes, 1), "averaged_checkpoint_steps": list(averaged)}
         save_world(ToyWorld(unet, vae, image_encoder, tokens, metadata), path)
         record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
                   "command": ("python -m motion_core train-toy " + " ".join(sys.argv[2:])).strip(),
                   "reproduce": (f"python -m motion_core train-toy --unet-steps {settings.unet_steps} --vae-steps "
                                 f"{settings.vae_steps} --unet-lr {settings.unet_lr} --clips {settings.clips} "
-                                f"--seed {settings.seed}" + ("" if len(unet_history) == settings.unet_steps else
-                                f" --minutes {settings.minutes}  (stopped at UNet step {len(unet_history)})")),
-                  "unet_steps": len(unet_history), "unet_steps_planned": settings.unet_steps, "vae_steps": settings.vae_steps, "clips": settings.clips,
-                  "seed": settings.seed, "final_unet_loss_mean_last_100": round(metadata["unet_final_loss"], 5),
+                                f"--seed {settings.seed} --average-last {settings.average_last}"
+                                + ("" if len(unet_history) == settings.unet_steps else
+                                   f" --minutes {settings.minutes}  (stopped at UNet step {len(unet_history)})")),
+                  "unet_steps": len(unet_history), "unet_steps_planned": settings.unet_steps,
+                  "vae_steps": settings.vae_steps, "clips": settings.clips,
+                  "seed": settings.seed, "averaged_checkpoint_steps": list(averaged),
+                  "final_unet_loss_mean_last_100": round(metadata["unet_final_loss"], 5),
                   "final_vae_loss_mean_last_50": round(metadata["vae_final_loss"], 5), "minutes": round(minutes, 1),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
         with open(manifest, "w", encoding="utf-8") as fh:
@@ -247,8 +288,9 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
             fh.write("\n")
         return record, minutes
 
-    tokens, unet_history = train_unet(unet, image_encoder, latents, labels, clips[:, 0], settings, generator, write)
+    tokens, unet_history, averaged = train_unet(unet, image_encoder, latents, labels, clips[:, 0], settings,
+                                                generator, write)
     unet.requires_grad_(False)
-    record, minutes = write(tokens, unet_history)
+    record, minutes = write(tokens, unet_history, averaged)
     log.info("wrote %s (%d bytes) in %.1f min", path, record["bytes"], minutes)
     return record

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from motion_core import toyworld
-from motion_core.toytrain import lr_schedule, token_gap
+from motion_core.toytrain import CheckpointAverage, lr_schedule, token_gap
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -19,6 +19,24 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     assert all(a <= b for a, b in zip(rates[:10], rates[1:10]))           # warm-up rises
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))            # then only falls
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)           # ... to 10 % of the peak
+
+
+def test_checkpoint_average_is_the_mean_of_late_checkpoints_only():
+    net = torch.nn.Linear(3, 2)
+    average = CheckpointAverage(first=400)
+    for step, value in ((200, 9.0), (400, 1.0), (600, 2.0), (800, 6.0)):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        average.add(step, net, torch.full((4, 5), value))
+    tokens = average.apply(net, torch.zeros(4, 5))
+    assert average.steps == [400, 600, 800]                      # step 200 is before the averaging window
+    assert torch.allclose(net.weight, torch.full((2, 3), 3.0)) and torch.allclose(tokens, torch.full((4, 5), 3.0))
+    lone = CheckpointAverage(first=800)
+    lone.add(800, net, torch.ones(4, 5))
+    with torch.no_grad():
+        net.weight.fill_(7.0)
+    assert torch.equal(lone.apply(net, torch.zeros(4, 5)), torch.zeros(4, 5))   # one checkpoint: weights left as they are
+    assert torch.all(net.weight == 7.0)
 
 
 def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
