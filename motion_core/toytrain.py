@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass
 class ToyTrainSettings:
     seed: int = 0
-    clips: int = 6000             # ~550 clips per class (2600) left each class thinly covered
+    clips: int = 6000             # ~230 clips per class; 2600 (100 per class) covered each class thinly
     vae_steps: int = 1000         # 400 at a flat 1e-3 (the first shipped weights) left colours wrong
     vae_batch: int = 16
     vae_crop: int = 32
