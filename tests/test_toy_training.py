@@ -1,4 +1,6 @@
 """Toy-model training pieces and the quality benchmark, on tiny settings."""
+import dataclasses
+
 import pytest
 import torch
 
@@ -58,8 +60,9 @@ def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
     assert quality.main(["--motions", "translate_E_2", "--variants", "class_token", "no_motion", "text_FF_N1",
                          "--targets-per-reference", "2", "--steps", "2", "--sample-steps", "2", "--threads", "1", "--no-doc"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| method | motion-class accuracy | Motion Fidelity")
+    assert table[0].startswith("| method | motion-class accuracy (flow) | nearest ideal motion | Motion Fidelity")
     names = [line.split("|")[1].strip() for line in table[2:]]
+    assert all(line.split("|")[3].strip().endswith("%") for line in table[2:])   # toy targets: a nearest-ideal reading
     assert names == ["(upper bound) the model's own motion-class token", "no motion input (target's own embedding)",
                      "motion-text F'=F+1, N=1"]
 
@@ -77,3 +80,25 @@ def test_guided_animation_with_zero_embedding_equals_plain_and_leaves_the_unet_u
     guided = animate_batch(world, targets, zero, toyworld.FRAMES, steps=2, guidance=3.0)
     assert torch.allclose(guided, plain, atol=1e-5)           # zero Motion Embeddings change nothing
     assert {k: type(v) for k, v in world.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
+
+
+def test_nearest_ideal_motion_names_every_class_through_noise_and_flicker():
+    from motion_core import toyclips
+    from motion_core.toyeval import nearest_ideal_motion
+
+    spec = toyclips.make_target_specs(1, seed=11, motion="translate_E_2")[0]
+    gen = torch.Generator().manual_seed(0)
+    misses = []
+    for motion in toyclips.MOTION_CLASSES:
+        ideal = toyclips.render_clip(dataclasses.replace(spec, motion=motion))
+        shimmer = 0.08 * torch.randn(ideal.shape, generator=gen)                     # per-pixel flicker
+        tint = 0.04 * torch.randn(ideal.shape[0], 1, 1, 3, generator=gen)            # per-frame colour drift
+        got, errors = nearest_ideal_motion((ideal + shimmer + tint).clamp(0, 1), spec)
+        if got != motion:
+            misses.append((motion, got))
+        assert set(errors) == set(toyclips.MOTION_CLASSES)
+    assert not misses, misses
+    first = toyclips.render_clip(spec)[:1]
+    assert nearest_ideal_motion(first.expand(8, -1, -1, -1), spec)[0] == "static"
+    with pytest.raises(ValueError, match="does not match the target scene"):
+        nearest_ideal_motion(first.expand(5, -1, -1, -1), spec)
