@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from motion_core import toyworld
+from motion_core import toyclips, toyworld
 from motion_core.toytrain import sha256
 
 
@@ -60,5 +60,6 @@ def test_short_demo_writes_every_output(tmp_path, world):
     with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
         report = json.load(fh)
     assert len(report["targets"]) == 2 and report["reference_class"] == "translate_E_2"
-    for key in ("class_accuracy", "motion_fidelity", "first_frame_psnr", "appearance_leakage"):
+    for key in ("class_accuracy", "nearest_ideal_accuracy", "motion_fidelity", "first_frame_psnr", "appearance_leakage"):
         assert key in report["summary"]["with_motion"]
+    assert report["targets"][0]["with_motion"]["ideal_class"] in toyclips.MOTION_CLASSES
