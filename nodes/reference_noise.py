@@ -71,6 +71,7 @@ class BlendedNoise:
         return (math.sqrt(self.prior) * inverted.to(fresh) + math.sqrt(1.0 - self.prior) * fresh)
 
 
+@torch.no_grad()                   # an inversion, not training: no autograd graph kept over its steps
 def invert_reference(model, vae, frames, sigma_target, steps, embedding=None, fps=6, motion_bucket_id=127):
     """Inverted noise ``(f c h w)`` of ``frames`` at ``sigma_target``, conditioned like the Learn run."""
     latents = vae.encode(frames[..., :3])
