@@ -69,7 +69,7 @@ def run(args) -> str:
         for r, (motion, reference) in enumerate(references):
             specs = None if fixed_targets is not None else toyclips.make_target_specs(
                 args.targets_per_reference, 1000 + r, motion=motion or "static")
-            targets = fixed_targets if specs is None else torch.stack([toyclips.render_clip(s)[0] for s in specs])
+            targets = fixed_targets if specs is None else toyclips.first_frames(specs)
             context = None
             if variant is None:                                   # the class-token upper bound
                 embedding, took = None, 0.0

@@ -102,7 +102,7 @@ def main(argv=None) -> int:
         reference, reference_class = heldout_reference(args.motion, args.seed), args.motion
     specs = None if args.targets else toyclips.make_target_specs(
         args.num_targets, args.seed + 1, motion=args.motion if reference_class else "static")
-    targets = _load_targets(args.targets) if specs is None else torch.stack([toyclips.render_clip(s)[0] for s in specs])
+    targets = _load_targets(args.targets) if specs is None else toyclips.first_frames(specs)
     variant = VARIANTS[args.variant]
     settings = ToyLearnSettings(steps=args.steps, seed=args.seed)
     learn_bar = ProgressBar(settings.steps, "learning ")

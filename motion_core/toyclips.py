@@ -456,4 +456,9 @@ def make_target_images(n: int, seed: int, size: int = 64, palette: str = "heldou
                        frames: int = 8) -> torch.Tensor:
     """First frames of ``n`` new scenes to animate, ``(n h w c)`` float32 in [0, 1]: frame 0 of
     each of ``make_target_specs(...)`` with the same arguments."""
-    return torch.stack([render_clip(s)[0] for s in make_target_specs(n, seed, size, palette, motion, frames)])
+    return first_frames(make_target_specs(n, seed, size, palette, motion, frames))
+
+
+def first_frames(specs: Sequence[ClipSpec]) -> torch.Tensor:
+    """Frame 0 of each scene, ``(n h w c)`` float32 in [0, 1]."""
+    return torch.stack([render_clip(s)[0] for s in specs])
