@@ -215,7 +215,8 @@ class CheckpointAverage:
         """Load the mean into ``unet`` and return the mean tokens (a no-op below two checkpoints)."""
         if len(self.steps) < 2:
             return tokens
-        unet.load_state_dict({k: v.to(unet.state_dict()[k].dtype) for k, v in self.state.items()})
+        current = unet.state_dict()
+        unet.load_state_dict({k: v.to(current[k].dtype) for k, v in self.state.items()})
         log.info("UNet and tokens: mean of the checkpoints at steps %s", self.steps)
         return self.tokens
 
