@@ -21,7 +21,8 @@ import numpy as np
 import torch
 
 from . import toyclips
-from .toyeval import VARIANTS, ToyLearnSettings, animate, heldout_reference, learn_variant, score
+from .toyeval import (DEFAULT_GUIDANCE, DEFAULT_MIN_GUIDANCE, VARIANTS, ToyLearnSettings, animate_batch,
+                      heldout_reference, learn_variant, score)
 from .toyworld import FRAMES, IMAGE_SIZE, load_world
 from .video import read_reference_video, resize_center_crop
 
@@ -85,6 +86,10 @@ def parse_args(argv):
     parser.add_argument("--variant", default="both", choices=sorted(VARIANTS), help="how to learn the motion")
     parser.add_argument("--steps", type=int, default=150, help="learning steps")
     parser.add_argument("--sample-steps", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                        help="classifier-free guidance of the last frame against the plain model (1: none)")
+    parser.add_argument("--min-guidance", type=float, default=DEFAULT_MIN_GUIDANCE,
+                        help="guidance of frame 0; it rises linearly to --guidance over the frames")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", help="toy model weights (default: the shipped file)")
     return parser.parse_args(argv)
@@ -108,14 +113,15 @@ def main(argv=None) -> int:
     learn_bar = ProgressBar(settings.steps, "learning ")
     embedding, seconds = learn_variant(world, reference, variant, settings,
                                        lambda step, total, loss: learn_bar.update(1, f"loss {loss:.4f}"))
-    sample_bar = ProgressBar(2 * len(targets), "animating")
+    sample_bar = ProgressBar(2 * args.sample_steps, "animating")
+    moved_clips = animate_batch(world, targets, embedding, FRAMES, args.sample_steps, args.seed,
+                                guidance=args.guidance, min_guidance=args.min_guidance,
+                                progress=lambda step, total: sample_bar.update(1, "with motion"))
+    baseline_clips = animate_batch(world, targets, None, FRAMES, args.sample_steps, args.seed,
+                                   progress=lambda step, total: sample_bar.update(1, "no motion"))
     save_animation(reference, os.path.join(args.out, "reference.webp"))
     rows, report_targets = [reference], []
-    for index, target in enumerate(targets):
-        moved = animate(world, target, embedding, FRAMES, args.sample_steps, args.seed + index)
-        sample_bar.update(1, f"target {index + 1}")
-        baseline = animate(world, target, None, FRAMES, args.sample_steps, args.seed + index)
-        sample_bar.update(1, f"target {index + 1} (no motion)")
+    for index, (target, moved, baseline) in enumerate(zip(targets, moved_clips, baseline_clips)):
         save_animation(moved, os.path.join(args.out, f"target_{index + 1}.webp"))
         save_animation(baseline, os.path.join(args.out, f"target_{index + 1}_no_motion.webp"))
         rows.append(moved)
@@ -131,9 +137,12 @@ def main(argv=None) -> int:
     report = {"reference": args.reference or f"generated: {reference_class} (held-out palette, seed {args.seed})",
               "reference_class": reference_class, "variant": variant.name, "learning_steps": settings.steps,
               "learning_seconds": round(seconds, 1), "sample_steps": args.sample_steps,
+              "guidance": {"first_frame": args.min_guidance, "last_frame": args.guidance},
               "summary": {which: {"class_accuracy": mean("class_correct", which),
+                                  "dense_class_accuracy": mean("dense_correct", which),
                                   "nearest_ideal_accuracy": mean("ideal_correct", which),
                                   "motion_fidelity": mean("motion_fidelity", which),
+                                  "motion_fidelity_wide": mean("motion_fidelity_wide", which),
                                   "first_frame_psnr": mean("first_frame_psnr", which),
                                   "appearance_leakage": mean("appearance_leakage", which)}
                           for which in ("with_motion", "no_motion")},

@@ -16,9 +16,10 @@ import numpy as np
 import torch
 
 from . import metrics, toyclips
+from .denseflow import classify_motion_dense
 from .augment import AugmentSettings
 from .debias import debias
-from .diffusers_svd import SVDDenoiser, init_embedding, install_motion, learn_motion
+from .diffusers_svd import init_embedding, install_motion, learn_motion
 from .embedding import MotionEmbedding
 from .toyworld import SVD_LATENT_SCALE, ToyWorld
 from .training import TrainSettings
@@ -100,6 +101,12 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
     return learned, time.time() - started
 
 
+# Sampling defaults of the demo and the benchmark: guidance rising over the frames, as SVD is
+# sampled; measured in docs/quality.md (constant 5 saturates colours until KLT finds no corners).
+DEFAULT_GUIDANCE = 5.0
+DEFAULT_MIN_GUIDANCE = 1.0
+
+
 def karras_sigmas(steps: int, sigma_min: float = 0.02, sigma_max: float = 40.0, rho: float = 7.0) -> list[float]:
     ramp = torch.linspace(0, 1, steps)
     sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
@@ -107,31 +114,11 @@ def karras_sigmas(steps: int, sigma_min: float = 0.02, sigma_max: float = 40.0, 
 
 
 @torch.no_grad()
-def animate(world: ToyWorld, first_image: torch.Tensor, embedding: Optional[MotionEmbedding], frames: int,
-            steps: int = 16, seed: int = 0) -> torch.Tensor:
-    """Animate ``first_image`` ``(h w c)`` into ``(f h w c)`` with the learned motion (or none)."""
-    first = world.encode(first_image[None]) * SVD_LATENT_SCALE                      # (1 c h w)
-    denoiser = SVDDenoiser(world.unet, image_embeds=world.image_embeds(first_image[None]))
-    generator = torch.Generator().manual_seed(seed)
-    sigmas = karras_sigmas(steps)
-    x = torch.randn((frames, *first.shape[1:]), generator=generator) * sigmas[0]
-    install = install_motion(world.unet, embedding, first.shape[-2], first.shape[-1], frames=frames) \
-        if embedding is not None else None
-    try:
-        for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
-            denoised = denoiser(x, torch.full((frames,), sigma), first)
-            x = x + (x - denoised) / sigma * (next_sigma - sigma)
-    finally:
-        if install is not None:
-            install.remove()
-    return world.decode(x / SVD_LATENT_SCALE)
-
-
-@torch.no_grad()
 def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Optional[MotionEmbedding], frames: int,
                   steps: int = 16, seed: int = 0, context: Optional[torch.Tensor] = None,
-                  guidance: float = 1.0) -> torch.Tensor:
-    """:func:`animate` for many first images at once: ``(n h w c)`` -> ``(n f h w c)``.
+                  guidance: float = 1.0, min_guidance: Optional[float] = None,
+                  progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+    """Animate first images ``(n h w c)`` into ``(n f h w c)`` with the learned motion (or none).
 
     One UNet call per step for all clips (CPU throughput); the learned tensors are shared
     by every clip of the batch, exactly as they are by the cond rows of a CFG batch.
@@ -139,12 +126,18 @@ def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Option
     each target's own image embedding; a motion-class token gives the "oracle" clip).
     ``guidance`` > 1: classifier-free guidance against the plain model with each target's
     own image embedding (the "no motion input" the toy model was trained with).
+    ``min_guidance``: the scale rises linearly over the frames from ``min_guidance`` (frame 0)
+    to ``guidance`` (last frame), as SVD is sampled (ComfyUI's VideoLinearCFGGuidance): the
+    first frame, which the conditioning image already fixes, is not pushed; None: constant.
+    ``progress(step, steps)`` is called after each sampling step.
     """
     from .toytrain import batched_denoise
 
     first_raw = world.encode(first_images)                                          # (n c h w), raw
     plain_context = world.image_embeds(first_images)[:, None]                       # (n 1 d)
-    guided = guidance != 1.0 and (embedding is not None or context is not None)
+    first_scale = guidance if min_guidance is None else min_guidance
+    scale = torch.linspace(first_scale, guidance, frames)[None, :, None, None, None]          # (1 f 1 1 1)
+    guided = bool((scale != 1.0).any()) and (embedding is not None or context is not None)
     context = plain_context if context is None else context
     generator = torch.Generator().manual_seed(seed)
     sigmas = karras_sigmas(steps)
@@ -152,7 +145,7 @@ def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Option
     install = install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1], frames=frames) \
         if embedding is not None else None                 # once for the whole run, not per step
     try:
-        for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+        for step, (sigma, next_sigma) in enumerate(zip(sigmas[:-1], sigmas[1:]), start=1):
             sigma_batch = torch.full((x.shape[0],), sigma)
             denoised = batched_denoise(world.unet, x, sigma_batch, first_raw, context)
             if guided:
@@ -162,14 +155,17 @@ def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Option
                 if embedding is not None:
                     install = install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1],
                                              frames=frames)
-                denoised = plain + guidance * (denoised - plain)
+                denoised = plain + scale * (denoised - plain)
             x = x + (x - denoised) / sigma * (next_sigma - sigma)
+            if progress is not None:
+                progress(step, steps)
     finally:
         if install is not None:
             install.remove()
     return torch.stack([world.decode(clip / SVD_LATENT_SCALE) for clip in x])
 
 
+WIDE_KLT_WINDOW = (21, 21)
 IDEAL_BLUR_PX = 2.0     # at 64 px: wider than texture detail and sampling flicker, narrower than an object
 
 
@@ -207,14 +203,20 @@ def score(reference: torch.Tensor, reference_class: Optional[str], target: torch
     """The benchmark's columns for one generated clip (``target_spec``: the toy target's scene,
     for the nearest-ideal reading; None for outside targets)."""
     predicted = metrics.classify_motion(generated)
+    dense = classify_motion_dense(generated)
     ideal = nearest_ideal_motion(generated, target_spec)[0] if target_spec is not None else None
     return {"predicted_class": predicted,
             "class_correct": None if reference_class is None else predicted == reference_class,
+            "dense_class": dense,
+            "dense_correct": None if reference_class is None else dense == reference_class,
             "ideal_class": ideal,
             "ideal_correct": None if reference_class is None or ideal is None else ideal == reference_class,
             "motion_fidelity": metrics.motion_fidelity_score(reference, generated),
             # the still background agrees with itself in toy scenes; moving points alone separate motions better
             "motion_fidelity_moving": metrics.motion_fidelity_score(reference, generated, moving_only=True),
+            # an object-sized KLT window (21 px at the 128-px tracking scale, ~10 px at 64) follows
+            # objects through the texture shimmer of sampled clips, where a 9-px one follows the shimmer
+            "motion_fidelity_wide": metrics.motion_fidelity_score(reference, generated, win_size=WIDE_KLT_WINDOW),
             "first_frame_psnr": metrics.first_frame_psnr(target, generated),
             "appearance_leakage": metrics.appearance_leakage(reference, target, generated)}
 

@@ -60,9 +60,9 @@ def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
     assert quality.main(["--motions", "translate_E_2", "--variants", "class_token", "no_motion", "text_FF_N1",
                          "--targets-per-reference", "2", "--steps", "2", "--sample-steps", "2", "--threads", "1", "--no-doc"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    assert table[0].startswith("| method | motion-class accuracy (flow) | nearest ideal motion | Motion Fidelity")
+    assert table[0].startswith("| method | motion class (KLT flow) | motion class (dense flow) | nearest ideal motion |")
     names = [line.split("|")[1].strip() for line in table[2:]]
-    assert all(line.split("|")[3].strip().endswith("%") for line in table[2:])   # toy targets: a nearest-ideal reading
+    assert all(line.split("|")[4].strip().endswith("%") for line in table[2:])   # toy targets: a nearest-ideal reading
     assert names == ["(upper bound) the model's own motion-class token", "no motion input (target's own embedding)",
                      "motion-text F'=F+1, N=1"]
 
@@ -80,6 +80,23 @@ def test_guided_animation_with_zero_embedding_equals_plain_and_leaves_the_unet_u
     guided = animate_batch(world, targets, zero, toyworld.FRAMES, steps=2, guidance=3.0)
     assert torch.allclose(guided, plain, atol=1e-5)           # zero Motion Embeddings change nothing
     assert {k: type(v) for k, v in world.unet.attn_processors.items()} == {k: type(v) for k, v in processors.items()}
+
+
+def test_guidance_ramp_over_frames(one_thread):
+    from motion_core import toyclips
+    from motion_core.toyeval import animate_batch
+
+    world = toyworld.load_world()
+    targets = toyclips.make_target_images(1, 5)
+    token = world.motion_tokens[toyclips.class_index("translate_E_2")][None, None]
+    calls = []
+    run = lambda **kw: animate_batch(world, targets, None, toyworld.FRAMES, steps=2, context=token, **kw)  # noqa: E731
+    constant = run(guidance=3.0, progress=lambda step, total: calls.append((step, total)))
+    assert calls == [(1, 2), (2, 2)]
+    assert torch.equal(run(guidance=3.0, min_guidance=3.0), constant)          # a flat ramp is constant guidance
+    assert torch.equal(run(guidance=1.0, min_guidance=1.0), run())              # scale 1 everywhere: unguided
+    ramp = run(guidance=3.0, min_guidance=1.0)
+    assert not torch.allclose(ramp, constant) and not torch.allclose(ramp, run())
 
 
 def test_nearest_ideal_motion_names_every_class_through_noise_and_flicker():

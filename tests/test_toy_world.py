@@ -60,6 +60,8 @@ def test_short_demo_writes_every_output(tmp_path, world):
     with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
         report = json.load(fh)
     assert len(report["targets"]) == 2 and report["reference_class"] == "translate_E_2"
-    for key in ("class_accuracy", "nearest_ideal_accuracy", "motion_fidelity", "first_frame_psnr", "appearance_leakage"):
+    for key in ("class_accuracy", "dense_class_accuracy", "nearest_ideal_accuracy", "motion_fidelity",
+                "motion_fidelity_wide", "first_frame_psnr", "appearance_leakage"):
         assert key in report["summary"]["with_motion"]
+    assert report["guidance"] == {"first_frame": 1.0, "last_frame": 5.0}
     assert report["targets"][0]["with_motion"]["ideal_class"] in toyclips.MOTION_CLASSES
