@@ -5,13 +5,18 @@
 
 For each reference clip (held-out palette: shapes, colours and backgrounds the toy model
 never saw) and each way of learning its motion (the rows, as in the papers' tables),
-learn the motion from the reference, animate every target image with it and score:
+learn the motion from the reference, animate every target image with it (classifier-free
+guidance against the plain model rising from 1 at frame 0 to 5 at the last frame, as SVD is
+sampled; ``--min-guidance`` / ``--guidance``) and score:
 
-- motion-class accuracy: a flow-based classifier of the generated clip vs the reference's class;
+- motion-class accuracy: two flow-based classifiers of the generated clip vs the reference's class,
+  KLT tracks (``metrics.classify_motion``) and dense flow (``denseflow.classify_motion_dense``,
+  robust to the texture shimmer of sampled clips);
 - nearest ideal motion: the class whose ideal animation of the target scene (rendered, every
   class) is closest to the generated clip after a blur, vs the reference's class (toy targets only);
 - Motion Fidelity Score (Motion Inversion, eq. 6): KLT tracklets, both directions; also over
   moving points only (the toy scenes' still backgrounds agree with anything that keeps them still);
+  and with an object-sized 21-px KLT window, which follows objects through texture shimmer;
 - first-frame PSNR to the target image (does the output keep the target's content);
 - appearance leakage: colour-histogram distance of later frames to the target minus to the
   reference (positive = looks like the reference);

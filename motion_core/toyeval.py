@@ -16,9 +16,9 @@ import numpy as np
 import torch
 
 from . import metrics, toyclips
-from .denseflow import classify_motion_dense
 from .augment import AugmentSettings
 from .debias import debias
+from .denseflow import classify_motion_dense
 from .diffusers_svd import init_embedding, install_motion, learn_motion
 from .embedding import MotionEmbedding
 from .toyworld import SVD_LATENT_SCALE, ToyWorld
