@@ -30,9 +30,9 @@ from typing import Optional
 
 import cv2
 import numpy as np
-import torch
 
 from . import toyclips
+from .metrics import _frames
 
 WORK = 128                      # working resolution: small objects need >= 2 work px per px at 64
 K = 64.0 / WORK                 # work px -> px at 64
@@ -46,13 +46,9 @@ _YY, _XX = (np.mgrid[0:WORK, 0:WORK].astype(np.float32) + 0.5) * K
 
 def _grey(frames) -> np.ndarray:
     """(f h w c) or (f h w), torch / numpy, float [0, 1] or uint8 -> (f h w) float32 luma."""
-    x = frames.detach().cpu().numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[0] < 3:
+    x = _frames(frames)                                                   # shared input checks and scaling
+    if x.shape[0] < 3:
         raise ValueError(f"frames must be (f h w c) with f >= 3, got shape {tuple(x.shape)}")
-    x = np.clip(x[..., :3], 0.0, 1.0)
     return x @ np.float32([0.299, 0.587, 0.114]) if x.shape[-1] == 3 else x[..., 0]
 
 
