@@ -13,14 +13,27 @@ from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
 log = logging.getLogger(__name__)
 
 
-def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: int) -> tuple[list, list]:
+NEGATIVE_ZEROS = "zeros (SVD)"
+NEGATIVE_KEEP = "keep input negative"
+NEGATIVE_MODES = (NEGATIVE_ZEROS, NEGATIVE_KEEP)
+
+
+def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: int,
+            negative_mode: str = NEGATIVE_ZEROS) -> tuple[list, list]:
     """Replace SVD's single image token by the embedding's tokens.
 
     positive: ``[[tokens (f n d), {..., "time_conditioning": (1 n d)}]]`` (row f of the
     frame batch attends to ``tokens[f]``; the temporal cross-attention to the time tokens).
-    negative: zeros ``(1 n d)`` and zero ``time_conditioning`` of the same shape, so cond
-    and uncond have equal shapes and batch in one forward.
+    negative, ``NEGATIVE_ZEROS``: zeros ``(1 n d)`` and zero ``time_conditioning`` of the
+    same shape (SVD's unconditional tokens). ``NEGATIVE_KEEP``: the input negative's own
+    tokens ``(1 k d)``, repeated to ``(1 n d)`` when k = 1 (attention over n copies of one
+    token equals attention over that token), as both tokens and ``time_conditioning``, and
+    its own options (its first-frame latent): guidance against a model with no motion
+    tokens, e.g. the toy model's image token. Either way cond and uncond have equal shapes
+    and batch in one forward.
     """
+    if negative_mode not in NEGATIVE_MODES:
+        raise ValueError(f"unknown negative mode {negative_mode!r}; choose one of {', '.join(NEGATIVE_MODES)}")
     if not embedding.has_motion_text:
         raise ValueError("this motion embedding has no motion-text tokens (it was learned with representation="
                          f"{embedding.metadata.get('representation', 'temporal')!r}); use Apply Motion on the MODEL "
@@ -36,9 +49,28 @@ def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: 
             raise ValueError(f"the positive conditioning has {cond_tokens.shape[-1]}-wide tokens, the motion "
                              f"embedding {width}-wide: connect the positive of SVD_img2vid_Conditioning")
         new_positive.append([spatial.clone(), dict(options, time_conditioning=temporal.clone())])
-    new_negative = [[torch.zeros(1, tokens, width), dict(options, time_conditioning=torch.zeros(1, tokens, width))]
-                    for _cond_tokens, options in negative]
+    new_negative = []
+    for cond_tokens, options in negative:
+        if negative_mode == NEGATIVE_ZEROS:
+            kept = torch.zeros(1, tokens, width)
+        else:
+            kept = _negative_tokens(cond_tokens, tokens, width)
+        new_negative.append([kept, dict(options, time_conditioning=kept.clone())])
     return new_positive, new_negative
+
+
+def _negative_tokens(cond_tokens: torch.Tensor, tokens: int, width: int) -> torch.Tensor:
+    """The input negative's tokens ``(1 k d)`` as ``(1 n d)`` (one token repeated, or n already)."""
+    if cond_tokens.dim() != 3 or cond_tokens.shape[0] != 1 or cond_tokens.shape[-1] != width:
+        raise ValueError(f"the negative conditioning's tokens have shape {tuple(cond_tokens.shape)}; keeping them needs "
+                         f"(1, 1, {width}) or (1, {tokens}, {width}): connect the negative of the video conditioning "
+                         f"node, or use negative = {NEGATIVE_ZEROS!r}")
+    if cond_tokens.shape[1] == tokens:
+        return cond_tokens.detach().float().cpu().clone()
+    if cond_tokens.shape[1] != 1:
+        raise ValueError(f"the negative conditioning has {cond_tokens.shape[1]} tokens and the motion embedding "
+                         f"{tokens}; keeping them needs 1 or {tokens}, or use negative = {NEGATIVE_ZEROS!r}")
+    return cond_tokens.detach().float().cpu().expand(1, tokens, width).clone()
 
 
 def reference_conditioning(first_latent: torch.Tensor, embedding: Optional[MotionEmbedding], fps: int,
@@ -76,18 +108,25 @@ class InflateSVDConditioning(io.ComfyNode):
                              tooltip="Frames of the video to make; 0 = from the latent input, else the embedding's."),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="The video latent to sample (its frame count is used when frames = 0)."),
+                io.Combo.Input("negative_mode", options=list(NEGATIVE_MODES), default=NEGATIVE_ZEROS, optional=True,
+                               tooltip="zeros (SVD): SVD's unconditional tokens, for SVD checkpoints. keep input "
+                                       "negative: the negative's own tokens (repeated to the motion token count), so "
+                                       "CFG pushes away from 'no motion': for models whose no-motion conditioning "
+                                       "is not zeros, such as the toy model (Toy Video Conditioning's negative)."),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="Per-frame motion tokens + the target image."),
-                io.Conditioning.Output(display_name="negative", tooltip="Matching zero tokens for CFG."),
+                io.Conditioning.Output(display_name="negative",
+                                       tooltip="Zero tokens or the input negative's, shaped like the positive's, for CFG."),
             ],
         )
 
     @classmethod
-    def execute(cls, positive, negative, motion_embedding, frames, latent=None) -> io.NodeOutput:
+    def execute(cls, positive, negative, motion_embedding, frames, latent=None,
+                negative_mode=NEGATIVE_ZEROS) -> io.NodeOutput:
         if frames == 0:
             frames = int(latent["samples"].shape[0]) if latent is not None else motion_embedding.frames
         if frames != motion_embedding.frames:
             log.info("Inflate SVD Conditioning: resampling motion tokens from %d to %d frames",
                      motion_embedding.frames, frames)
-        return io.NodeOutput(*inflate(positive, negative, motion_embedding, frames))
+        return io.NodeOutput(*inflate(positive, negative, motion_embedding, frames, negative_mode))

@@ -64,8 +64,10 @@ class ToyVideoConditioning(io.ComfyNode):
             node_id=NODE_PREFIX + "ToyVideoConditioning",
             display_name="Toy Video Conditioning",
             category=TOY_CATEGORY,
-            description="SVD_img2vid_Conditioning for the toy model: the same positive/negative, with the empty "
-                        "video latent sized by the VAE's own downscale (4x for the toy VAE; the stock node assumes 8x).",
+            description="SVD_img2vid_Conditioning for the toy model: the same positive, with the empty video latent "
+                        "sized by the VAE's own downscale (4x for the toy VAE; the stock node assumes 8x). The "
+                        "negative is the toy model's no-motion conditioning (the image token and the first frame), "
+                        "not SVD's zeros, which the toy model never saw in training.",
             inputs=[
                 io.ClipVision.Input("clip_vision", tooltip="From Load Toy Video Model."),
                 io.Image.Input("init_image", tooltip="The image to animate (64 x 64)."),
@@ -75,7 +77,10 @@ class ToyVideoConditioning(io.ComfyNode):
                 io.Int.Input("fps", default=6, min=1, max=60, tooltip="As in Learn (6)."),
             ],
             outputs=[io.Conditioning.Output(display_name="positive", tooltip="Image token + first-frame latent."),
-                     io.Conditioning.Output(display_name="negative", tooltip="Zeros, for CFG."),
+                     io.Conditioning.Output(display_name="negative",
+                                            tooltip="The toy model's 'no motion': the same image token and latent. "
+                                                    "Inflate SVD Conditioning keeps it with negative_mode 'keep "
+                                                    "input negative', so CFG amplifies the learned motion."),
                      io.Latent.Output(display_name="latent", tooltip="The empty video latent.")],
         )
 
@@ -85,6 +90,7 @@ class ToyVideoConditioning(io.ComfyNode):
         first = vae.encode(init_image[:1, :, :, :3])
         extra = {"motion_bucket_id": motion_bucket_id, "fps": fps, "augmentation_level": 0.0}
         positive = [[pooled, dict(extra, concat_latent_image=first)]]
-        negative = [[torch.zeros_like(pooled), dict(extra, concat_latent_image=torch.zeros_like(first))]]
+        # the toy model's "no motion" is its image token (trained so 15 % of the time), not SVD's zeros
+        negative = [[pooled.clone(), dict(extra, concat_latent_image=first.clone())]]
         latent = torch.zeros([video_frames, first.shape[1], first.shape[2], first.shape[3]])
         return io.NodeOutput(positive, negative, {"samples": latent})

@@ -4,6 +4,7 @@ The equivalence tests also check the diffusers adapter (``SVDDenoiser``, ``insta
 against the host path (``SVD_img2vid.extra_conds`` + ``calc_cond_batch``, as the samplers
 call it) on the same random toy weights.
 """
+import contextlib
 import importlib
 import logging
 import os
@@ -17,6 +18,7 @@ log = logging.getLogger(__name__)
 
 FRAMES, LATENT, IMAGE = 8, 16, 64
 TOKENS = 3
+PACK = "MotionInversion_"
 
 
 def _core(name):
@@ -116,6 +118,19 @@ def _align_group_norm_eps(world, model):
     return changed
 
 
+@contextlib.contextmanager
+def _equal_group_norm_eps(world, model):
+    """Within the block, diffusers' GroupNorms use ComfyUI's eps (restored afterwards)."""
+    saved = {name: m.eps for name, m in world.unet.named_modules() if isinstance(m, torch.nn.GroupNorm)}
+    try:
+        assert _align_group_norm_eps(world, model) > 0
+        yield
+    finally:
+        for name, module in world.unet.named_modules():
+            if name in saved:
+                module.eps = saved[name]
+
+
 def _motion_text(seed=1):
     core = pack_module("motion_core.embedding")
     generator = torch.Generator().manual_seed(seed)
@@ -142,18 +157,74 @@ def test_diffusers_and_converted_comfy_unet_agree(loaded, world, sigma):
     assert plain < 1e-3 and motion < 1e-3, (plain, motion)
     assert (host_motion - host_plain).abs().max() > 0.05          # the motion text does change the output
 
-    saved = {name: m.eps for name, m in world.unet.named_modules() if isinstance(m, torch.nn.GroupNorm)}
-    try:
-        assert _align_group_norm_eps(world, model) > 0
+    with _equal_group_norm_eps(world, model):
         plain_eps = (host_plain - _diffusers_denoised(world, first, token, noisy, sigma)).abs().max().item()
         motion_eps = (host_motion - _diffusers_denoised(world, first, token, noisy, sigma, embedding)).abs().max().item()
-    finally:
-        for name, module in world.unet.named_modules():
-            if name in saved:
-                module.eps = saved[name]
     log.info("sigma %.2f: max |diffusers - ComfyUI| plain %.2e, motion text %.2e; with equal GroupNorm eps "
              "%.2e / %.2e (outputs up to %.2f)", sigma, plain, motion, plain_eps, motion_eps, host_plain.abs().max())
     assert plain_eps < 2e-5 and motion_eps < 2e-5, (plain_eps, motion_eps)
+
+
+def test_guided_toy_workflow_chain_samples_like_the_benchmark(comfy_nodes, loaded, world):
+    """Toy Video Conditioning -> Inflate SVD Conditioning (keep input negative) -> CFGGuider on
+    VideoLinearCFGGuidance, Karras 40 -> 0.02, Euler: the chain toy_reenact.json samples with
+    gives the video that ``toyeval.animate_batch`` (the demo's and the benchmark's sampler)
+    gives with the same guidance ramp, seed and motion tokens."""
+    nodes = comfy_nodes.NODE_CLASS_MAPPINGS
+    model, clip_vision, vae = loaded
+    image = torch.rand(1, IMAGE, IMAGE, 3, generator=torch.Generator().manual_seed(3))
+    embedding = _motion_text()
+    steps, seed, cfg, min_cfg = 4, 7, 5.0, 1.0
+    with torch.inference_mode():
+        positive, negative, latent = nodes[PACK + "ToyVideoConditioning"].execute(clip_vision, image, vae, FRAMES,
+                                                                                  127, 6).result
+        keep = pack_module("nodes.conditioning").NEGATIVE_KEEP
+        positive, negative = nodes[PACK + "InflateSVDConditioning"].execute(positive, negative, embedding, 0, latent,
+                                                                            negative_mode=keep).result
+        guided_model = nodes["VideoLinearCFGGuidance"]().patch(model, min_cfg)[0]
+        guider = nodes["CFGGuider"]().get_guider(guided_model, positive, negative, cfg)[0]
+        sigmas = nodes["KarrasScheduler"]().get_sigmas(steps, 40.0, 0.02, 7.0)[0]
+        sampler = nodes["KSamplerSelect"]().get_sampler("euler")[0]
+        noise = nodes["RandomNoise"]().get_noise(seed)[0]
+        samples = nodes["SamplerCustomAdvanced"]().sample(noise, guider, sampler, sigmas, latent)[0]["samples"]
+        host_video = vae.decode(samples).float().cpu()
+    toyeval = _core("toyeval")
+    with _equal_group_norm_eps(world, model):
+        ours = toyeval.animate_batch(world, image, embedding, FRAMES, steps, seed=seed, guidance=cfg,
+                                     min_guidance=min_cfg)[0]
+        unguided = toyeval.animate_batch(world, image, embedding, FRAMES, steps, seed=seed)[0]
+    difference = (host_video - ours).abs().max().item()
+    log.info("guided toy chain: max |ComfyUI - animate_batch| %.2e; guidance moved pixels by up to %.2f",
+             difference, (ours - unguided).abs().max())
+    assert host_video.shape == ours.shape == (FRAMES, IMAGE, IMAGE, 3)
+    assert (ours - unguided).abs().max() > 0.05           # the guidance matters, so the match says something
+    assert difference < 2e-4, difference
+
+
+def test_inflate_keeps_the_negative_tokens_and_latent_when_asked(comfy_nodes, loaded):
+    nodes = comfy_nodes.NODE_CLASS_MAPPINGS
+    _model, clip_vision, vae = loaded
+    conditioning = pack_module("nodes.conditioning")
+    image = torch.rand(1, IMAGE, IMAGE, 3, generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        positive, negative, latent = nodes[PACK + "ToyVideoConditioning"].execute(clip_vision, image, vae, FRAMES,
+                                                                                  127, 6).result
+    token = clip_vision.encode_image(image).image_embeds
+    assert torch.allclose(negative[0][0][0], token) and negative[0][1]["concat_latent_image"].abs().max() > 0
+    inflate = nodes[PACK + "InflateSVDConditioning"]
+    _pos, kept = inflate.execute(positive, negative, _motion_text(), 0, latent,
+                                 negative_mode=conditioning.NEGATIVE_KEEP).result
+    tokens, options = kept[0]
+    assert tokens.shape == options["time_conditioning"].shape == (1, TOKENS, 1024)
+    assert torch.allclose(tokens, token.expand(1, TOKENS, -1))
+    assert torch.equal(options["concat_latent_image"], negative[0][1]["concat_latent_image"])
+    _pos, zeros = inflate.execute(positive, negative, _motion_text(), 0, latent).result   # the default: SVD's
+    assert not zeros[0][0].any() and not zeros[0][1]["time_conditioning"].any()
+    with pytest.raises(ValueError, match="2 tokens and the motion embedding 3"):
+        inflate.execute(positive, [[token[None].expand(1, 2, -1), {}]], _motion_text(), 0, latent,
+                        negative_mode=conditioning.NEGATIVE_KEEP)
+    with pytest.raises(ValueError, match="unknown negative mode"):
+        conditioning.inflate(positive, negative, _motion_text(), FRAMES, "ones")
 
 
 def test_full_size_svd_keys_map_onto_comfy_svd_unet(comfy_nodes):

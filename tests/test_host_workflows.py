@@ -7,6 +7,7 @@ its shipped values (stand-in files for what it names), then run by ComfyUI's
 """
 import asyncio
 import glob
+import importlib
 import json
 import os
 
@@ -269,6 +270,23 @@ def test_motion_embeddings_workflow_learns_temporal_and_applies_debiased(comfy_n
     assert _source(prompt, noise, "motion_embedding")[1] == learn      # inverted like the Learn run
     assert _source(prompt, noise, "sigmas")[1] == _source(prompt, sampler, "sigmas")[1]
     assert not _nodes_of(prompt, PACK + "InflateSVDConditioning")
+
+
+def test_toy_workflow_guides_like_the_benchmark(comfy_nodes):
+    """toy_reenact.json samples with the demo's and the benchmark's guidance (the ramp, and the
+    toy model's image token as the negative), the chain test_host_toy checks number for number."""
+    toyeval = importlib.import_module(pack_module("motion_core").__name__ + ".toyeval")   # no node imports it
+    keep = pack_module("nodes.conditioning").NEGATIVE_KEEP
+    prompt = workflow_to_api_prompt(load_workflow("toy_reenact.json"), comfy_nodes.NODE_CLASS_MAPPINGS)
+    (sampler,) = _nodes_of(prompt, "SamplerCustomAdvanced")
+    guider_type, guider, _slot = _source(prompt, sampler, "guider")
+    assert guider_type == "CFGGuider" and prompt[guider]["inputs"]["cfg"] == toyeval.DEFAULT_GUIDANCE
+    assert _model_chain(prompt, guider) == ["VideoLinearCFGGuidance", PACK + "ApplyMotion", PACK + "LoadToyVideoModel"]
+    (ramp,) = _nodes_of(prompt, "VideoLinearCFGGuidance")
+    assert prompt[ramp]["inputs"]["min_cfg"] == toyeval.DEFAULT_MIN_GUIDANCE
+    inflate_type, inflate, _slot = _source(prompt, guider, "negative")
+    assert inflate_type == PACK + "InflateSVDConditioning" and prompt[inflate]["inputs"]["negative_mode"] == keep
+    assert _source(prompt, inflate, "negative")[0] == PACK + "ToyVideoConditioning"
 
 
 # ------------------------------------------------------------------ running them
