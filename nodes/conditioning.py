@@ -64,12 +64,12 @@ def _negative_tokens(cond_tokens: torch.Tensor, tokens: int, width: int) -> torc
     if cond_tokens.dim() != 3 or cond_tokens.shape[0] != 1 or cond_tokens.shape[-1] != width:
         raise ValueError(f"the negative conditioning's tokens have shape {tuple(cond_tokens.shape)}; keeping them needs "
                          f"(1, 1, {width}) or (1, {tokens}, {width}): connect the negative of the video conditioning "
-                         f"node, or use negative = {NEGATIVE_ZEROS!r}")
+                         f"node, or set negative_mode to {NEGATIVE_ZEROS!r}")
     if cond_tokens.shape[1] == tokens:
         return cond_tokens.detach().float().cpu().clone()
     if cond_tokens.shape[1] != 1:
         raise ValueError(f"the negative conditioning has {cond_tokens.shape[1]} tokens and the motion embedding "
-                         f"{tokens}; keeping them needs 1 or {tokens}, or use negative = {NEGATIVE_ZEROS!r}")
+                         f"{tokens}; keeping them needs 1 or {tokens}, or set negative_mode to {NEGATIVE_ZEROS!r}")
     return cond_tokens.detach().float().cpu().expand(1, tokens, width).clone()
 
 
