@@ -71,7 +71,7 @@ def run(args) -> str:
             log.info("skipping the class-token row: an outside reference has no known motion class")
             continue
         variant = VARIANTS.get(key)
-        results, seconds = [], []
+        results, seconds, ideal_by_motion = [], [], {}
         for r, (motion, reference) in enumerate(references):
             specs = None if fixed_targets is not None else toyclips.make_target_specs(
                 args.targets_per_reference, 1000 + r, motion=motion or "static")
@@ -87,6 +87,7 @@ def run(args) -> str:
                                       guidance=args.guidance, min_guidance=args.min_guidance)
             for i, (target, clip) in enumerate(zip(targets, generated)):
                 results.append(score(reference, motion, target, clip, None if specs is None else specs[i]))
+                ideal_by_motion.setdefault(motion, []).append(results[-1]["ideal_correct"])
         name = variant.name if variant is not None else "(upper bound) the model's own motion-class token"
         row = {"name": name, "accuracy": _mean(r["class_correct"] for r in results),
                "dense_accuracy": _mean(r["dense_correct"] for r in results),
@@ -96,20 +97,35 @@ def run(args) -> str:
                "mfs_wide": _mean(r["motion_fidelity_wide"] for r in results),
                "psnr": _mean(r["first_frame_psnr"] for r in results),
                "leakage": _mean(r["appearance_leakage"] for r in results),
-               "seconds": _mean(seconds), "clips": len(results)}
+               "seconds": _mean(seconds), "clips": len(results),
+               "ideal_by_motion": {motion: _mean(hits) for motion, hits in ideal_by_motion.items()}}
         log.info("%s", row)
         rows.append(row)
     lines = ["| method | motion class (KLT flow) | motion class (dense flow) | nearest ideal motion | Motion Fidelity | "
              "MFS, moving points | MFS, 21-px window | first-frame PSNR (dB) | appearance leakage | learning time (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    def percent(value):
-        return "n/a" if value != value else f"{100 * value:.0f}%"
     for row in rows:
-        lines.append(f"| {row['name']} | {percent(row['accuracy'])} | {percent(row['dense_accuracy'])} | "
-                     f"{percent(row['ideal_accuracy'])} | {row['mfs']:.3f} | {row['mfs_moving']:.3f} | "
+        lines.append(f"| {row['name']} | {_percent(row['accuracy'])} | {_percent(row['dense_accuracy'])} | "
+                     f"{_percent(row['ideal_accuracy'])} | {row['mfs']:.3f} | {row['mfs_moving']:.3f} | "
                      f"{row['mfs_wide']:.3f} | {row['psnr']:.1f} | "
                      f"{row['leakage']:+.3f} | {row['seconds']:.0f} |")
     return "\n".join(lines), rows, references
+
+
+def _percent(value: float) -> str:
+    return "n/a" if value != value else f"{100 * value:.0f}%"
+
+
+def motion_breakdown(rows: list[dict]) -> str:
+    """Nearest-ideal accuracy per reference motion (toy references only; "" otherwise):
+    which motions a method transfers, not only how many."""
+    motions = [m for m in (rows[0]["ideal_by_motion"] if rows else {}) if m is not None]
+    if not motions:
+        return ""
+    lines = ["| method (nearest ideal motion) | " + " | ".join(motions) + " |", "|---" * (len(motions) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row['name']} | " + " | ".join(_percent(row["ideal_by_motion"][m]) for m in motions) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -134,7 +150,10 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.time()
     table, rows, references = run(args)
+    breakdown = motion_breakdown(rows)
     print(table)
+    if breakdown:
+        print("\n" + breakdown)
     if not args.no_doc and not args.reference:
         command = "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)
         with open(DOC, "w", encoding="utf-8") as fh:
@@ -147,6 +166,8 @@ def main(argv=None) -> int:
                      f"{args.sample_steps} Euler steps; guidance {args.min_guidance:g} (frame 0) to {args.guidance:g} "
                      f"(last frame) against the plain model.\n\n")
             fh.write(table + "\n")
+            if breakdown:
+                fh.write("\nPer reference motion:\n\n" + breakdown + "\n")
     return 0
 
 
