@@ -281,7 +281,9 @@ def test_toy_workflow_guides_like_the_benchmark(comfy_nodes):
     (sampler,) = _nodes_of(prompt, "SamplerCustomAdvanced")
     guider_type, guider, _slot = _source(prompt, sampler, "guider")
     assert guider_type == "CFGGuider" and prompt[guider]["inputs"]["cfg"] == toyeval.DEFAULT_GUIDANCE
-    assert _model_chain(prompt, guider) == ["VideoLinearCFGGuidance", PACK + "ApplyMotion", PACK + "LoadToyVideoModel"]
+    assert _model_chain(prompt, guider) == ["VideoLinearCFGGuidance", PACK + "LoadToyVideoModel"]
+    (learn,) = _nodes_of(prompt, PACK + "LearnMotionEmbedding")   # the tokens: what moves the toy model (quality.md)
+    assert prompt[learn]["inputs"]["representation"] == "motion_text"
     (ramp,) = _nodes_of(prompt, "VideoLinearCFGGuidance")
     assert prompt[ramp]["inputs"]["min_cfg"] == toyeval.DEFAULT_MIN_GUIDANCE
     inflate_type, inflate, _slot = _source(prompt, guider, "negative")
