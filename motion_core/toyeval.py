@@ -143,7 +143,7 @@ def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Option
     sigmas = karras_sigmas(steps)
     x = torch.randn((first_images.shape[0], frames, *first_raw.shape[1:]), generator=generator) * sigmas[0]
     install = install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1], frames=frames) \
-        if embedding is not None else None                 # once for the whole run, not per step
+        if embedding is not None else None     # once per run; guided runs lift it for each plain pass (~15 ms)
     try:
         for step, (sigma, next_sigma) in enumerate(zip(sigmas[:-1], sigmas[1:]), start=1):
             sigma_batch = torch.full((x.shape[0],), sigma)
