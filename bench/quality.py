@@ -1,6 +1,6 @@
 """Does the motion transfer? Both papers' methods measured in the toy world.
 
-    python -m bench.quality                       # held-out toy references, writes docs/quality.md
+    python -m bench.quality                       # held-out toy references, updates docs/quality.md
     python -m bench.quality --reference clip.mp4 --targets a.png b.png ...   # your own clips
 
 For each reference clip (held-out palette: shapes, colours and backgrounds the toy model
@@ -33,6 +33,7 @@ import time
 
 import torch
 
+from bench.docfile import replace_section
 from motion_core import toyclips
 from motion_core.toyeval import (DEFAULT_GUIDANCE, DEFAULT_MIN_GUIDANCE, VARIANTS, ToyLearnSettings, animate_batch,
                                  heldout_reference, learn_variant, score)
@@ -145,7 +146,7 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--reference", help="your own reference video instead of the toy ones")
     parser.add_argument("--targets", nargs="*", help="your own target images (with --reference)")
-    parser.add_argument("--no-doc", action="store_true", help="do not write docs/quality.md")
+    parser.add_argument("--no-doc", action="store_true", help="do not write the measured block of docs/quality.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.time()
@@ -156,18 +157,15 @@ def main(argv=None) -> int:
         print("\n" + breakdown)
     if not args.no_doc and not args.reference:
         command = "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)
-        with open(DOC, "w", encoding="utf-8") as fh:
-            fh.write("# Does the motion transfer? (toy world)\n\n")
-            fh.write(f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU "
-                     f"({args.threads} threads), {time.time() - started:.0f} s in all; toy model per "
-                     f"`{os.path.relpath(MANIFEST_PATH)}`.\n\n")
-            fh.write(f"References: held-out palette clips of {', '.join(m for m, _ in references)}; "
-                     f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps; "
-                     f"{args.sample_steps} Euler steps; guidance {args.min_guidance:g} (frame 0) to {args.guidance:g} "
-                     f"(last frame) against the plain model.\n\n")
-            fh.write(table + "\n")
-            if breakdown:
-                fh.write("\nPer reference motion:\n\n" + breakdown + "\n")
+        lines = [f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
+                 f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
+                 f"References: held-out palette clips of {', '.join(m for m, _ in references)}; "
+                 f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps; "
+                 f"{args.sample_steps} Euler steps; guidance {args.min_guidance:g} (frame 0) to {args.guidance:g} "
+                 f"(last frame) against the plain model.", "", table]
+        if breakdown:
+            lines += ["", "Per reference motion:", "", breakdown]
+        replace_section(DOC, "quality", "\n".join(lines))      # the hand-written analysis around it stays
     return 0
 
 
