@@ -1,0 +1,129 @@
+"""Where is the gap, in the readings or in the model? Every motion reading on clips of known motion.
+
+    python -m bench.readings                  # 26 classes x 2 held-out scenes, updates docs/quality.md
+
+``bench.quality`` scores generated clips with three readings of "which motion is this"
+(KLT flow, dense flow, nearest ideal) and with Motion Fidelity. When a method scores low,
+either the motion did not transfer or the reading cannot see it in a sampled clip. This
+benchmark separates the two: it reads clips whose motion is known, from the cleanest to
+the toy model's own output, with no learning involved (rows):
+
+- ``render``: the ideal render of a held-out scene, what the readings were built on;
+- ``vae``: the same clip through the toy VAE (encode, decode), the sharpest clip the toy
+  model could ever output;
+- ``class_token``: the toy model animating the scene's first frame with its own motion-class
+  token (the quality bench's upper-bound row), sampled as the quality bench samples;
+- ``class_token_train``: the same on scenes in the *training* palette, whose shapes, colours
+  and backgrounds the model saw: how much of the rest is held-out appearance.
+
+Columns as in ``bench.quality`` (Motion Fidelity against a second held-out clip of the same
+class), plus the first-frame PSNR to the scene's own frame 0.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+
+import torch
+
+from bench.docfile import replace_section
+from bench.quality import DOC, _mean, _percent
+from motion_core import toyclips
+from motion_core.toyeval import DEFAULT_GUIDANCE, DEFAULT_MIN_GUIDANCE, animate_batch, heldout_reference, score
+from motion_core.toyworld import FRAMES, MANIFEST_PATH, load_world
+
+log = logging.getLogger("bench.readings")
+SOURCES = {
+    "render": "ideal render (held-out scene)",
+    "vae": "ideal render through the toy VAE",
+    "class_token": "toy model, own class token (held-out scene)",
+    "class_token_train": "toy model, own class token (training-palette scene)",
+}
+
+
+def scenes(motions, per_motion: int, seed: int, palette: str) -> list[toyclips.ClipSpec]:
+    """``per_motion`` scenes per motion, objects placed so that the motion keeps them in frame."""
+    return [spec for i, motion in enumerate(motions)
+            for spec in toyclips.make_target_specs(per_motion, seed + 100 * i, palette=palette, motion=motion,
+                                                   frames=FRAMES)]
+
+
+def clips_of(source: str, world, specs, rendered: torch.Tensor, args) -> torch.Tensor:
+    """``(n f h w c)`` clips of ``specs``' motions from ``source``; ``rendered``: their ideal renders."""
+    if source == "render":
+        return rendered
+    if source == "vae":
+        return torch.stack([world.decode(world.encode(clip)) for clip in rendered])
+    context = world.motion_tokens[[toyclips.class_index(spec.motion) for spec in specs]][:, None]   # (n 1 d)
+    return animate_batch(world, rendered[:, 0], None, FRAMES, args.sample_steps, seed=args.seed,
+                         context=context, guidance=args.guidance, min_guidance=args.min_guidance)
+
+
+def run(args) -> tuple[str, list[dict]]:
+    torch.set_num_threads(args.threads)
+    world = load_world()
+    references = {motion: heldout_reference(motion, args.seed + 50 + i, frames=FRAMES)
+                  for i, motion in enumerate(args.motions)}
+    rows = []
+    for source in args.sources:
+        palette = "train" if source.endswith("_train") else "heldout"
+        specs = scenes(args.motions, args.scenes_per_motion, args.seed + 7000, palette)
+        started = time.time()
+        rendered = torch.stack([toyclips.render_clip(spec) for spec in specs])            # (n f h w c)
+        clips = clips_of(source, world, specs, rendered, args)
+        results = [score(references[spec.motion], spec.motion, ideal[0], clip, spec)
+                   for spec, ideal, clip in zip(specs, rendered, clips)]
+        row = {"name": SOURCES[source], "accuracy": _mean(r["class_correct"] for r in results),
+               "dense_accuracy": _mean(r["dense_correct"] for r in results),
+               "ideal_accuracy": _mean(r["ideal_correct"] for r in results),
+               "mfs": _mean(r["motion_fidelity"] for r in results),
+               "mfs_wide": _mean(r["motion_fidelity_wide"] for r in results),
+               "psnr": _mean(r["first_frame_psnr"] for r in results), "clips": len(results)}
+        log.info("%s (%.0f s): %s", source, time.time() - started, row)
+        rows.append(row)
+    lines = ["| clips read | motion class (KLT flow) | motion class (dense flow) | nearest ideal motion | "
+             "Motion Fidelity | MFS, 21-px window | first-frame PSNR (dB) |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        psnr = "exact" if row["psnr"] == float("inf") else f"{row['psnr']:.1f}"
+        lines.append(f"| {row['name']} | {_percent(row['accuracy'])} | {_percent(row['dense_accuracy'])} | "
+                     f"{_percent(row['ideal_accuracy'])} | {row['mfs']:.3f} | {row['mfs_wide']:.3f} | {psnr} |")
+    return "\n".join(lines), rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--motions", nargs="+", default=list(toyclips.MOTION_CLASSES), choices=toyclips.MOTION_CLASSES)
+    parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
+                        help="which clips to read (rows); see the description above")
+    parser.add_argument("--scenes-per-motion", type=int, default=2)
+    parser.add_argument("--sample-steps", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                        help="classifier-free guidance of the last frame against the plain model (1: none)")
+    parser.add_argument("--min-guidance", type=float, default=DEFAULT_MIN_GUIDANCE,
+                        help="guidance of frame 0, rising linearly to --guidance at the last frame")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-doc", action="store_true", help="do not write the measured block of docs/quality.md")
+    args = parser.parse_args(argv)
+    if args.scenes_per_motion < 1 or args.sample_steps < 1:
+        parser.error("--scenes-per-motion and --sample-steps must be at least 1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    started = time.time()
+    table, _ = run(args)
+    print(table)
+    if not args.no_doc:
+        command = "python -m bench.readings " + " ".join(sys.argv[1:] if argv is None else argv)
+        replace_section(DOC, "readings", "\n".join([
+            f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
+            f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
+            f"{len(args.motions)} motion classes x {args.scenes_per_motion} scenes; sampled rows: "
+            f"{args.sample_steps} Euler steps, guidance {args.min_guidance:g} (frame 0) to {args.guidance:g} "
+            "(last frame) against the plain model.", "", table]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

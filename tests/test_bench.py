@@ -1,0 +1,51 @@
+"""The benchmarks' doc writing and the readings benchmark, on tiny settings."""
+import os
+
+import pytest
+
+from bench import docfile
+
+
+def test_replace_section_keeps_the_hand_written_text_around_the_block(tmp_path):
+    doc = tmp_path / "quality.md"
+    start, end = docfile.markers("quality")
+    doc.write_text(f"# Title\n\n{start}\nold table\n{end}\n\nAnalysis by hand.\n", encoding="utf-8")
+    docfile.replace_section(str(doc), "quality", "new table\n")
+    assert doc.read_text(encoding="utf-8") == f"# Title\n\n{start}\nnew table\n{end}\n\nAnalysis by hand.\n"
+    docfile.replace_section(str(doc), "readings", "readings table")      # another bench's block: appended
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith(f"# Title\n\n{start}\nnew table\n{end}\n\nAnalysis by hand.\n\n")
+    assert text.endswith("\n".join([*docfile.markers("readings")[:1], "readings table", docfile.markers("readings")[1]]) + "\n")
+    assert not os.path.exists(str(doc) + ".partial")
+
+
+def test_replace_section_creates_a_missing_doc_and_refuses_unbalanced_markers(tmp_path):
+    doc = tmp_path / "new.md"
+    docfile.replace_section(str(doc), "quality", "table")
+    start, end = docfile.markers("quality")
+    assert doc.read_text(encoding="utf-8") == f"{start}\ntable\n{end}\n"
+    broken = tmp_path / "broken.md"
+    broken.write_text(f"{start}\nhalf a block, its end marker deleted\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="unbalanced.*fix them by hand"):
+        docfile.replace_section(str(broken), "quality", "table")
+    assert broken.read_text(encoding="utf-8") == f"{start}\nhalf a block, its end marker deleted\n"   # untouched
+
+
+def test_readings_benchmark_reads_the_ideal_renders_right_and_writes_only_its_block(one_thread, capsys, tmp_path,
+                                                                                   monkeypatch):
+    from bench import readings
+
+    doc = tmp_path / "quality.md"
+    doc.write_text("Hand-written analysis.\n", encoding="utf-8")
+    monkeypatch.setattr(readings, "DOC", str(doc))
+    assert readings.main(["--motions", "translate_E_2", "static", "--scenes-per-motion", "1", "--sample-steps", "2",
+                          "--sources", "render", "vae", "class_token", "--threads", "1"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert [line.split("|")[1].strip() for line in table[2:]] == [
+        readings.SOURCES["render"], readings.SOURCES["vae"], readings.SOURCES["class_token"]]
+    render = [cell.strip() for cell in table[2].split("|")[2:-1]]
+    assert render[:3] == ["100%", "100%", "100%"] and render[-1] == "exact"   # every reading names a clean clip
+    assert table[3].split("|")[-2].strip() != "exact"                        # the VAE changes frame 0
+    text = doc.read_text(encoding="utf-8")
+    assert text.startswith("Hand-written analysis.\n\n" + docfile.markers("readings")[0])
+    assert "python -m bench.readings --motions translate_E_2 static" in text and table[2] in text
