@@ -49,3 +49,20 @@ def test_readings_benchmark_reads_the_ideal_renders_right_and_writes_only_its_bl
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("Hand-written analysis.\n\n" + docfile.markers("readings")[0])
     assert "python -m bench.readings --motions translate_E_2 static" in text and table[2] in text
+
+
+def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, capsys, tmp_path, monkeypatch):
+    from bench import quality
+
+    doc = tmp_path / "quality.md"
+    start, end = docfile.markers("quality")
+    doc.write_text(f"# Title\n\n{start}\nan old table\n{end}\n\nThe analysis, by hand.\n", encoding="utf-8")
+    monkeypatch.setattr(quality, "DOC", str(doc))
+    assert quality.main(["--motions", "static", "--variants", "class_token", "--targets-per-reference", "1",
+                         "--sample-steps", "2", "--threads", "1"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| (upper bound)")]
+    text = doc.read_text(encoding="utf-8")
+    head, block = text.split(start + "\n")
+    block, tail = block.split(end)
+    assert head == "# Title\n\n" and tail == "\n\nThe analysis, by hand.\n"
+    assert "an old table" not in block and table[0] in block and "`python -m bench.quality --motions static" in block
