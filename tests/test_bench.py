@@ -66,3 +66,22 @@ def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, 
     block, tail = block.split(end)
     assert head == "# Title\n\n" and tail == "\n\nThe analysis, by hand.\n"
     assert "an old table" not in block and table[0] in block and "`python -m bench.quality --motions static" in block
+
+
+def test_readings_benchmark_reads_a_candidate_model_without_touching_the_doc(one_thread, capsys, tmp_path,
+                                                                             monkeypatch):
+    import shutil
+
+    from bench import readings
+    from motion_core import toyworld
+
+    candidate = tmp_path / "candidate.safetensors"
+    shutil.copyfile(toyworld.WEIGHTS_PATH, candidate)
+    doc = tmp_path / "quality.md"
+    monkeypatch.setattr(readings, "DOC", str(doc))
+    assert readings.main(["--weights", str(candidate), "--motions", "static", "--scenes-per-motion", "1",
+                          "--sources", "vae", "--threads", "1"]) == 0
+    assert any(line.startswith(f"| {readings.SOURCES['vae']} |") for line in capsys.readouterr().out.splitlines())
+    assert not doc.exists()                          # the doc holds the shipped model's numbers only
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        readings.main(["--weights", str(tmp_path / "missing.safetensors"), "--motions", "static", "--no-doc"])
