@@ -129,6 +129,17 @@ def motion_breakdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sampler, seed and thread options both toy benchmarks share."""
+    parser.add_argument("--sample-steps", type=int, default=16)
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                        help="classifier-free guidance of the last frame against the plain model (1: none)")
+    parser.add_argument("--min-guidance", type=float, default=DEFAULT_MIN_GUIDANCE,
+                        help="guidance of frame 0, rising linearly to --guidance at the last frame")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--motions", nargs="+", default=list(DEFAULT_MOTIONS), choices=toyclips.MOTION_CLASSES)
@@ -137,13 +148,7 @@ def main(argv=None) -> int:
                         help=f"rows to measure; {CLASS_TOKEN_ROW}: the toy model's own motion-class token")
     parser.add_argument("--targets-per-reference", type=int, default=10)
     parser.add_argument("--steps", type=int, default=150, help="learning steps per reference")
-    parser.add_argument("--sample-steps", type=int, default=16)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                        help="classifier-free guidance of the last frame against the plain model (1: none)")
-    parser.add_argument("--min-guidance", type=float, default=DEFAULT_MIN_GUIDANCE,
-                        help="guidance of frame 0, rising linearly to --guidance at the last frame")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    add_sampling_arguments(parser)
     parser.add_argument("--reference", help="your own reference video instead of the toy ones")
     parser.add_argument("--targets", nargs="*", help="your own target images (with --reference)")
     parser.add_argument("--no-doc", action="store_true", help="do not write the measured block of docs/quality.md")

@@ -31,9 +31,9 @@ import time
 import torch
 
 from bench.docfile import replace_section
-from bench.quality import DOC, _mean, _percent
+from bench.quality import DOC, _mean, _percent, add_sampling_arguments
 from motion_core import toyclips
-from motion_core.toyeval import DEFAULT_GUIDANCE, DEFAULT_MIN_GUIDANCE, animate_batch, heldout_reference, score
+from motion_core.toyeval import animate_batch, heldout_reference, score
 from motion_core.toyworld import FRAMES, MANIFEST_PATH, WEIGHTS_PATH, load_world
 
 log = logging.getLogger("bench.readings")
@@ -100,13 +100,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sources", nargs="+", default=list(SOURCES), choices=list(SOURCES),
                         help="which clips to read (rows); see the description above")
     parser.add_argument("--scenes-per-motion", type=int, default=2)
-    parser.add_argument("--sample-steps", type=int, default=16)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                        help="classifier-free guidance of the last frame against the plain model (1: none)")
-    parser.add_argument("--min-guidance", type=float, default=DEFAULT_MIN_GUIDANCE,
-                        help="guidance of frame 0, rising linearly to --guidance at the last frame")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    add_sampling_arguments(parser)
     parser.add_argument("--weights", default=WEIGHTS_PATH,
                         help="toy model file to read (default: the shipped one); other files imply --no-doc")
     parser.add_argument("--no-doc", action="store_true", help="do not write the measured block of docs/quality.md")
