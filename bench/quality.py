@@ -35,8 +35,8 @@ import torch
 
 from bench.docfile import replace_section
 from motion_core import toyclips
-from motion_core.toyeval import (DEFAULT_GUIDANCE, DEFAULT_MIN_GUIDANCE, VARIANTS, ToyLearnSettings, animate_batch,
-                                 heldout_reference, learn_variant, score)
+from motion_core.toyeval import (VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch, heldout_reference,
+                                 learn_variant, score)
 from motion_core.toyworld import FRAMES, IMAGE_SIZE, MANIFEST_PATH, load_world
 
 log = logging.getLogger("bench.quality")
@@ -131,11 +131,7 @@ def motion_breakdown(rows: list[dict]) -> str:
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
     """The sampler, seed and thread options both toy benchmarks share."""
-    parser.add_argument("--sample-steps", type=int, default=16)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                        help="classifier-free guidance of the last frame against the plain model (1: none)")
-    parser.add_argument("--min-guidance", type=float, default=DEFAULT_MIN_GUIDANCE,
-                        help="guidance of frame 0, rising linearly to --guidance at the last frame")
+    add_sampling_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from . import toyclips
-from .toyeval import (DEFAULT_GUIDANCE, DEFAULT_MIN_GUIDANCE, VARIANTS, ToyLearnSettings, animate_batch,
+from .toyeval import (VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch,
                       heldout_reference, learn_variant, score)
 from .toyworld import FRAMES, IMAGE_SIZE, load_world
 from .video import read_reference_video, resize_center_crop
@@ -85,11 +85,7 @@ def parse_args(argv):
     parser.add_argument("--num-targets", type=int, default=4)
     parser.add_argument("--variant", default="both", choices=sorted(VARIANTS), help="how to learn the motion")
     parser.add_argument("--steps", type=int, default=150, help="learning steps")
-    parser.add_argument("--sample-steps", type=int, default=16)
-    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
-                        help="classifier-free guidance of the last frame against the plain model (1: none)")
-    parser.add_argument("--min-guidance", type=float, default=DEFAULT_MIN_GUIDANCE,
-                        help="guidance of frame 0; it rises linearly to --guidance over the frames")
+    add_sampling_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", help="toy model weights (default: the shipped file)")
     return parser.parse_args(argv)

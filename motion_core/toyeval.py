@@ -107,6 +107,15 @@ DEFAULT_GUIDANCE = 5.0
 DEFAULT_MIN_GUIDANCE = 1.0
 
 
+def add_sampling_options(parser) -> None:
+    """The sampler's command-line options (``argparse`` parser), shared by the demo and the benchmarks."""
+    parser.add_argument("--sample-steps", type=int, default=16, help="Euler steps per clip")
+    parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE,
+                        help="classifier-free guidance of the last frame against the plain model (1: none)")
+    parser.add_argument("--min-guidance", type=float, default=DEFAULT_MIN_GUIDANCE,
+                        help="guidance of frame 0, rising linearly to --guidance at the last frame")
+
+
 def karras_sigmas(steps: int, sigma_min: float = 0.02, sigma_max: float = 40.0, rho: float = 7.0) -> list[float]:
     ramp = torch.linspace(0, 1, steps)
     sigmas = (sigma_max ** (1 / rho) + ramp * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
