@@ -6,7 +6,8 @@
 3. Encode every clip once and train the SVD-architecture UNet on the latents the way SVD
    is conditioned (first frame's latent concatenated; EDM v-prediction, sigma_data 1) with
    the motion class as the cross-attention token (a learned token per class), replaced by
-   the first frame's image embedding 15 % of the time (``image_token_share``).
+   the first frame's image embedding 15 % of the time (``image_token_share``). Optionally
+   (``temporal_loss_weight``) the loss also weighs the frame-to-frame changes of the error.
 4. Average the last checkpoints' UNet weights and tokens (``average_last``), then write the
    weights and a manifest (sha256, command, steps, final loss, date).
 """
@@ -47,6 +48,7 @@ class ToyTrainSettings:
     log_sigma_mean: float = 0.5
     log_sigma_std: float = 1.4
     image_token_share: float = 0.15
+    temporal_loss_weight: float = 0.0   # > 0: also penalise frame-to-frame changes of the error (shimmer)
     threads: int = 2
     minutes: float = 0.0          # > 0: stop the UNet phase after this many minutes (steps done are recorded)
     checkpoint_every: int = 200   # write the weights every N UNet steps, so a stopped run keeps its progress
@@ -164,7 +166,7 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         context = torch.where(use_image[:, None], image_tokens[index], tokens[labels[index]])[:, None]
         denoised = batched_denoise(unet, noisy, sigma, raw[:, 0], context)
         weight = ((sigma ** 2 + 1) / sigma ** 2)[:, None, None, None, None]
-        loss = (weight * (denoised - clean) ** 2).mean()
+        loss = denoising_loss(denoised, clean, weight, settings.temporal_loss_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(unet.parameters()) + [tokens], 1.0)
@@ -186,6 +188,25 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
     unet.eval()
     tokens = average.apply(unet, tokens.detach())
     return tokens, history, (average.steps if len(average.steps) > 1 else [])
+
+
+def denoising_loss(denoised: torch.Tensor, clean: torch.Tensor, weight: torch.Tensor,
+                   temporal_weight: float = 0.0) -> torch.Tensor:
+    """EDM-weighted MSE of ``(b f c h w)`` clips, plus ``temporal_weight`` times the same
+    MSE of their frame-to-frame differences.
+
+    The second term is minimised by the same denoiser (the differences are a linear map of
+    the clip), so it does not bias the model; with finite capacity it makes errors that
+    change from frame to frame (shimmer, objects that dissolve and reappear) cost more than
+    errors that persist over the clip: an error uncorrelated over time costs
+    ``1 + 2 * temporal_weight`` times one that is constant.
+    """
+    error = denoised - clean
+    loss = (weight * error ** 2).mean()
+    if temporal_weight:
+        step_error = error[:, 1:] - error[:, :-1]                    # (b f-1 c h w)
+        loss = loss + temporal_weight * (weight * step_error ** 2).mean()
+    return loss
 
 
 class CheckpointAverage:
@@ -248,6 +269,15 @@ def sha256(path: str) -> str:
     return digest.hexdigest()
 
 
+def _other_settings(settings: ToyTrainSettings) -> str:
+    """Command-line flags for the settings, other than those always written, that differ from the defaults."""
+    always = {"unet_steps", "vae_steps", "unet_lr", "clips", "seed", "average_last", "minutes", "threads"}
+    default = ToyTrainSettings()
+    return "".join(f" --{field.name.replace('_', '-')} {getattr(settings, field.name)}"
+                   for field in dataclasses.fields(settings)
+                   if field.name not in always and getattr(settings, field.name) != getattr(default, field.name))
+
+
 def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: str = MANIFEST_PATH) -> dict:
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
@@ -276,6 +306,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
                   "reproduce": (f"python -m motion_core train-toy --unet-steps {settings.unet_steps} --vae-steps "
                                 f"{settings.vae_steps} --unet-lr {settings.unet_lr} --clips {settings.clips} "
                                 f"--seed {settings.seed} --average-last {settings.average_last}"
+                                + _other_settings(settings)
                                 + ("" if len(unet_history) == settings.unet_steps else
                                    f" --minutes {settings.minutes}  (stopped at UNet step {len(unet_history)})")),
                   "unet_steps": len(unet_history), "unet_steps_planned": settings.unet_steps,

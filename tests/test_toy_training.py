@@ -1,11 +1,13 @@
 """Toy-model training pieces and the quality benchmark, on tiny settings."""
 import dataclasses
+import hashlib
+import json
 
 import pytest
 import torch
 
 from motion_core import toyworld
-from motion_core.toytrain import CheckpointAverage, lr_schedule, token_gap
+from motion_core.toytrain import CheckpointAverage, ToyTrainSettings, denoising_loss, lr_schedule, token_gap, train_toy
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -39,6 +41,37 @@ def test_checkpoint_average_is_the_mean_of_late_checkpoints_only():
         net.weight.fill_(7.0)
     assert torch.equal(lone.apply(net, torch.zeros(4, 5)), torch.zeros(4, 5))   # one checkpoint: weights left as they are
     assert torch.all(net.weight == 7.0)
+
+
+def test_temporal_loss_charges_shimmer_more_than_a_steady_error():
+    clean = torch.randn(2, toyworld.FRAMES, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    weight = torch.tensor([1.0, 3.0])[:, None, None, None, None]
+    steady = clean + 0.1                                                  # the same error in every frame
+    shimmer = clean + 0.1 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+    assert denoising_loss(shimmer, clean, weight) == pytest.approx(float((weight * (shimmer - clean) ** 2).mean()))
+    assert denoising_loss(steady, clean, weight, 2.0) == pytest.approx(float(denoising_loss(steady, clean, weight)))
+    plain, temporal = denoising_loss(shimmer, clean, weight), denoising_loss(shimmer, clean, weight, 2.0)
+    assert float(temporal / plain) == pytest.approx(1 + 2 * 2.0, rel=0.1)   # uncorrelated error: 1 + 2 * weight
+
+
+def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
+    settings = ToyTrainSettings(clips=26, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, warmup_steps=1,
+                                checkpoint_every=1, average_last=2, temporal_loss_weight=1.5, threads=1)
+    old_threads = torch.get_num_threads()
+    try:
+        record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
+    finally:
+        torch.set_num_threads(old_threads)
+    written = json.loads((tmp_path / "manifest.json").read_text())
+    assert written == record
+    assert written["sha256"] == hashlib.sha256((tmp_path / "toy.safetensors").read_bytes()).hexdigest()
+    assert written["unet_steps"] == 2 and written["averaged_checkpoint_steps"] == [1, 2]
+    assert "--temporal-loss-weight 1.5" in written["reproduce"]          # a non-default recipe is reproducible
+    assert "--log-sigma-mean" not in written["reproduce"]                 # defaults are not repeated
+    world = toyworld.load_world(str(tmp_path / "toy.safetensors"))
+    assert world.motion_tokens.shape == (26, toyworld.TOKEN_WIDTH)
+    assert world.metadata["settings"]["temporal_loss_weight"] == 1.5
+    assert not list(tmp_path.glob("*.partial"))
 
 
 def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
