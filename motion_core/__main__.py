@@ -19,7 +19,7 @@ def _train_toy(argv: list[str]) -> int:
     parser.add_argument("--manifest", default=MANIFEST_PATH, help="manifest JSON to write")
     args = vars(parser.parse_args(argv))
     out, manifest = args.pop("out"), args.pop("manifest")
-    train_toy(ToyTrainSettings(**args), out, manifest)
+    train_toy(ToyTrainSettings(**args), out, manifest, command=" ".join(["python -m motion_core train-toy", *argv]))
     return 0
 
 

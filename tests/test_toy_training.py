@@ -68,6 +68,7 @@ def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     assert written["unet_steps"] == 2 and written["averaged_checkpoint_steps"] == [1, 2]
     assert "--temporal-loss-weight 1.5" in written["reproduce"]          # a non-default recipe is reproducible
     assert "--log-sigma-mean" not in written["reproduce"]                 # defaults are not repeated
+    assert written["command"] == written["reproduce"]                   # called from code: the equivalent command
     world = toyworld.load_world(str(tmp_path / "toy.safetensors"))
     assert world.motion_tokens.shape == (26, toyworld.TOKEN_WIDTH)
     assert world.metadata["settings"]["temporal_loss_weight"] == 1.5
