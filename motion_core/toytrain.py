@@ -274,7 +274,7 @@ def _command(settings: ToyTrainSettings) -> str:
     where they differ from the defaults (``minutes`` and ``threads`` do not change the recipe)."""
     always = ("unet_steps", "vae_steps", "unet_lr", "clips", "seed", "average_last")
     default = ToyTrainSettings()
-    flags = [name for name in always] + [
+    flags = list(always) + [
         field.name for field in dataclasses.fields(settings)
         if field.name not in always + ("minutes", "threads") and getattr(settings, field.name) != getattr(default, field.name)]
     return "python -m motion_core train-toy" + "".join(f" --{name.replace('_', '-')} {getattr(settings, name)}"
