@@ -320,9 +320,11 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
                   "final_unet_loss_mean_last_100": round(metadata["unet_final_loss"], 5),
                   "final_vae_loss_mean_last_50": round(metadata["vae_final_loss"], 5), "minutes": round(minutes, 1),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
-        with open(manifest, "w", encoding="utf-8") as fh:
+        partial = manifest + ".partial"                    # atomic: a stopped run never leaves half a manifest
+        with open(partial, "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=2)
             fh.write("\n")
+        os.replace(partial, manifest)
         return record, minutes
 
     tokens, unet_history, averaged = train_unet(unet, image_encoder, latents, labels, clips[:, 0], settings,
