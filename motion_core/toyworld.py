@@ -5,7 +5,7 @@ Three parts, all in one ``.safetensors`` file shipped with the pack
 ``image_encoder.``, plus ``motion_tokens``):
 
 - ``unet``: diffusers ``UNetSpatioTemporalConditionModel`` of the tiny config below (the
-  same layout as ComfyUI's SVD ``UNetModel`` with model_channels 32, channel_mult [1, 2]).
+  same layout as ComfyUI's SVD ``UNetModel`` with model_channels 64, channel_mult [1, 1]).
   Conditioned like SVD: the first frame's latent concatenated to the input, fps / motion
   bucket / augmentation as added time ids, and cross-attention tokens of width 1024.
 - ``vae``: a diffusers ``AutoencoderKL`` (4x down, 4 latent channels) whose raw latents are
@@ -43,15 +43,15 @@ UNET_CONFIG = {
     "sample_size": LATENT_SIZE, "in_channels": 8, "out_channels": 4,
     "down_block_types": ["CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal"],
     "up_block_types": ["CrossAttnUpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"],
-    "block_out_channels": [32, 64], "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 768,
+    "block_out_channels": [64, 64], "addition_time_embed_dim": 256, "projection_class_embeddings_input_dim": 768,
     "layers_per_block": 1, "cross_attention_dim": TOKEN_WIDTH, "transformer_layers_per_block": 1,
-    "num_attention_heads": [2, 4], "num_frames": FRAMES,
+    "num_attention_heads": [4, 4], "num_frames": FRAMES,
 }
 # The same network in ComfyUI's terms (comfy.supported_models.SVD_img2vid unet_config)
 COMFY_UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "use_spatial_transformer": True, "legacy": False,
     "num_classes": "sequential", "adm_in_channels": 768, "in_channels": 8, "out_channels": 4,
-    "model_channels": 32, "num_res_blocks": [1, 1], "channel_mult": [1, 2], "transformer_depth": [1, 1],
+    "model_channels": 64, "num_res_blocks": [1, 1], "channel_mult": [1, 1], "transformer_depth": [1, 1],
     "transformer_depth_output": [1, 1, 1, 1], "transformer_depth_middle": 1, "use_linear_in_transformer": True,
     "context_dim": TOKEN_WIDTH, "extra_ff_mix_layer": True, "use_spatial_context": True,
     "merge_strategy": "learned_with_images", "merge_factor": 0.0, "video_kernel_size": [3, 1, 1],

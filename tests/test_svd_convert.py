@@ -52,7 +52,7 @@ def test_toy_unet_anchor_names(toy_unet):
         "down_blocks.0.attentions.0.time_pos_embed.linear_2.weight": "input_blocks.1.1.time_pos_embed.2.weight",
         "down_blocks.0.attentions.0.time_mixer.mix_factor": "input_blocks.1.1.time_mixer.mix_factor",
         "down_blocks.0.downsamplers.0.conv.weight": "input_blocks.2.0.op.weight",
-        "down_blocks.1.resnets.0.spatial_res_block.conv_shortcut.weight": "input_blocks.3.0.skip_connection.weight",
+        "up_blocks.0.resnets.1.spatial_res_block.conv_shortcut.weight": "output_blocks.1.0.skip_connection.weight",
         "mid_block.resnets.1.temporal_res_block.norm1.bias": "middle_block.2.time_stack.in_layers.0.bias",
         "mid_block.attentions.0.proj_in.weight": "middle_block.1.proj_in.weight",
         "up_blocks.0.upsamplers.0.conv.weight": "output_blocks.1.2.conv.weight",
@@ -73,6 +73,8 @@ def test_full_size_svd_unet_maps_every_key_once(full_svd_unet):
     assert len(mapping) == len(state) == len(set(mapping.values()))
     assert mapping["down_blocks.0.downsamplers.0.conv.weight"] == "input_blocks.3.0.op.weight"
     assert mapping["down_blocks.3.resnets.1.spatial_res_block.conv2.weight"] == "input_blocks.11.0.out_layers.3.weight"
+    assert mapping["down_blocks.1.resnets.0.spatial_res_block.conv_shortcut.weight"] == \
+        "input_blocks.4.0.skip_connection.weight"                                        # 320 -> 640 channels
     assert mapping["up_blocks.0.upsamplers.0.conv.weight"] == "output_blocks.2.1.conv.weight"    # no attention there
     assert mapping["up_blocks.1.upsamplers.0.conv.weight"] == "output_blocks.5.2.conv.weight"
     assert mapping["up_blocks.3.attentions.2.proj_out.weight"] == "output_blocks.11.1.proj_out.weight"
@@ -96,9 +98,9 @@ def test_block_layout_follows_block_types_and_layers():
 def test_conv_proj_option_reshapes_only_transformer_projections(toy_unet):
     state = toy_unet.state_dict()
     converted = diffusers_svd_unet_to_comfy(state, UNET_CONFIG, linear_proj=False)
-    assert converted["input_blocks.1.1.proj_in.weight"].shape == (32, 32, 1, 1)
+    assert converted["input_blocks.1.1.proj_in.weight"].shape == (64, 64, 1, 1)
     assert converted["middle_block.1.proj_out.weight"].shape == (64, 64, 1, 1)
-    assert converted["input_blocks.1.1.proj_in.bias"].shape == (32,)
+    assert converted["input_blocks.1.1.proj_in.bias"].shape == (64,)
     assert converted["input_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight"].ndim == 2
 
 
