@@ -66,13 +66,13 @@ def run(args) -> str:
         references = [(motion, heldout_reference(motion, args.seed + i)) for i, motion in enumerate(args.motions)]
         fixed_targets = None
     rows = []
-    settings = ToyLearnSettings(steps=args.steps, seed=args.seed)
+    settings = learn_settings(args)
     for key in args.variants:
         if key == CLASS_TOKEN_ROW and args.reference:
             log.info("skipping the class-token row: an outside reference has no known motion class")
             continue
         variant = VARIANTS.get(key)
-        results, seconds, ideal_by_motion = [], [], {}
+        results, seconds, ideal_by_motion, dense_by_motion = [], [], {}, {}
         for r, (motion, reference) in enumerate(references):
             specs = None if fixed_targets is not None else toyclips.make_target_specs(
                 args.targets_per_reference, 1000 + r, motion=motion or "static")
@@ -89,6 +89,7 @@ def run(args) -> str:
             for i, (target, clip) in enumerate(zip(targets, generated)):
                 results.append(score(reference, motion, target, clip, None if specs is None else specs[i]))
                 ideal_by_motion.setdefault(motion, []).append(results[-1]["ideal_correct"])
+                dense_by_motion.setdefault(motion, []).append(results[-1]["dense_correct"])
         name = variant.name if variant is not None else "(upper bound) the model's own motion-class token"
         row = {"name": name, "accuracy": _mean(r["class_correct"] for r in results),
                "dense_accuracy": _mean(r["dense_correct"] for r in results),
@@ -99,7 +100,8 @@ def run(args) -> str:
                "psnr": _mean(r["first_frame_psnr"] for r in results),
                "leakage": _mean(r["appearance_leakage"] for r in results),
                "seconds": _mean(seconds), "clips": len(results),
-               "ideal_by_motion": {motion: _mean(hits) for motion, hits in ideal_by_motion.items()}}
+               "ideal_by_motion": {motion: _mean(hits) for motion, hits in ideal_by_motion.items()},
+               "dense_by_motion": {motion: _mean(hits) for motion, hits in dense_by_motion.items()}}
         log.info("%s", row)
         rows.append(row)
     lines = ["| method | motion class (KLT flow) | motion class (dense flow) | nearest ideal motion | Motion Fidelity | "
@@ -113,19 +115,36 @@ def run(args) -> str:
     return "\n".join(lines), rows, references
 
 
+def learn_settings(args) -> ToyLearnSettings:
+    """The learning settings of the command line (the defaults are ``ToyLearnSettings``'s)."""
+    return ToyLearnSettings(steps=args.steps, seed=args.seed, learning_rate=args.learning_rate,
+                            log_sigma_mean=args.log_sigma_mean, log_sigma_std=args.log_sigma_std)
+
+
+def add_learning_arguments(parser: argparse.ArgumentParser) -> None:
+    defaults = ToyLearnSettings()
+    parser.add_argument("--steps", type=int, default=defaults.steps, help="learning steps per reference")
+    parser.add_argument("--learning-rate", type=float, default=defaults.learning_rate, help="Adam learning rate")
+    parser.add_argument("--log-sigma-mean", type=float, default=defaults.log_sigma_mean,
+                        help="mean of log(sigma), the noise levels the learning samples (higher: more weight "
+                             "on the noisy steps, where motion is decided)")
+    parser.add_argument("--log-sigma-std", type=float, default=defaults.log_sigma_std, help="spread of log(sigma)")
+
+
 def _percent(value: float) -> str:
     return "n/a" if value != value else f"{100 * value:.0f}%"
 
 
 def motion_breakdown(rows: list[dict]) -> str:
-    """Nearest-ideal accuracy per reference motion (toy references only; "" otherwise):
-    which motions a method transfers, not only how many."""
+    """Accuracy per reference motion, nearest ideal / dense flow (toy references only; ""
+    otherwise): which motions a method transfers, not only how many."""
     motions = [m for m in (rows[0]["ideal_by_motion"] if rows else {}) if m is not None]
     if not motions:
         return ""
-    lines = ["| method (nearest ideal motion) | " + " | ".join(motions) + " |", "|---" * (len(motions) + 1) + "|"]
+    lines = ["| method (nearest ideal / dense flow) | " + " | ".join(motions) + " |", "|---" * (len(motions) + 1) + "|"]
     for row in rows:
-        lines.append(f"| {row['name']} | " + " | ".join(_percent(row["ideal_by_motion"][m]) for m in motions) + " |")
+        lines.append(f"| {row['name']} | " + " | ".join(
+            f"{_percent(row['ideal_by_motion'][m])} / {_percent(row['dense_by_motion'][m])}" for m in motions) + " |")
     return "\n".join(lines)
 
 
@@ -143,7 +162,7 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="+", default=rows, choices=rows,
                         help=f"rows to measure; {CLASS_TOKEN_ROW}: the toy model's own motion-class token")
     parser.add_argument("--targets-per-reference", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=150, help="learning steps per reference")
+    add_learning_arguments(parser)
     add_sampling_arguments(parser)
     parser.add_argument("--reference", help="your own reference video instead of the toy ones")
     parser.add_argument("--targets", nargs="*", help="your own target images (with --reference)")
@@ -161,8 +180,8 @@ def main(argv=None) -> int:
         lines = [f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
                  f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
                  f"References: held-out palette clips of {', '.join(m for m, _ in references)}; "
-                 f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps; "
-                 f"{args.sample_steps} Euler steps; guidance {args.min_guidance:g} (frame 0) to {args.guidance:g} "
+                 f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps (learning rate {args.learning_rate:g}, "
+                 f"log sigma ~ N({args.log_sigma_mean:g}, {args.log_sigma_std:g}^2)); {args.sample_steps} Euler steps; guidance {args.min_guidance:g} (frame 0) to {args.guidance:g} "
                  f"(last frame) against the plain model.", "", table]
         if breakdown:
             lines += ["", "Per reference motion:", "", breakdown]

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from motion_core import toyworld
-from motion_core.toytrain import CheckpointAverage, ToyTrainSettings, denoising_loss, lr_schedule, token_gap, train_toy
+from motion_core import toyclips
+from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, clip_weights, denoising_loss, lr_schedule,
+                                  token_gap, train_toy)
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -56,7 +58,8 @@ def test_temporal_loss_charges_shimmer_more_than_a_steady_error():
 
 def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     settings = ToyTrainSettings(clips=26, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, warmup_steps=1,
-                                checkpoint_every=1, average_last=2, temporal_loss_weight=1.5, threads=1)
+                                checkpoint_every=1, average_last=2, temporal_loss_weight=1.5, hard_class_weight=2.0,
+                                threads=1)
     old_threads = torch.get_num_threads()
     try:
         record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
@@ -67,12 +70,29 @@ def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     assert written["sha256"] == hashlib.sha256((tmp_path / "toy.safetensors").read_bytes()).hexdigest()
     assert written["unet_steps"] == 2 and written["averaged_checkpoint_steps"] == [1, 2]
     assert "--temporal-loss-weight 1.5" in written["reproduce"]          # a non-default recipe is reproducible
+    assert "--hard-class-weight 2.0" in written["reproduce"]
     assert "--log-sigma-mean" not in written["reproduce"]                 # defaults are not repeated
     assert written["command"] == written["reproduce"]                   # called from code: the equivalent command
     world = toyworld.load_world(str(tmp_path / "toy.safetensors"))
     assert world.motion_tokens.shape == (26, toyworld.TOKEN_WIDTH)
     assert world.metadata["settings"]["temporal_loss_weight"] == 1.5
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_hard_class_weight_draws_the_named_classes_that_much_more_often():
+    labels = torch.arange(len(toyclips.MOTION_CLASSES)).repeat(10)            # balanced, like the dataset
+    assert clip_weights(labels, ToyTrainSettings()) is None                 # default: uniform draws, stream unchanged
+    settings = ToyTrainSettings(hard_class_weight=3.0, hard_classes="circle_cw, rotate_ccw")
+    weights = clip_weights(labels, settings)
+    hard = torch.isin(labels, torch.tensor([toyclips.class_index("circle_cw"), toyclips.class_index("rotate_ccw")]))
+    assert torch.all(weights[hard] == 3.0) and torch.all(weights[~hard] == 1.0)
+    draws = labels[torch.multinomial(weights, 20000, replacement=True, generator=torch.Generator().manual_seed(0))]
+    share = torch.isin(draws, torch.tensor([toyclips.class_index("circle_cw"), toyclips.class_index("rotate_ccw")]))
+    assert abs(float(share.float().mean()) - 6 / 30) < 0.015                # 2 classes x 3 of 24 + 2 x 3
+    with pytest.raises(ValueError, match="unknown motion class 'spiral'"):
+        clip_weights(labels, dataclasses.replace(settings, hard_classes="circle_cw,spiral"))
+    with pytest.raises(ValueError, match="hard_class_weight must be a positive number"):
+        clip_weights(labels, dataclasses.replace(settings, hard_class_weight=-1.0))
 
 
 def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
@@ -100,10 +120,11 @@ def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
     assert all(line.split("|")[4].strip().endswith("%") for line in table[2:])   # toy targets: a nearest-ideal reading
     assert names == ["(upper bound) the model's own motion-class token", "no motion input (target's own embedding)",
                      "motion-text F'=F+1, N=1"]
-    assert breakdown[0] == "| method (nearest ideal motion) | translate_E_2 |"
+    assert breakdown[0] == "| method (nearest ideal / dense flow) | translate_E_2 |"
     assert [line.split("|")[1].strip() for line in breakdown[2:]] == names
-    # one motion: its column is the row's overall nearest-ideal figure
-    assert [line.split("|")[2].strip() for line in breakdown[2:]] == [line.split("|")[4].strip() for line in table[2:]]
+    # one motion: its column is the row's overall nearest-ideal / dense-flow figures
+    assert [line.split("|")[2].strip() for line in breakdown[2:]] == [
+        f"{line.split('|')[4].strip()} / {line.split('|')[3].strip()}" for line in table[2:]]
 
 
 def test_guided_animation_with_zero_embedding_equals_plain_and_leaves_the_unet_unpatched(one_thread):
