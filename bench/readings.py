@@ -82,7 +82,8 @@ def run(args) -> tuple[str, list[dict]]:
                "ideal_accuracy": _mean(r["ideal_correct"] for r in results),
                "mfs": _mean(r["motion_fidelity"] for r in results),
                "mfs_wide": _mean(r["motion_fidelity_wide"] for r in results),
-               "psnr": _mean(r["first_frame_psnr"] for r in results), "clips": len(results)}
+               "psnr": _mean(r["first_frame_psnr"] for r in results), "clips": len(results),
+               "by_kind": by_kind(specs, results)}
         log.info("%s (%.0f s): %s", source, time.time() - started, row)
         rows.append(row)
     lines = ["| clips read | motion class (KLT flow) | motion class (dense flow) | nearest ideal motion | "
@@ -92,6 +93,26 @@ def run(args) -> tuple[str, list[dict]]:
         lines.append(f"| {row['name']} | {_percent(row['accuracy'])} | {_percent(row['dense_accuracy'])} | "
                      f"{_percent(row['ideal_accuracy'])} | {row['mfs']:.3f} | {row['mfs_wide']:.3f} | {psnr} |")
     return "\n".join(lines), rows
+
+
+def by_kind(specs, results) -> dict[str, tuple[float, float, int]]:
+    """Per motion kind (translate, circle, zoom, ...): (dense-flow accuracy, nearest-ideal accuracy, clips)."""
+    kinds: dict[str, list[dict]] = {}
+    for spec, result in zip(specs, results):
+        kinds.setdefault(toyclips.motion_spec(spec.motion).kind, []).append(result)
+    return {kind: (_mean(r["dense_correct"] for r in rs), _mean(r["ideal_correct"] for r in rs), len(rs))
+            for kind, rs in kinds.items()}
+
+
+def kind_breakdown(rows: list[dict]) -> str:
+    """Markdown table of ``by_kind``: which kinds of motion a source's clips get right."""
+    kinds = list(rows[0]["by_kind"]) if rows else []
+    lines = ["| clips read (dense flow / nearest ideal) | " + " | ".join(
+        f"{kind} ({rows[0]['by_kind'][kind][2]})" for kind in kinds) + " |", "|---" * (len(kinds) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row['name']} | " + " | ".join(
+            f"{_percent(row['by_kind'][kind][0])} / {_percent(row['by_kind'][kind][1])}" for kind in kinds) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
@@ -109,7 +130,8 @@ def main(argv=None) -> int:
         parser.error("--scenes-per-motion and --sample-steps must be at least 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.time()
-    table, _ = run(args)
+    table, rows = run(args)
+    table += "\n\nPer motion kind (clips):\n\n" + kind_breakdown(rows)
     print(table)
     if not args.no_doc and os.path.abspath(args.weights) == os.path.abspath(WEIGHTS_PATH):   # the doc is the shipped model's
         command = "python -m bench.readings " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -40,15 +40,18 @@ def test_readings_benchmark_reads_the_ideal_renders_right_and_writes_only_its_bl
     monkeypatch.setattr(readings, "DOC", str(doc))
     assert readings.main(["--motions", "translate_E_2", "static", "--scenes-per-motion", "1", "--sample-steps", "2",
                           "--sources", "render", "vae", "class_token", "--threads", "1"]) == 0
-    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
-    assert [line.split("|")[1].strip() for line in table[2:]] == [
-        readings.SOURCES["render"], readings.SOURCES["vae"], readings.SOURCES["class_token"]]
+    table, kinds = [block.splitlines() for block in capsys.readouterr().out.split("\n\n") if block.startswith("|")]
+    sources = [readings.SOURCES["render"], readings.SOURCES["vae"], readings.SOURCES["class_token"]]
+    assert [line.split("|")[1].strip() for line in table[2:]] == sources
     render = [cell.strip() for cell in table[2].split("|")[2:-1]]
     assert render[:3] == ["100%", "100%", "100%"] and render[-1] == "exact"   # every reading names a clean clip
     assert table[3].split("|")[-2].strip() != "exact"                        # the VAE changes frame 0
+    assert kinds[0] == "| clips read (dense flow / nearest ideal) | translate (1) | static (1) |"
+    assert [line.split("|")[1].strip() for line in kinds[2:]] == sources
+    assert kinds[2].split("|")[2:-1] == [" 100% / 100% ", " 100% / 100% "]
     text = doc.read_text(encoding="utf-8")
     assert text.startswith("Hand-written analysis.\n\n" + docfile.markers("readings")[0])
-    assert "python -m bench.readings --motions translate_E_2 static" in text and table[2] in text
+    assert "python -m bench.readings --motions translate_E_2 static" in text and table[2] in text and kinds[2] in text
 
 
 def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, capsys, tmp_path, monkeypatch):
