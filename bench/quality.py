@@ -37,7 +37,7 @@ from bench.docfile import replace_section
 from motion_core import toyclips
 from motion_core.toyeval import (VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch, heldout_reference,
                                  learn_variant, score)
-from motion_core.toyworld import FRAMES, IMAGE_SIZE, MANIFEST_PATH, load_world
+from motion_core.toyworld import FRAMES, IMAGE_SIZE, MANIFEST_PATH, WEIGHTS_PATH, load_world
 
 log = logging.getLogger("bench.quality")
 # Not a method: the motion-class token the toy model was trained with, an upper bound for the
@@ -54,7 +54,7 @@ def _mean(values):
 
 def run(args) -> str:
     torch.set_num_threads(args.threads)
-    world = load_world()
+    world = load_world(args.weights)
     if args.reference:
         from motion_core.demo import _load_targets
         from motion_core.video import read_reference_video
@@ -166,6 +166,8 @@ def main(argv=None) -> int:
     add_sampling_arguments(parser)
     parser.add_argument("--reference", help="your own reference video instead of the toy ones")
     parser.add_argument("--targets", nargs="*", help="your own target images (with --reference)")
+    parser.add_argument("--weights", default=WEIGHTS_PATH,
+                        help="toy model file to measure (default: the shipped one); other files imply --no-doc")
     parser.add_argument("--no-doc", action="store_true", help="do not write the measured block of docs/quality.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
@@ -175,7 +177,8 @@ def main(argv=None) -> int:
     print(table)
     if breakdown:
         print("\n" + breakdown)
-    if not args.no_doc and not args.reference:
+    shipped = os.path.abspath(args.weights) == os.path.abspath(WEIGHTS_PATH)       # the doc is the shipped model's
+    if not args.no_doc and not args.reference and shipped:
         command = "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)
         lines = [f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
                  f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",

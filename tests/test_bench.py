@@ -89,3 +89,22 @@ def test_readings_benchmark_reads_a_candidate_model_without_touching_the_doc(one
     assert not doc.exists()                          # the doc holds the shipped model's numbers only
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         readings.main(["--weights", str(tmp_path / "missing.safetensors"), "--motions", "static", "--no-doc"])
+
+
+def test_quality_benchmark_measures_a_candidate_model_without_touching_the_doc(one_thread, capsys, tmp_path,
+                                                                              monkeypatch):
+    import shutil
+
+    from bench import quality
+    from motion_core import toyworld
+
+    candidate = tmp_path / "candidate.safetensors"
+    shutil.copyfile(toyworld.WEIGHTS_PATH, candidate)
+    doc = tmp_path / "quality.md"
+    monkeypatch.setattr(quality, "DOC", str(doc))
+    assert quality.main(["--weights", str(candidate), "--motions", "static", "--variants", "class_token",
+                         "--targets-per-reference", "1", "--sample-steps", "2", "--threads", "1"]) == 0
+    assert any(line.startswith("| (upper bound)") for line in capsys.readouterr().out.splitlines())
+    assert not doc.exists()                          # the doc holds the shipped model's numbers only
+    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
+        quality.main(["--weights", str(tmp_path / "missing.safetensors"), "--motions", "static", "--no-doc"])
