@@ -50,7 +50,8 @@ class ToyTrainSettings:
     image_token_share: float = 0.15
     temporal_loss_weight: float = 2.0   # also weigh frame-to-frame changes of the error (0: plain EDM loss);
                                         # 2.0 lifted dense-flow readings of class-token clips 35% -> 48%
-    hard_class_weight: float = 1.0      # > 1: draw clips of ``hard_classes`` this many times as often (a curriculum)
+    hard_class_weight: float = 3.0      # draw clips of ``hard_classes`` this many times as often (a curriculum);
+                                        # 1: uniform draws, as the earlier toy models were trained
     # comma-separated; the default: every moving kind but translation, whose 16 classes take 62% of
     # uniform draws (weight 3 gives each of circle, zoom, rotate and pan 14% instead of 8%)
     hard_classes: str = "circle_cw,circle_ccw,rotate_cw,rotate_ccw,zoom_in,zoom_out,pan_E,pan_W,bounce"
@@ -147,8 +148,8 @@ def batched_denoise(unet, noisy: torch.Tensor, sigma: torch.Tensor, first_raw: t
 
 
 def clip_weights(labels: torch.Tensor, settings: ToyTrainSettings) -> Optional[torch.Tensor]:
-    """Per-clip sampling weights ``(n)`` of the UNet phase, or None for uniform draws (the
-    default recipe, whose random stream stays as it was).
+    """Per-clip sampling weights ``(n)`` of the UNet phase, or None for uniform draws
+    (``hard_class_weight`` 1, the earlier models' recipe, whose random stream stays as it was).
 
     Clips of ``settings.hard_classes`` weigh ``hard_class_weight``, the rest 1: motions the
     toy model draws poorly (circles, rotations) get more of its fixed step budget.
@@ -301,7 +302,7 @@ def sha256(path: str) -> str:
 def _command(settings: ToyTrainSettings) -> str:
     """The ``train-toy`` command line of ``settings``: the main settings always, the others
     where they differ from the defaults (``minutes`` and ``threads`` do not change the recipe)."""
-    always = ("unet_steps", "vae_steps", "unet_lr", "clips", "seed", "average_last")
+    always = ("unet_steps", "vae_steps", "unet_lr", "clips", "seed", "average_last", "hard_class_weight")
     default = ToyTrainSettings()
     flags = list(always) + [
         field.name for field in dataclasses.fields(settings)

@@ -81,7 +81,8 @@ def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
 
 def test_hard_class_weight_draws_the_named_classes_that_much_more_often():
     labels = torch.arange(len(toyclips.MOTION_CLASSES)).repeat(10)            # balanced, like the dataset
-    assert clip_weights(labels, ToyTrainSettings()) is None                 # default: uniform draws, stream unchanged
+    assert clip_weights(labels, ToyTrainSettings(hard_class_weight=1.0)) is None     # uniform draws, stream unchanged
+    assert clip_weights(labels, ToyTrainSettings()).max() == 3.0                      # the shipped recipe weighs
     settings = ToyTrainSettings(hard_class_weight=3.0, hard_classes="circle_cw, rotate_ccw")
     weights = clip_weights(labels, settings)
     hard = torch.isin(labels, torch.tensor([toyclips.class_index("circle_cw"), toyclips.class_index("rotate_ccw")]))
