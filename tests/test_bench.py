@@ -72,39 +72,24 @@ def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, 
     assert "150 learning steps (learning rate 0.02, log sigma ~ N(2.3, 1.2^2))" in block   # the settings it ran with
 
 
-def test_readings_benchmark_reads_a_candidate_model_without_touching_the_doc(one_thread, capsys, tmp_path,
-                                                                             monkeypatch):
+@pytest.mark.parametrize("bench, args, row", [
+    ("readings", ["--scenes-per-motion", "1", "--sources", "vae"], "| ideal render through the toy VAE |"),
+    ("quality", ["--variants", "class_token", "--targets-per-reference", "1", "--sample-steps", "2"], "| (upper bound)"),
+])
+def test_benchmark_measures_a_candidate_model_without_touching_the_doc(one_thread, capsys, tmp_path, monkeypatch,
+                                                                       bench, args, row):
+    import importlib
     import shutil
 
-    from bench import readings
     from motion_core import toyworld
 
+    module = importlib.import_module(f"bench.{bench}")
     candidate = tmp_path / "candidate.safetensors"
     shutil.copyfile(toyworld.WEIGHTS_PATH, candidate)
     doc = tmp_path / "quality.md"
-    monkeypatch.setattr(readings, "DOC", str(doc))
-    assert readings.main(["--weights", str(candidate), "--motions", "static", "--scenes-per-motion", "1",
-                          "--sources", "vae", "--threads", "1"]) == 0
-    assert any(line.startswith(f"| {readings.SOURCES['vae']} |") for line in capsys.readouterr().out.splitlines())
+    monkeypatch.setattr(module, "DOC", str(doc))
+    assert module.main(["--weights", str(candidate), "--motions", "static", *args, "--threads", "1"]) == 0
+    assert any(line.startswith(row) for line in capsys.readouterr().out.splitlines())
     assert not doc.exists()                          # the doc holds the shipped model's numbers only
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        readings.main(["--weights", str(tmp_path / "missing.safetensors"), "--motions", "static", "--no-doc"])
-
-
-def test_quality_benchmark_measures_a_candidate_model_without_touching_the_doc(one_thread, capsys, tmp_path,
-                                                                              monkeypatch):
-    import shutil
-
-    from bench import quality
-    from motion_core import toyworld
-
-    candidate = tmp_path / "candidate.safetensors"
-    shutil.copyfile(toyworld.WEIGHTS_PATH, candidate)
-    doc = tmp_path / "quality.md"
-    monkeypatch.setattr(quality, "DOC", str(doc))
-    assert quality.main(["--weights", str(candidate), "--motions", "static", "--variants", "class_token",
-                         "--targets-per-reference", "1", "--sample-steps", "2", "--threads", "1"]) == 0
-    assert any(line.startswith("| (upper bound)") for line in capsys.readouterr().out.splitlines())
-    assert not doc.exists()                          # the doc holds the shipped model's numbers only
-    with pytest.raises(FileNotFoundError, match="missing.safetensors"):
-        quality.main(["--weights", str(tmp_path / "missing.safetensors"), "--motions", "static", "--no-doc"])
+        module.main(["--weights", str(tmp_path / "missing.safetensors"), "--motions", "static", "--no-doc"])
