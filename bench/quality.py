@@ -183,9 +183,10 @@ def main(argv=None) -> int:
         lines = [f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
                  f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
                  f"References: held-out palette clips of {', '.join(m for m, _ in references)}; "
-                 f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps (learning rate {args.learning_rate:g}, "
-                 f"log sigma ~ N({args.log_sigma_mean:g}, {args.log_sigma_std:g}^2)); {args.sample_steps} Euler steps; guidance {args.min_guidance:g} (frame 0) to {args.guidance:g} "
-                 f"(last frame) against the plain model.", "", table]
+                 f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps "
+                 f"(learning rate {args.learning_rate:g}, log sigma ~ N({args.log_sigma_mean:g}, "
+                 f"{args.log_sigma_std:g}^2)); {args.sample_steps} Euler steps; guidance {args.min_guidance:g} "
+                 f"(frame 0) to {args.guidance:g} (last frame) against the plain model.", "", table]
         if breakdown:
             lines += ["", "Per reference motion:", "", breakdown]
         replace_section(DOC, "quality", "\n".join(lines))      # the hand-written analysis around it stays
