@@ -6,8 +6,7 @@ import json
 import pytest
 import torch
 
-from motion_core import toyworld
-from motion_core import toyclips
+from motion_core import toyclips, toyworld
 from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, clip_weights, denoising_loss, lr_schedule,
                                   token_gap, train_toy)
 
@@ -85,10 +84,11 @@ def test_hard_class_weight_draws_the_named_classes_that_much_more_often():
     assert clip_weights(labels, ToyTrainSettings()).max() == 3.0                      # the shipped recipe weighs
     settings = ToyTrainSettings(hard_class_weight=3.0, hard_classes="circle_cw, rotate_ccw")
     weights = clip_weights(labels, settings)
-    hard = torch.isin(labels, torch.tensor([toyclips.class_index("circle_cw"), toyclips.class_index("rotate_ccw")]))
+    hard_labels = torch.tensor([toyclips.class_index("circle_cw"), toyclips.class_index("rotate_ccw")])
+    hard = torch.isin(labels, hard_labels)
     assert torch.all(weights[hard] == 3.0) and torch.all(weights[~hard] == 1.0)
     draws = labels[torch.multinomial(weights, 20000, replacement=True, generator=torch.Generator().manual_seed(0))]
-    share = torch.isin(draws, torch.tensor([toyclips.class_index("circle_cw"), toyclips.class_index("rotate_ccw")]))
+    share = torch.isin(draws, hard_labels)
     assert abs(float(share.float().mean()) - 6 / 30) < 0.015                # 2 classes x 3 of 24 + 2 x 3
     with pytest.raises(ValueError, match="unknown motion class 'spiral'"):
         clip_weights(labels, dataclasses.replace(settings, hard_classes="circle_cw,spiral"))
