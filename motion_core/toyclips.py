@@ -10,9 +10,12 @@ Motion classes (``MOTION_CLASSES``, a stable order; ``class_index`` gives the la
   SW, S, SE; N is *up* on screen) at speed ``s``: 1 = slow (2 px/frame), 2 = fast
   (4 px/frame). The background stays still.
 - ``circle_cw`` / ``circle_ccw``: objects travel on a circle (radius 10 px, 30 deg/frame),
-  clockwise / counter-clockwise as seen on screen.
+  clockwise / counter-clockwise as seen on screen, always from the bottom of the circle
+  (``CIRCLE_PHASE_DEG``): circle_cw sets off west, circle_ccw east, then both rise. The path
+  is then fixed by the class and the first frame, so a motion token can carry all of it.
 - ``zoom_in`` / ``zoom_out``: objects scale about their own centre by 1.1 / 1/1.1 per frame.
-- ``rotate_cw`` / ``rotate_ccw``: objects spin about their own centre, 12 deg/frame.
+- ``rotate_cw`` / ``rotate_ccw``: objects spin about their own centre, 20 deg/frame; they
+  are drawn larger (22-28 px) so the spin moves their edges and marker by whole latent pixels.
 - ``pan_E`` / ``pan_W``: the *camera* pans east / west at 4 px/frame, so the background and
   the objects shift together the other way on screen (pan_E: content moves left).
 - ``bounce``: objects drop from rest to a floor 16 px lower (accelerating, as under
@@ -60,7 +63,8 @@ MOTION_CLASSES: tuple[str, ...] = tuple(
      "pan_E", "pan_W", "bounce", "static")
 
 CIRCLE_RADIUS, CIRCLE_STEP_DEG = 10.0, 30.0
-ZOOM_RATE, ROTATE_STEP_DEG, PAN_SPEED, BOUNCE_HEIGHT = 1.10, 12.0, 4.0, 16.0
+CIRCLE_PHASE_DEG = 90.0     # start angle on the circle, deg clockwise from east (y down): the bottom
+ZOOM_RATE, ROTATE_STEP_DEG, PAN_SPEED, BOUNCE_HEIGHT = 1.10, 20.0, 4.0, 16.0
 MIN_FRAMES, MAX_FRAMES, MIN_SIZE = 8, 14, 32
 SUPERSAMPLE = 2
 
@@ -156,8 +160,8 @@ class ObjectSpec:
 class ClipSpec:
     """Everything needed to render a clip; ``render_clip(spec)`` is deterministic.
 
-    seed drives the noise textures and grain; phase is the circle motion's start angle (deg,
-    random per clip, so two circle_cw clips share the turn but not the heading); bg_colours
+    seed drives the noise textures and grain; phase is the circle motion's start angle (deg;
+    sampled specs use ``CIRCLE_PHASE_DEG``, explicit specs may set any); bg_colours
     are two colour names; bg_angle (deg) and bg_period (px at 64) shape the background.
     """
 
@@ -254,6 +258,9 @@ def _place(rng: np.random.Generator, motion: str, frames: int, size: int, diamet
     return [(float(x), float(y)) for x, y in best]
 
 
+_DIAMETERS = {"zoom_in": (14, 18), "zoom_out": (22, 28), "rotate_cw": (22, 28), "rotate_ccw": (22, 28)}  # px at 64
+
+
 def sample_clip_spec(rng: Union[np.random.Generator, int], motion: Optional[str] = None, frames: int = 8,
                      size: int = 64, objects: Optional[int] = None, palette: str = "train") -> ClipSpec:
     """A random ``ClipSpec`` drawn from ``palette`` (motion uniform over classes when None)."""
@@ -263,9 +270,10 @@ def sample_clip_spec(rng: Union[np.random.Generator, int], motion: Optional[str]
     n = int(rng.integers(1, 4)) if objects is None else int(objects)
     if not 1 <= n <= 3:
         raise ValueError(f"objects={objects}: a toy clip has 1..3 objects")
-    lo, hi = {"zoom_in": (14, 18), "zoom_out": (22, 28)}.get(motion, (16, 24))
+    lo, hi = _DIAMETERS.get(motion, (16, 24))
     diameters = [float(rng.uniform(lo, hi)) * size / 64.0 for _ in range(n)]
-    phase = float(rng.uniform(0, 360))
+    rng.uniform(0, 360)   # the former random circle phase: still drawn, so every seed keeps its other draws
+    phase = CIRCLE_PHASE_DEG
     looks, bg = _sample_appearance(rng, palette, n)
     starts = _place(rng, motion, frames, size, diameters, phase)
     objs = tuple(ObjectSpec(s, c, tx, d, st, a, ta, tp)

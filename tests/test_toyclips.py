@@ -53,8 +53,21 @@ def test_object_tracks():
     assert np.allclose(tc.object_track("translate_E_2", 14)[0][-1], (28.0, 0.0))   # longer clips: same path, finer
     assert tc.object_track("bounce", 14)[0][-1, 1] < 1e-9
     _, ang, sc = tc.object_track("rotate_ccw", 8)
-    assert ang[-1] == pytest.approx(-84.0) and np.all(sc == 1)
+    assert ang[-1] == pytest.approx(-140.0) and np.all(sc == 1)
     assert tc.object_track("zoom_out", 8)[2][-1] == pytest.approx(1.1 ** -7)
+
+
+def test_sampled_circles_start_at_the_bottom_and_spinners_are_large():
+    """The class alone fixes a sampled circle's path (cw sets off west, ccw east), so a motion
+    token can carry it; rotating objects are drawn 22-28 px so their spin is visible."""
+    for seed in range(6):
+        cw, ccw = (tc.sample_clip_spec(seed, motion=m) for m in ("circle_cw", "circle_ccw"))
+        assert cw.phase == ccw.phase == tc.CIRCLE_PHASE_DEG
+        first_cw = np.diff(tc.object_track("circle_cw", 8, phase=cw.phase)[0][:2], axis=0)[0]
+        first_ccw = np.diff(tc.object_track("circle_ccw", 8, phase=ccw.phase)[0][:2], axis=0)[0]
+        assert first_cw[0] < 0 < first_ccw[0]                       # x right: cw goes west, ccw east
+        spinner = tc.sample_clip_spec(seed, motion="rotate_cw")
+        assert all(22.0 <= o.size <= 28.0 for o in spinner.objects), spinner.objects
 
 
 def test_deterministic():
