@@ -152,18 +152,26 @@ def clip_weights(labels: torch.Tensor, settings: ToyTrainSettings) -> Optional[t
     (``hard_class_weight`` 1, the earlier models' recipe, whose random stream stays as it was).
 
     Clips of ``settings.hard_classes`` weigh ``hard_class_weight``, the rest 1: motions the
-    toy model draws poorly (circles, rotations) get more of its fixed step budget.
+    toy model draws poorly (circles, rotations) get more of its fixed step budget. An entry
+    ``name:weight`` (e.g. ``rotate_cw:6``) gives that class its own weight.
     """
     if settings.hard_class_weight == 1.0:
         return None
-    if not (settings.hard_class_weight > 0 and math.isfinite(settings.hard_class_weight)):
-        raise ValueError(f"hard_class_weight must be a positive number, got {settings.hard_class_weight}")
-    names = [name.strip() for name in settings.hard_classes.split(",") if name.strip()]
-    if not names:
-        raise ValueError("hard_classes is empty; name the motion classes to weigh, e.g. 'circle_cw,rotate_cw'")
-    hard = torch.tensor([toyclips.class_index(name) for name in names])      # raises on an unknown name
     weights = torch.ones(labels.shape[0])
-    weights[torch.isin(labels, hard)] = settings.hard_class_weight
+    entries = [entry.strip() for entry in settings.hard_classes.split(",") if entry.strip()]
+    if not entries:
+        raise ValueError("hard_classes is empty; name the motion classes to weigh, e.g. 'circle_cw,rotate_cw'")
+    for entry in entries:
+        name, _, own = entry.partition(":")
+        try:
+            weight = float(own) if own.strip() else settings.hard_class_weight
+        except ValueError:
+            raise ValueError(f"hard_classes entry {entry!r}: the weight after ':' must be a number, "
+                             "e.g. 'rotate_cw:6'") from None
+        if not (weight > 0 and math.isfinite(weight)):
+            what = f"hard_classes entry {entry!r}" if own.strip() else "hard_class_weight"
+            raise ValueError(f"{what} must be a positive number, got {weight}")
+        weights[labels == toyclips.class_index(name.strip())] = weight    # raises on an unknown name
     return weights
 
 

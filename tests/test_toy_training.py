@@ -96,6 +96,19 @@ def test_hard_class_weight_draws_the_named_classes_that_much_more_often():
         clip_weights(labels, dataclasses.replace(settings, hard_class_weight=-1.0))
 
 
+def test_hard_classes_entry_with_its_own_weight_overrides_the_shared_one():
+    labels = torch.arange(len(toyclips.MOTION_CLASSES)).repeat(10)
+    settings = ToyTrainSettings(hard_class_weight=3.0, hard_classes="circle_cw, rotate_ccw:6, zoom_in:0.5")
+    weights = clip_weights(labels, settings)
+    by_class = {name: float(weights[labels == toyclips.class_index(name)].unique()) for name in toyclips.MOTION_CLASSES}
+    assert by_class["circle_cw"] == 3.0 and by_class["rotate_ccw"] == 6.0 and by_class["zoom_in"] == 0.5
+    assert {by_class[name] for name in by_class if name not in ("circle_cw", "rotate_ccw", "zoom_in")} == {1.0}
+    with pytest.raises(ValueError, match="'rotate_ccw:fast'.*must be a number"):
+        clip_weights(labels, dataclasses.replace(settings, hard_classes="rotate_ccw:fast"))
+    with pytest.raises(ValueError, match="'rotate_ccw:0'.*must be a positive number"):
+        clip_weights(labels, dataclasses.replace(settings, hard_classes="rotate_ccw:0"))
+
+
 def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
     unet, _, _ = toyworld.build_models(0)
     unet.eval()
