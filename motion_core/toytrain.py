@@ -52,8 +52,9 @@ class ToyTrainSettings:
                                         # 2.0 lifted dense-flow readings of class-token clips 35% -> 48%
     hard_class_weight: float = 3.0      # draw clips of ``hard_classes`` this many times as often (a curriculum);
                                         # 1: uniform draws, as the earlier toy models were trained
-    # comma-separated; the default: every moving kind but translation, whose 16 classes take 62% of
-    # uniform draws (weight 3 gives each of circle, zoom, rotate and pan 14% instead of 8%)
+    # comma-separated, ``name`` (weighs hard_class_weight) or ``name:weight``; the default: every moving
+    # kind but translation, whose 16 classes take 62% of uniform draws (weight 3 gives each of circle,
+    # zoom, rotate and pan 14% instead of 8%)
     hard_classes: str = "circle_cw,circle_ccw,rotate_cw,rotate_ccw,zoom_in,zoom_out,pan_E,pan_W,bounce"
     threads: int = 2
     minutes: float = 0.0          # > 0: stop the UNet phase after this many minutes (steps done are recorded)
