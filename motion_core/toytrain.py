@@ -150,14 +150,13 @@ def batched_denoise(unet, noisy: torch.Tensor, sigma: torch.Tensor, first_raw: t
 
 def clip_weights(labels: torch.Tensor, settings: ToyTrainSettings) -> Optional[torch.Tensor]:
     """Per-clip sampling weights ``(n)`` of the UNet phase, or None for uniform draws
-    (``hard_class_weight`` 1, the earlier models' recipe, whose random stream stays as it was).
+    (every weight 1, e.g. ``hard_class_weight`` 1: the earlier models' recipe, whose random
+    stream stays as it was).
 
     Clips of ``settings.hard_classes`` weigh ``hard_class_weight``, the rest 1: motions the
     toy model draws poorly (circles, rotations) get more of its fixed step budget. An entry
     ``name:weight`` (e.g. ``rotate_cw:6``) gives that class its own weight.
     """
-    if settings.hard_class_weight == 1.0:
-        return None
     weights = torch.ones(labels.shape[0])
     entries = [entry.strip() for entry in settings.hard_classes.split(",") if entry.strip()]
     if not entries:
@@ -173,7 +172,7 @@ def clip_weights(labels: torch.Tensor, settings: ToyTrainSettings) -> Optional[t
             what = f"hard_classes entry {entry!r}" if own.strip() else "hard_class_weight"
             raise ValueError(f"{what} must be a positive number, got {weight}")
         weights[labels == toyclips.class_index(name.strip())] = weight    # raises on an unknown name
-    return weights
+    return None if bool((weights == 1.0).all()) else weights
 
 
 def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor, first_images: torch.Tensor,

@@ -103,6 +103,8 @@ def test_hard_classes_entry_with_its_own_weight_overrides_the_shared_one():
     by_class = {name: float(weights[labels == toyclips.class_index(name)].unique()) for name in toyclips.MOTION_CLASSES}
     assert by_class["circle_cw"] == 3.0 and by_class["rotate_ccw"] == 6.0 and by_class["zoom_in"] == 0.5
     assert {by_class[name] for name in by_class if name not in ("circle_cw", "rotate_ccw", "zoom_in")} == {1.0}
+    own_only = dataclasses.replace(settings, hard_class_weight=1.0)            # own weights count without a shared one
+    assert clip_weights(labels, own_only)[labels == toyclips.class_index("rotate_ccw")].eq(6.0).all()
     with pytest.raises(ValueError, match="'rotate_ccw:fast'.*must be a number"):
         clip_weights(labels, dataclasses.replace(settings, hard_classes="rotate_ccw:fast"))
     with pytest.raises(ValueError, match="'rotate_ccw:0'.*must be a positive number"):
