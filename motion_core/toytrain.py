@@ -1,8 +1,9 @@
 """Training the toy world's model (``python -m motion_core train-toy``), seeded, on the CPU.
 
 1. Render clips of every motion class (train palette) with :mod:`motion_core.toyclips`.
-2. Train the tiny VAE on their frames (reconstruction + a small KL), then rescale its
-   latent so that SVD's scale factor 0.18215 brings it to unit variance.
+2. Train the tiny VAE on their frames (reconstruction + a small KL; ``vae_colour_jitter``
+   recolours a share of them, so the codec also passes colours the palette lacks), then
+   rescale its latent so that SVD's scale factor 0.18215 brings it to unit variance.
 3. Encode every clip once and train the SVD-architecture UNet on the latents the way SVD
    is conditioned (first frame's latent concatenated; EDM v-prediction, sigma_data 1) with
    the motion class as the cross-attention token (a learned token per class), replaced by
@@ -41,6 +42,8 @@ class ToyTrainSettings:
     vae_batch: int = 16
     vae_crop: int = 32
     vae_lr: float = 1e-3
+    vae_colour_jitter: float = 0.0   # share of VAE training crops recoloured (any hue, saturation x0.5-1.5), so
+                                    # the codec passes colours the palette lacks; 0: the shipped recipe
     unet_steps: int = 2000        # ~1.5 s/step on 2 idle cores: the whole run fits in about an hour
     unet_batch: int = 8
     unet_lr: float = 8e-4         # peak; 3e-4 flat learned no motion in 1953 steps
@@ -89,6 +92,8 @@ def render_dataset(settings: ToyTrainSettings) -> tuple[torch.Tensor, torch.Tens
 
 
 def train_vae(vae, clips: torch.Tensor, settings: ToyTrainSettings, generator: torch.Generator) -> list[float]:
+    if not 0.0 <= settings.vae_colour_jitter <= 1.0:
+        raise ValueError(f"vae_colour_jitter is a share of the VAE's training crops, 0..1; got {settings.vae_colour_jitter}")
     frames = clips.flatten(0, 1).permute(0, 3, 1, 2) * 2 - 1          # (n*f c h w) in -1..1
     optimizer = torch.optim.Adam(vae.parameters(), lr=settings.vae_lr)
     schedule = lr_schedule(optimizer, settings.vae_steps, settings.warmup_steps)
@@ -97,6 +102,8 @@ def train_vae(vae, clips: torch.Tensor, settings: ToyTrainSettings, generator: t
         batch = frames[torch.randint(0, frames.shape[0], (settings.vae_batch,), generator=generator)]
         top, left = (int(v) for v in torch.randint(0, IMAGE_SIZE - settings.vae_crop + 1, (2,), generator=generator))
         batch = batch[:, :, top:top + settings.vae_crop, left:left + settings.vae_crop]   # convs: crops suffice
+        if settings.vae_colour_jitter > 0:             # drawn only when on: the shipped recipe's stream stays
+            batch = recolour(batch, settings.vae_colour_jitter, generator)
         posterior = vae.encode(batch).latent_dist
         latent = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         recon = vae.decode(latent).sample
@@ -108,6 +115,30 @@ def train_vae(vae, clips: torch.Tensor, settings: ToyTrainSettings, generator: t
         history.append(float(loss.detach()))
         _progress("vae", step, settings.vae_steps, start, history[-1])
     return history
+
+
+def recolour(pixels: torch.Tensor, share: float, generator: torch.Generator) -> torch.Tensor:
+    """Random colour transforms of a ``(b 3 h w)`` batch in -1..1 for the VAE phase.
+
+    A ``share`` of the images (drawn per image) is rotated about the grey axis by a random
+    angle (any hue) and its saturation scaled by 0.5-1.5; grey stays grey and values are
+    clipped to -1..1. Only the VAE sees these: it stands in for SVD's generic image codec,
+    which passes any colour, while the UNet and its tokens see the training palette alone.
+    Trained on the palette alone, the toy VAE turns held-out orange towards red and fades
+    brown and purple objects into the background (docs/quality.md).
+    """
+    count = pixels.shape[0]
+    chosen = torch.rand(count, generator=generator) < share
+    angle = torch.rand(count, generator=generator) * 2 * math.pi
+    saturation = 0.5 + torch.rand(count, generator=generator)
+    grey = torch.full((3, 1), 1 / math.sqrt(3))
+    project = grey @ grey.T                                             # onto the grey axis
+    cross = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3)
+    rotation = (torch.eye(3) * angle.cos()[:, None, None] + cross * angle.sin()[:, None, None]
+                + project * (1 - angle.cos())[:, None, None])           # Rodrigues, (b 3 3)
+    transform = project + saturation[:, None, None] * (rotation - project)
+    transform = torch.where(chosen[:, None, None], transform, torch.eye(3).expand(count, 3, 3))
+    return torch.einsum("bij,bjhw->bihw", transform, pixels).clamp(-1, 1)
 
 
 @torch.no_grad()

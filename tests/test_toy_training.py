@@ -8,7 +8,7 @@ import torch
 
 from motion_core import toyclips, toyworld
 from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, clip_weights, denoising_loss, lr_schedule,
-                                  token_gap, train_toy)
+                                  recolour, token_gap, train_toy, train_vae)
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -58,7 +58,7 @@ def test_temporal_loss_charges_shimmer_more_than_a_steady_error():
 def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     settings = ToyTrainSettings(clips=26, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, warmup_steps=1,
                                 checkpoint_every=1, average_last=2, temporal_loss_weight=1.5, hard_class_weight=2.0,
-                                threads=1)
+                                vae_colour_jitter=0.5, threads=1)
     old_threads = torch.get_num_threads()
     try:
         record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
@@ -70,12 +70,36 @@ def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     assert written["unet_steps"] == 2 and written["averaged_checkpoint_steps"] == [1, 2]
     assert "--temporal-loss-weight 1.5" in written["reproduce"]          # a non-default recipe is reproducible
     assert "--hard-class-weight 2.0" in written["reproduce"]
+    assert "--vae-colour-jitter 0.5" in written["reproduce"]
     assert "--log-sigma-mean" not in written["reproduce"]                 # defaults are not repeated
     assert written["command"] == written["reproduce"]                   # called from code: the equivalent command
     world = toyworld.load_world(str(tmp_path / "toy.safetensors"))
     assert world.motion_tokens.shape == (26, toyworld.TOKEN_WIDTH)
     assert world.metadata["settings"]["temporal_loss_weight"] == 1.5
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_recolour_changes_hue_of_the_chosen_share_and_keeps_grey():
+    pixels = torch.rand(64, 3, 4, 4, generator=torch.Generator().manual_seed(0)) * 0.8 - 0.4   # no clipping
+    assert torch.equal(recolour(pixels, 0.0, torch.Generator().manual_seed(1)), pixels)
+    changed = recolour(pixels, 1.0, torch.Generator().manual_seed(1))
+    assert torch.allclose(changed.mean(1), pixels.mean(1), atol=1e-5)     # the grey part stays: only colour turns
+    assert ((changed - pixels).abs().amax((1, 2, 3)) > 0.05).float().mean() > 0.9
+    grey = torch.full((8, 3, 2, 2), 0.3)
+    assert torch.allclose(recolour(grey, 1.0, torch.Generator().manual_seed(2)), grey, atol=1e-6)
+    red = torch.tensor([0.8, -0.7, -0.7]).view(1, 3, 1, 1).expand(256, 3, 1, 1)
+    hues = recolour(red, 1.0, torch.Generator().manual_seed(3))
+    assert hues.amin() >= -1 and hues.amax() <= 1
+    assert (hues[:, 1] > hues[:, 0]).any() and (hues[:, 2] > hues[:, 0]).any()      # greens and blues, not only reds
+    half = recolour(pixels, 0.5, torch.Generator().manual_seed(4))
+    kept = (half == pixels).flatten(1).all(1).float().mean()
+    assert 0.3 < kept < 0.7
+
+
+def test_vae_colour_jitter_outside_0_to_1_names_the_setting():
+    clips = torch.rand(1, 2, 64, 64, 3)
+    with pytest.raises(ValueError, match="vae_colour_jitter.*0..1; got 1.5"):
+        train_vae(None, clips, ToyTrainSettings(vae_colour_jitter=1.5), torch.Generator())
 
 
 def test_hard_class_weight_draws_the_named_classes_that_much_more_often():
