@@ -80,7 +80,7 @@ def run(args) -> str:
             context = None
             if variant is None:                                   # the class-token upper bound
                 embedding, took = None, 0.0
-                context = world.motion_tokens[toyclips.class_index(motion)][None, None].expand(len(targets), -1, -1)
+                context = world.motion_tokens[toyclips.class_index(motion)][None].expand(len(targets), -1, -1)
             else:
                 embedding, took = learn_variant(world, reference, variant, settings)
             seconds.append(took)

@@ -58,7 +58,7 @@ def clips_of(source: str, world, specs, rendered: torch.Tensor, args) -> torch.T
         return rendered
     if source == "vae":
         return torch.stack([world.decode(world.encode(clip)) for clip in rendered])
-    context = world.motion_tokens[[toyclips.class_index(spec.motion) for spec in specs]][:, None]   # (n 1 d)
+    context = world.motion_tokens[[toyclips.class_index(spec.motion) for spec in specs]]   # (b n d)
     return animate_batch(world, rendered[:, 0], None, FRAMES, args.sample_steps, seed=args.seed,
                          context=context, guidance=args.guidance, min_guidance=args.min_guidance)
 

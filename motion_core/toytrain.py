@@ -51,6 +51,9 @@ class ToyTrainSettings:
     log_sigma_mean: float = 0.5
     log_sigma_std: float = 1.4
     image_token_share: float = 0.15
+    tokens_per_class: int = 1     # cross-attention tokens per motion class; above 1 the attention's query and key
+                                  # learn to route tokens to places (one token: a uniform bias), as SD's text
+                                  # pre-training taught SVD's; 1: the shipped recipe (and its random stream)
     temporal_loss_weight: float = 2.0   # also weigh frame-to-frame changes of the error (0: plain EDM loss);
                                         # 2.0 lifted dense-flow readings of class-token clips 35% -> 48%
     hard_class_weight: float = 3.0      # draw clips of ``hard_classes`` this many times as often (a curriculum);
@@ -209,9 +212,11 @@ def clip_weights(labels: torch.Tensor, settings: ToyTrainSettings) -> Optional[t
 def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor, first_images: torch.Tensor,
                settings: ToyTrainSettings, generator: torch.Generator,
                checkpoint: Callable[[torch.Tensor, list[float]], None]) -> tuple[torch.Tensor, list[float], list[int]]:
-    """Returns the learned motion-class tokens ``(classes d)``, the loss history and the
+    """Returns the learned motion-class tokens ``(classes n d)``, the loss history and the
     checkpoint steps averaged into the final weights (empty: the last step's weights)."""
-    tokens = torch.nn.Parameter(torch.randn(len(toyclips.MOTION_CLASSES), TOKEN_WIDTH, generator=generator))
+    per_class = settings.tokens_per_class
+    tokens = torch.nn.Parameter(torch.randn(len(toyclips.MOTION_CLASSES), per_class, TOKEN_WIDTH,
+                                            generator=generator))
     with torch.no_grad():
         image_tokens = torch.cat([image_encoder(first_images[i:i + 256]) for i in range(0, len(first_images), 256)])
     optimizer = torch.optim.AdamW(list(unet.parameters()) + [tokens], lr=settings.unet_lr, weight_decay=0.01)
@@ -232,7 +237,8 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         sigma = torch.exp(settings.log_sigma_mean + settings.log_sigma_std * torch.randn(len(index), generator=generator))
         noisy = clean + sigma[:, None, None, None, None] * torch.randn(clean.shape, generator=generator)
         use_image = torch.rand(len(index), generator=generator) < settings.image_token_share
-        context = torch.where(use_image[:, None], image_tokens[index], tokens[labels[index]])[:, None]
+        image_context = image_tokens[index][:, None].expand(-1, per_class, -1)    # repeated: as one token
+        context = torch.where(use_image[:, None, None], image_context, tokens[labels[index]])   # (b n d)
         denoised = batched_denoise(unet, noisy, sigma, raw[:, 0], context)
         weight = ((sigma ** 2 + 1) / sigma ** 2)[:, None, None, None, None]
         loss = denoising_loss(denoised, clean, weight, settings.temporal_loss_weight)
@@ -314,7 +320,7 @@ class CheckpointAverage:
 @torch.no_grad()
 def token_gap(unet, latents: torch.Tensor, labels: torch.Tensor, tokens: torch.Tensor,
               generator: torch.Generator, sigma: float = 2.0) -> tuple[float, float]:
-    """Denoising loss at ``sigma`` with each clip's own motion token vs. another class's.
+    """Denoising loss at ``sigma`` with each clip's own motion tokens ``(classes n d)`` vs. another class's.
 
     The model uses the motion token exactly when the first is clearly lower: a cheap check,
     during training, that motion is being carried by the cross-attention.
@@ -325,7 +331,7 @@ def token_gap(unet, latents: torch.Tensor, labels: torch.Tensor, tokens: torch.T
     other = (labels + torch.randint(1, tokens.shape[0], labels.shape, generator=generator)) % tokens.shape[0]
     losses = []
     for chosen in (labels, other):
-        denoised = batched_denoise(unet, noisy, sigmas, latents[:, 0], tokens[chosen][:, None])
+        denoised = batched_denoise(unet, noisy, sigmas, latents[:, 0], tokens[chosen])
         losses.append(float(((denoised - clean) ** 2).mean()))
     return losses[0], losses[1]
 

@@ -89,7 +89,9 @@ class ToyWorld:
 
     def __init__(self, unet, vae, image_encoder, motion_tokens: torch.Tensor, metadata: dict):
         self.unet, self.vae, self.image_encoder = unet, vae, image_encoder
-        self.motion_tokens = motion_tokens          # (classes d)
+        if motion_tokens.dim() == 2:                # files before tokens_per_class: one token a class
+            motion_tokens = motion_tokens[:, None]
+        self.motion_tokens = motion_tokens          # (classes n d)
         self.metadata = metadata
 
     @torch.no_grad()
@@ -160,5 +162,5 @@ def load_world(path: str = WEIGHTS_PATH) -> ToyWorld:
 
 
 def class_token(world: ToyWorld, index: Optional[int]) -> torch.Tensor:
-    """The learned token of motion class ``index`` ``(1 d)``."""
-    return world.motion_tokens[index:index + 1]
+    """The learned tokens of motion class ``index`` ``(n d)``."""
+    return world.motion_tokens[index]

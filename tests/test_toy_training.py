@@ -58,7 +58,7 @@ def test_temporal_loss_charges_shimmer_more_than_a_steady_error():
 def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     settings = ToyTrainSettings(clips=26, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, warmup_steps=1,
                                 checkpoint_every=1, average_last=2, temporal_loss_weight=1.5, hard_class_weight=2.0,
-                                vae_colour_jitter=0.5, threads=1)
+                                vae_colour_jitter=0.5, tokens_per_class=3, threads=1)
     old_threads = torch.get_num_threads()
     try:
         record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
@@ -71,10 +71,11 @@ def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     assert "--temporal-loss-weight 1.5" in written["reproduce"]          # a non-default recipe is reproducible
     assert "--hard-class-weight 2.0" in written["reproduce"]
     assert "--vae-colour-jitter 0.5" in written["reproduce"]
+    assert "--tokens-per-class 3" in written["reproduce"]
     assert "--log-sigma-mean" not in written["reproduce"]                 # defaults are not repeated
     assert written["command"] == written["reproduce"]                   # called from code: the equivalent command
     world = toyworld.load_world(str(tmp_path / "toy.safetensors"))
-    assert world.motion_tokens.shape == (26, toyworld.TOKEN_WIDTH)
+    assert world.motion_tokens.shape == (26, 3, toyworld.TOKEN_WIDTH)       # (classes n d)
     assert world.metadata["settings"]["temporal_loss_weight"] == 1.5
     assert not list(tmp_path.glob("*.partial"))
 
@@ -140,10 +141,10 @@ def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
     unet.eval()
     latents = torch.randn(2, toyworld.FRAMES, 4, toyworld.LATENT_SIZE, toyworld.LATENT_SIZE) * 5
     labels = torch.tensor([0, 3])
-    same = torch.randn(1, toyworld.TOKEN_WIDTH).expand(26, -1)
+    same = torch.randn(1, 1, toyworld.TOKEN_WIDTH).expand(26, 2, -1)     # (classes n d)
     right, wrong = token_gap(unet, latents, labels, same, torch.Generator().manual_seed(0))
     assert right == wrong                                    # no motion information: no gap
-    distinct = torch.randn(26, toyworld.TOKEN_WIDTH) * 10
+    distinct = torch.randn(26, 2, toyworld.TOKEN_WIDTH) * 10
     right, wrong = token_gap(unet, latents, labels, distinct, torch.Generator().manual_seed(0))
     assert right != wrong
 
@@ -188,7 +189,7 @@ def test_guidance_ramp_over_frames(one_thread):
 
     world = toyworld.load_world()
     targets = toyclips.make_target_images(1, 5)
-    token = world.motion_tokens[toyclips.class_index("translate_E_2")][None, None]
+    token = world.motion_tokens[toyclips.class_index("translate_E_2")][None]
     calls = []
     run = lambda **kw: animate_batch(world, targets, None, toyworld.FRAMES, steps=2, context=token, **kw)  # noqa: E731
     constant = run(guidance=3.0, progress=lambda step, total: calls.append((step, total)))

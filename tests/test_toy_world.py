@@ -35,7 +35,7 @@ def test_weights_load_in_diffusers_and_denoise(world):
     noisy = latents + 2.0 * torch.randn_like(latents)
     out = denoiser(noisy, torch.full((toyworld.FRAMES,), 2.0), latents[:1])
     assert out.shape == latents.shape and torch.isfinite(out).all()
-    assert world.motion_tokens.shape[1] == toyworld.TOKEN_WIDTH
+    assert world.motion_tokens.dim() == 3 and world.motion_tokens.shape[::2] == (26, toyworld.TOKEN_WIDTH)  # (classes n d)
     assert world.metadata["classes"][0] == "translate_E_1"
 
 
