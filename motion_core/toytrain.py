@@ -363,6 +363,8 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
     ``command``: the command line to record (the CLI passes its own); default, the
     equivalent ``train-toy`` command of ``settings``.
     """
+    if settings.tokens_per_class < 1:        # checked before the minutes of rendering and VAE training
+        raise ValueError(f"tokens_per_class must be 1 or more (1: the shipped recipe); got {settings.tokens_per_class}")
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from motion_core import toyclips, toyworld
-from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, clip_weights, denoising_loss, lr_schedule,
-                                  recolour, token_gap, train_toy, train_vae)
+from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, batched_denoise, clip_weights, denoising_loss,
+                                  lr_schedule, recolour, token_gap, train_toy, train_vae)
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -101,6 +101,27 @@ def test_vae_colour_jitter_outside_0_to_1_names_the_setting():
     clips = torch.rand(1, 2, 64, 64, 3)
     with pytest.raises(ValueError, match="vae_colour_jitter.*0..1; got 1.5"):
         train_vae(None, clips, ToyTrainSettings(vae_colour_jitter=1.5), torch.Generator())
+
+
+def test_tokens_per_class_below_one_is_refused_before_any_training(tmp_path):
+    with pytest.raises(ValueError, match="tokens_per_class must be 1 or more.*got 0"):
+        train_toy(ToyTrainSettings(tokens_per_class=0), str(tmp_path / "toy.safetensors"), str(tmp_path / "m.json"))
+    assert not list(tmp_path.iterdir())
+
+
+def test_a_repeated_image_token_conditions_like_one(one_thread):
+    """Training pads the image token to ``tokens_per_class`` by repeating it: the same conditioning."""
+    unet, _, _ = toyworld.build_models(0)
+    unet.eval()
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, toyworld.FRAMES, 4, toyworld.LATENT_SIZE, toyworld.LATENT_SIZE, generator=generator)
+    image_token = torch.randn(1, 1, toyworld.TOKEN_WIDTH, generator=generator)
+    with torch.no_grad():
+        run = lambda context: batched_denoise(unet, latents, torch.tensor([2.0]), latents[:, 0], context)  # noqa: E731
+        one, repeated = run(image_token), run(image_token.expand(-1, 4, -1))
+        distinct = run(torch.cat([image_token, torch.randn(1, 3, toyworld.TOKEN_WIDTH, generator=generator) * 10], 1))
+    assert torch.allclose(one, repeated, atol=1e-5)
+    assert not torch.allclose(one, distinct, atol=1e-3)      # while distinct tokens do change the output
 
 
 def test_hard_class_weight_draws_the_named_classes_that_much_more_often():
