@@ -14,9 +14,11 @@ Three parts, all in one ``.safetensors`` file shipped with the pack
   embedding" of a frame (SVD's conditioning token), used for token initialisation and as
   the "no motion input" conditioning.
 
-In training, the cross-attention token carries the *motion class* (a learned token per
-class, as text does in SVD's pre-training); 15 % of the time it is the first frame's
-image embedding instead, so without a motion token the model moves things ambiguously.
+In training, the cross-attention tokens carry the *motion class* (learned tokens per
+class, ``motion_tokens (classes n d)``, as text does in SVD's pre-training; the shipped
+model has n = 1, files of one token a class load as n = 1); 15 % of the time it is the
+first frame's image embedding instead, so without a motion token the model moves things
+ambiguously.
 """
 from __future__ import annotations
 
