@@ -1,4 +1,4 @@
-"""The benchmarks' doc writing and the readings benchmark, on tiny settings."""
+"""The benchmarks' doc writing, the readings and objective-margin benchmarks, on tiny settings."""
 import os
 
 import pytest
@@ -72,8 +72,43 @@ def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, 
     assert "150 learning steps (learning rate 0.02, log sigma ~ N(2.3, 1.2^2))" in block   # the settings it ran with
 
 
+def test_objective_margin_ranks_the_reference_class_and_writes_its_block(one_thread, capsys, tmp_path, monkeypatch):
+    from bench import objective_margin
+
+    doc = tmp_path / "quality.md"
+    doc.write_text("Hand-written analysis.\n", encoding="utf-8")
+    monkeypatch.setattr(objective_margin, "DOC", str(doc))
+    assert objective_margin.main(["--motions", "translate_E_2", "--noises", "1", "--steps", "2", "--threads", "1"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert table[0].startswith("| reference | own class: rank of 26 |") and "after 2 learning steps" in table[0]
+    cells = [cell.strip() for cell in table[2].split("|")[1:-1]]
+    # the shipped model was trained on this motion: its own token explains the clip best, by far
+    assert cells[0] == "translate_E_2" and cells[1] == "1" and float(cells[4].rstrip("%")) > 10
+    own, start, learned = float(cells[2]), float(cells[5]), float(cells[6])
+    assert own < start and learned <= start * 1.5               # a finite loss for every column
+    text = doc.read_text(encoding="utf-8")
+    assert docfile.markers("objective_margin")[0] in text and table[2] in text
+    assert "`python -m bench.objective_margin --motions translate_E_2 --noises 1" in text
+
+
+def test_margin_row_names_the_rank_and_the_nearest_rival():
+    from bench.objective_margin import margin_row
+    from motion_core import toyclips
+
+    losses = [1.0 + 0.01 * c for c in range(len(toyclips.MOTION_CLASSES))]
+    own = toyclips.class_index("zoom_in")
+    losses[own] = 0.5                                        # the objective prefers the reference's class
+    row = margin_row("zoom_in", losses, 2.0, None)
+    assert (row["rank"], row["rival"], round(row["margin"], 6)) == (1, toyclips.MOTION_CLASSES[0], 1.0)
+    losses[own], losses[3] = 1.015, 0.9                      # classes 0, 1 and 3 beat it, class 3 by most
+    row = margin_row("zoom_in", losses, 2.0, 1.1)
+    assert row["rank"] == 4 and row["rival"] == toyclips.MOTION_CLASSES[3]
+    assert row["margin"] == pytest.approx(0.9 / 1.015 - 1) and row["learned"] == 1.1
+
+
 @pytest.mark.parametrize("bench, args, row", [
     ("readings", ["--scenes-per-motion", "1", "--sources", "vae"], "| ideal render through the toy VAE |"),
+    ("objective_margin", ["--steps", "0", "--noises", "1"], "| static |"),
     ("quality", ["--variants", "class_token", "--targets-per-reference", "1", "--sample-steps", "2"], "| (upper bound)"),
 ])
 def test_benchmark_measures_a_candidate_model_without_touching_the_doc(one_thread, capsys, tmp_path, monkeypatch,

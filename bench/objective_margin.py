@@ -1,0 +1,151 @@
+"""Can the learning objective tell a reference's motion from the others? Loss per class token.
+
+    python -m bench.objective_margin                # the quality bench's references, updates docs/quality.md
+    python -m bench.objective_margin --weights run/toy_svd.safetensors --no-doc   # gate a candidate toy model
+
+Motion-text inversion finds its tokens by lowering one objective: the EDM denoising loss of
+the reference clip under the frozen model. So it can only learn a motion that the objective
+prefers. The toy model's own motion-class tokens span the motions it was trained on; this
+benchmark puts each class's token into every motion-text slot (F' = F + 1, the model's own
+tokens per class) and measures the loss the learning step minimises, on each reference of
+``bench.quality`` (same seeds), at fixed noise: noise levels at five quantiles of the
+learning's ``ln sigma ~ N(mean, std^2)`` and ``--noises`` fixed draws each, identical for every
+token. Columns:
+
+- the rank of the reference's own class among all classes (1: the objective prefers it);
+- the nearest rival class and its margin, ``rival loss / own loss - 1`` (how much the
+  objective gains by choosing the right motion over the runner-up);
+- the loss at the learning's start (the reference's own image embedding) and after the default
+  learning (``--steps``; 0 skips it), to compare with what any class token reaches.
+
+No sampling, no classifier: a motion whose margin is a few percent is one the inversion
+cannot be expected to find from one clip, however it is tuned.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+
+import torch
+
+from bench.docfile import replace_section
+from bench.quality import DEFAULT_MOTIONS, DOC, add_learning_arguments, learn_settings
+from motion_core import toyclips
+from motion_core.diffusers_svd import SVDDenoiser, init_embedding, install_motion
+from motion_core.embedding import MotionEmbedding
+from motion_core.toyeval import VARIANTS, heldout_reference, learn_variant
+from motion_core.toyworld import FRAMES, MANIFEST_PATH, SVD_LATENT_SCALE, WEIGHTS_PATH, ToyWorld, load_world
+from motion_core.training import fixed_noise_loss
+
+log = logging.getLogger("bench.objective_margin")
+SIGMA_QUANTILES = (-1.5, -0.75, 0.0, 0.75, 1.5)      # standard-normal quantiles of ln sigma
+DEFAULT_VARIANT = "text_FF_N5"
+
+
+def objective_sigmas(mean: float, std: float, noises: int) -> list[float]:
+    """Noise levels at the quantiles of ``ln sigma ~ N(mean, std^2)``, each repeated ``noises`` times
+    (``fixed_noise_loss`` draws a fresh fixed noise per entry)."""
+    return [math.exp(mean + std * q) for q in SIGMA_QUANTILES for _ in range(noises)]
+
+
+def class_losses(world: ToyWorld, reference: torch.Tensor, sigmas: list[float],
+                 learned: MotionEmbedding | None = None) -> tuple[list[float], float, float | None]:
+    """The learning objective on ``reference`` ``(f h w c)`` at fixed noise.
+
+    Returns (loss with each class's tokens in every motion-text slot, in ``MOTION_CLASSES``
+    order; loss with the learning's start, the reference's image embedding; loss with
+    ``learned`` or None).
+    """
+    with torch.no_grad():
+        clean = world.encode(reference) * SVD_LATENT_SCALE                        # (f c h w)
+        image_embeds = world.image_embeds(reference)                              # (f d)
+    frames, _, height, width = clean.shape
+    denoiser = SVDDenoiser(world.unet, image_embeds=image_embeds[:1])
+    tokens = world.motion_tokens                                                  # (classes n d)
+    slots = init_embedding(world.unet, frames, height, width, tokens_per_frame=tokens.shape[1],
+                           image_embeds=image_embeds, vae_factor=4)              # spatial (f n d), temporal (n d)
+    per_class = []
+    with install_motion(world.unet, slots, height, width, frames=frames):
+        start = fixed_noise_loss(denoiser, clean, sigmas)
+        for class_tokens in tokens:                                               # (n d)
+            with torch.no_grad():
+                slots.spatial_tokens.copy_(class_tokens.expand_as(slots.spatial_tokens))
+                slots.temporal_tokens.copy_(class_tokens)
+            per_class.append(fixed_noise_loss(denoiser, clean, sigmas))
+    learned_loss = None
+    if learned is not None:
+        with install_motion(world.unet, learned, height, width, frames=frames):
+            learned_loss = fixed_noise_loss(denoiser, clean, sigmas)
+    return per_class, start, learned_loss
+
+
+def margin_row(motion: str, per_class: list[float], start: float, learned: float | None) -> dict:
+    """Rank of ``motion``'s own class (1 = lowest loss), its nearest rival and the rival's margin."""
+    order = sorted(range(len(per_class)), key=per_class.__getitem__)
+    own = toyclips.class_index(motion)
+    rival = next(c for c in order if c != own)
+    return {"motion": motion, "rank": order.index(own) + 1, "own": per_class[own],
+            "rival": toyclips.MOTION_CLASSES[rival], "margin": per_class[rival] / per_class[own] - 1.0,
+            "start": start, "learned": learned}
+
+
+def run(args) -> tuple[str, list[dict]]:
+    torch.set_num_threads(args.threads)
+    world = load_world(args.weights)
+    sigmas = objective_sigmas(args.log_sigma_mean, args.log_sigma_std, args.noises)
+    rows = []
+    for i, motion in enumerate(args.motions):
+        started = time.time()
+        reference = heldout_reference(motion, args.seed + i, frames=FRAMES)    # bench.quality's seeds
+        learned = None
+        if args.steps > 0:
+            learned, _ = learn_variant(world, reference, VARIANTS[DEFAULT_VARIANT], learn_settings(args))
+        rows.append(margin_row(motion, *class_losses(world, reference, sigmas, learned)))
+        log.info("%s (%.0f s): %s", motion, time.time() - started, rows[-1])
+    classes = len(toyclips.MOTION_CLASSES)
+    learned_head = f"after {args.steps} learning steps" if args.steps > 0 else "learned (skipped)"
+    lines = [f"| reference | own class: rank of {classes} | own class's loss | nearest rival | rival's margin | "
+             f"learning's start | {learned_head} |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        learned = "n/a" if row["learned"] is None else f"{row['learned']:.4f}"
+        lines.append(f"| {row['motion']} | {row['rank']} | {row['own']:.4f} | {row['rival']} | "
+                     f"{100 * row['margin']:+.1f}% | {row['start']:.4f} | {learned} |")
+    return "\n".join(lines), rows
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--motions", nargs="+", default=list(DEFAULT_MOTIONS), choices=toyclips.MOTION_CLASSES,
+                        help="reference motions, in bench.quality's order (a reference's seed is its position)")
+    parser.add_argument("--noises", type=int, default=3, help="fixed noise draws per noise level")
+    add_learning_arguments(parser)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--weights", default=WEIGHTS_PATH,
+                        help="toy model file to measure (default: the shipped one); other files imply --no-doc")
+    parser.add_argument("--no-doc", action="store_true", help="do not write the measured block of docs/quality.md")
+    args = parser.parse_args(argv)
+    if args.noises < 1 or args.steps < 0:
+        parser.error("--noises must be at least 1 and --steps at least 0")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    started = time.time()
+    table, _ = run(args)
+    print(table)
+    if not args.no_doc and os.path.abspath(args.weights) == os.path.abspath(WEIGHTS_PATH):   # the doc is the shipped model's
+        command = "python -m bench.objective_margin " + " ".join(sys.argv[1:] if argv is None else argv)
+        replace_section(DOC, "objective_margin", "\n".join([
+            f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
+            f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
+            f"Loss: EDM at ln sigma = {args.log_sigma_mean:g} + {args.log_sigma_std:g} x "
+            f"({', '.join(f'{q:g}' for q in SIGMA_QUANTILES)}), {args.noises} fixed noises each; learning: "
+            f"{args.steps} steps of the default motion-text inversion (F'=F+1, N=5), learning rate "
+            f"{args.learning_rate:g}.", "", table]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
