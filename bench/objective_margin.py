@@ -18,6 +18,12 @@ token. Columns:
 - the loss at the learning's start (the reference's own image embedding) and after the default
   learning (``--steps``; 0 skips it), to compare with what any class token reaches.
 
+``--by-sigma`` adds a table of the margin at each noise level alone (against that level's
+nearest rival): a motion the objective prefers at some noise level could be found by
+learning at that level; one it never prefers cannot be found by any noise schedule.
+``--loss appearance_debiased`` measures the Learn node's other objective (EDM plus its twin
+with frame 0 subtracted) instead of plain EDM.
+
 No sampling, no classifier: a motion whose margin is a few percent is one the inversion
 cannot be expected to find from one clip, however it is tuned.
 """
@@ -39,7 +45,8 @@ from motion_core.diffusers_svd import SVDDenoiser, init_embedding, install_motio
 from motion_core.embedding import MotionEmbedding
 from motion_core.toyeval import VARIANTS, heldout_reference, learn_variant
 from motion_core.toyworld import FRAMES, MANIFEST_PATH, SVD_LATENT_SCALE, WEIGHTS_PATH, ToyWorld, load_world
-from motion_core.training import fixed_noise_loss
+from motion_core.objectives import LOSS_EDM, LOSSES
+from motion_core.training import fixed_noise_losses
 
 log = logging.getLogger("bench.objective_margin")
 SIGMA_QUANTILES = (-1.5, -0.75, 0.0, 0.75, 1.5)      # standard-normal quantiles of ln sigma
@@ -53,12 +60,14 @@ def objective_sigmas(mean: float, std: float, noises: int) -> list[float]:
 
 
 def class_losses(world: ToyWorld, reference: torch.Tensor, sigmas: list[float],
-                 learned: MotionEmbedding | None = None) -> tuple[list[float], float, float | None]:
-    """The learning objective on ``reference`` ``(f h w c)`` at fixed noise.
+                 learned: MotionEmbedding | None = None,
+                 loss: str = LOSS_EDM) -> tuple[list[list[float]], list[float], list[float] | None]:
+    """The learning objective (``loss``) on ``reference`` ``(f h w c)`` at fixed noise, per
+    entry of ``sigmas``.
 
-    Returns (loss with each class's tokens in every motion-text slot, in ``MOTION_CLASSES``
-    order; loss with the learning's start, the reference's image embedding; loss with
-    ``learned`` or None).
+    Returns (losses with each class's tokens in every motion-text slot, in ``MOTION_CLASSES``
+    order, ``(classes len(sigmas))``; losses with the learning's start, the reference's image
+    embedding; losses with ``learned`` or None).
     """
     with torch.no_grad():
         clean = world.encode(reference) * SVD_LATENT_SCALE                        # (f c h w)
@@ -70,16 +79,16 @@ def class_losses(world: ToyWorld, reference: torch.Tensor, sigmas: list[float],
                            image_embeds=image_embeds, vae_factor=4)              # spatial (f n d), temporal (n d)
     per_class = []
     with install_motion(world.unet, slots, height, width, frames=frames):
-        start = fixed_noise_loss(denoiser, clean, sigmas)
+        start = fixed_noise_losses(denoiser, clean, sigmas, loss=loss)
         for class_tokens in tokens:                                               # (n d)
             with torch.no_grad():
                 slots.spatial_tokens.copy_(class_tokens.expand_as(slots.spatial_tokens))
                 slots.temporal_tokens.copy_(class_tokens)
-            per_class.append(fixed_noise_loss(denoiser, clean, sigmas))
+            per_class.append(fixed_noise_losses(denoiser, clean, sigmas, loss=loss))
     learned_loss = None
     if learned is not None:
         with install_motion(world.unet, learned, height, width, frames=frames):
-            learned_loss = fixed_noise_loss(denoiser, clean, sigmas)
+            learned_loss = fixed_noise_losses(denoiser, clean, sigmas, loss=loss)
     return per_class, start, learned_loss
 
 
@@ -93,6 +102,30 @@ def margin_row(motion: str, per_class: list[float], start: float, learned: float
             "start": start, "learned": learned}
 
 
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def margins_by_level(motion: str, per_class: list[list[float]], levels: int) -> list[dict]:
+    """``margin_row`` at each noise level alone: ``per_class`` ``(classes levels*noises)``, the
+    entries of one level adjacent (as ``objective_sigmas`` orders them)."""
+    noises = len(per_class[0]) // levels
+    return [margin_row(motion, [_mean(row[k * noises:(k + 1) * noises]) for row in per_class], float("nan"), None)
+            for k in range(levels)]
+
+
+def by_level_table(rows: list[dict], sigmas: list[float]) -> str:
+    """Markdown: per reference, the own class's rank and margin over that level's nearest rival."""
+    lines = ["| reference | " + " | ".join(f"sigma {s:.2g}" for s in sigmas) + " |",
+             "|---|" + "---|" * len(sigmas)]
+    for row in rows:
+        cells = [f"{100 * level['margin']:+.1f}% ({level['rival']})" if level["rank"] == 1
+                 else f"rank {level['rank']}, {100 * level['margin']:+.1f}% ({level['rival']})"
+                 for level in row["by_level"]]
+        lines.append(f"| {row['motion']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run(args) -> tuple[str, list[dict]]:
     torch.set_num_threads(args.threads)
     world = load_world(args.weights)
@@ -104,8 +137,12 @@ def run(args) -> tuple[str, list[dict]]:
         learned = None
         if args.steps > 0:
             learned, _ = learn_variant(world, reference, VARIANTS[DEFAULT_VARIANT], learn_settings(args))
-        rows.append(margin_row(motion, *class_losses(world, reference, sigmas, learned)))
-        log.info("%s (%.0f s): %s", motion, time.time() - started, rows[-1])
+        per_class, start, learned_loss = class_losses(world, reference, sigmas, learned, args.loss)
+        rows.append(margin_row(motion, [_mean(row) for row in per_class], _mean(start),
+                               None if learned_loss is None else _mean(learned_loss)))
+        rows[-1]["by_level"] = margins_by_level(motion, per_class, len(SIGMA_QUANTILES))
+        log.info("%s (%.0f s): %s", motion, time.time() - started,
+                 {key: value for key, value in rows[-1].items() if key != "by_level"})
     classes = len(toyclips.MOTION_CLASSES)
     learned_head = f"after {args.steps} learning steps" if args.steps > 0 else "learned (skipped)"
     lines = [f"| reference | own class: rank of {classes} | own class's loss | nearest rival | rival's margin | "
@@ -114,7 +151,11 @@ def run(args) -> tuple[str, list[dict]]:
         learned = "n/a" if row["learned"] is None else f"{row['learned']:.4f}"
         lines.append(f"| {row['motion']} | {row['rank']} | {row['own']:.4f} | {row['rival']} | "
                      f"{100 * row['margin']:+.1f}% | {row['start']:.4f} | {learned} |")
-    return "\n".join(lines), rows
+    table = "\n".join(lines)
+    if args.by_sigma:
+        table += ("\n\nThe own class's margin over the nearest rival at each noise level alone "
+                  "(rank when it is not first):\n\n" + by_level_table(rows, sigmas[::args.noises]))
+    return table, rows
 
 
 def main(argv=None) -> int:
@@ -122,6 +163,11 @@ def main(argv=None) -> int:
     parser.add_argument("--motions", nargs="+", default=list(DEFAULT_MOTIONS), choices=toyclips.MOTION_CLASSES,
                         help="reference motions, in bench.quality's order (a reference's seed is its position)")
     parser.add_argument("--noises", type=int, default=3, help="fixed noise draws per noise level")
+    parser.add_argument("--loss", choices=LOSSES, default=LOSS_EDM,
+                        help="the objective to measure, as the Learn node names it (appearance_debiased: "
+                             "frame 0 is the subtracted anchor); --steps still learn with EDM, the default")
+    parser.add_argument("--by-sigma", action="store_true",
+                        help="also print the margin at each noise level alone")
     add_learning_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
@@ -140,7 +186,7 @@ def main(argv=None) -> int:
         replace_section(DOC, "objective_margin", "\n".join([
             f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
             f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
-            f"Loss: EDM at ln sigma = {args.log_sigma_mean:g} + {args.log_sigma_std:g} x "
+            f"Loss: {'EDM' if args.loss == LOSS_EDM else args.loss} at ln sigma = {args.log_sigma_mean:g} + {args.log_sigma_std:g} x "
             f"({', '.join(f'{q:g}' for q in SIGMA_QUANTILES)}), {args.noises} fixed noises each; learning: "
             f"{args.steps} steps of the default motion-text inversion (F'=F+1, N=5), learning rate "
             f"{args.learning_rate:g}.", "", table]))

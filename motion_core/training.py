@@ -20,7 +20,7 @@ import torch
 
 from .augment import AugmentSettings, augment_clip
 from .embedding import MotionEmbedding
-from .objectives import (DEFAULT_LOG_SIGMA_MEAN, DEFAULT_LOG_SIGMA_STD, LOSS_EDM, LOSSES, edm_loss,
+from .objectives import (DEFAULT_LOG_SIGMA_MEAN, DEFAULT_LOG_SIGMA_STD, LOSS_EDM, LOSSES,
                          sample_sigma, training_loss)
 
 log = logging.getLogger(__name__)
@@ -141,15 +141,28 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
 
 
 @torch.no_grad()
-def fixed_noise_loss(denoiser: Denoiser, clean: torch.Tensor, sigmas=(0.5, 2.0, 8.0, 20.0), seed: int = 1234,
-                     sigma_data: float = 1.0) -> float:
-    """Mean EDM loss at fixed noise levels and fixed noise: comparable before/after training."""
+def fixed_noise_losses(denoiser: Denoiser, clean: torch.Tensor, sigmas=(0.5, 2.0, 8.0, 20.0), seed: int = 1234,
+                       sigma_data: float = 1.0, loss: str = LOSS_EDM, anchor: int = 0) -> list[float]:
+    """The learning objective (``loss``, one of ``objectives.LOSSES``) at each of ``sigmas``,
+    one fixed noise per entry (drawn in order from ``seed``): comparable across embeddings.
+
+    ``clean`` ``(f c h w)``; ``anchor``: the frame the appearance-debiased loss subtracts
+    (the learning draws it per step; a measurement fixes it).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"loss {loss!r} is not one of {LOSSES}")
     generator = torch.Generator(device="cpu").manual_seed(seed)
     frames = clean.shape[0]
-    total = 0.0
+    values = []
     for sigma in sigmas:
         noise = torch.randn(clean.shape, generator=generator).to(clean)
         sigma_vec = torch.full((frames,), float(sigma), device=clean.device)
         denoised = denoiser(clean + sigma * noise, sigma_vec, clean[:1])
-        total += float(edm_loss(denoised, clean, sigma, sigma_data))
-    return total / len(sigmas)
+        values.append(float(training_loss(denoised, clean, sigma, sigma_data, loss, anchor)))
+    return values
+
+
+def fixed_noise_loss(denoiser: Denoiser, clean: torch.Tensor, sigmas=(0.5, 2.0, 8.0, 20.0), seed: int = 1234,
+                     sigma_data: float = 1.0) -> float:
+    """Mean EDM loss at fixed noise levels and fixed noise: comparable before/after training."""
+    return sum(fixed_noise_losses(denoiser, clean, sigmas, seed, sigma_data)) / len(sigmas)

@@ -78,8 +78,13 @@ def test_objective_margin_ranks_the_reference_class_and_writes_its_block(one_thr
     doc = tmp_path / "quality.md"
     doc.write_text("Hand-written analysis.\n", encoding="utf-8")
     monkeypatch.setattr(objective_margin, "DOC", str(doc))
-    assert objective_margin.main(["--motions", "translate_E_2", "--noises", "1", "--steps", "2", "--threads", "1"]) == 0
+    assert objective_margin.main(["--motions", "translate_E_2", "--noises", "1", "--steps", "2", "--threads", "1",
+                                  "--by-sigma"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    by_sigma = [cell.strip() for cell in table[-1].split("|")[1:-1]]
+    assert table[-3].startswith("| reference | sigma ") and table[-3].count("sigma") == 5
+    # the model was trained with motion tokens at every noise level: its own token wins at each one
+    assert by_sigma[0] == "translate_E_2" and all(not cell.startswith("rank") for cell in by_sigma[1:])
     assert table[0].startswith("| reference | own class: rank of 26 |") and "after 2 learning steps" in table[0]
     cells = [cell.strip() for cell in table[2].split("|")[1:-1]]
     # the shipped model was trained on this motion: its own token explains the clip best, by far
@@ -89,6 +94,24 @@ def test_objective_margin_ranks_the_reference_class_and_writes_its_block(one_thr
     text = doc.read_text(encoding="utf-8")
     assert docfile.markers("objective_margin")[0] in text and table[2] in text
     assert "`python -m bench.objective_margin --motions translate_E_2 --noises 1" in text
+
+
+def test_margins_by_level_rank_each_noise_level_alone():
+    from bench.objective_margin import by_level_table, margins_by_level
+    from motion_core import toyclips
+
+    classes, own = len(toyclips.MOTION_CLASSES), toyclips.class_index("rotate_ccw")
+    rival = toyclips.class_index("rotate_cw")
+    per_class = [[2.0] * 4 for _ in range(classes)]          # 2 levels x 2 noises, a level's entries adjacent
+    per_class[own] = [1.0, 1.0, 1.0, 1.0]
+    per_class[rival] = [1.5, 1.5, 0.8, 0.9]                   # wins the second level only
+    levels = margins_by_level("rotate_ccw", per_class, 2)
+    assert [level["rank"] for level in levels] == [1, 2]
+    assert levels[0]["rival"] == "rotate_cw" and levels[0]["margin"] == pytest.approx(0.5)
+    assert levels[1]["margin"] == pytest.approx(0.85 / 1.0 - 1)       # negative: the rival explains it better
+    table = by_level_table([{"motion": "rotate_ccw", "by_level": levels}], [0.5, 4.0])
+    assert table.splitlines()[0] == "| reference | sigma 0.5 | sigma 4 |"
+    assert table.splitlines()[2] == "| rotate_ccw | +50.0% (rotate_cw) | rank 2, -15.0% (rotate_cw) |"
 
 
 def test_margin_row_names_the_rank_and_the_nearest_rival():

@@ -13,7 +13,8 @@ from motion_core.embedding import MotionEmbedding, base_metadata, init_motion_te
 from motion_core.layers import embedding_cost, select_layers
 from motion_core.objectives import anchor_debiased, edm_loss, training_loss
 from motion_core.resample import resample_frames, resize_value_embedding
-from motion_core.training import TrainingInterrupted, TrainSettings, fixed_noise_loss, train_motion_embedding
+from motion_core.training import (TrainingInterrupted, TrainSettings, fixed_noise_loss, fixed_noise_losses,
+                                 train_motion_embedding)
 
 REPO = __file__.rsplit("/tests/", 1)[0]
 
@@ -125,6 +126,20 @@ def test_training_lowers_fixed_noise_loss_and_records_history():
     assert after < before * 0.8
     assert result.embedding.metadata["training"]["learning_rate"] == 5e-2
     assert not result.embedding.spatial_tokens.requires_grad
+
+
+def test_fixed_noise_losses_measure_either_objective_per_noise_level():
+    spatial, temporal = init_motion_text(4, 4, None, generator=torch.Generator().manual_seed(0), token_width=16)
+    denoiser = ToyDenoiser(MotionEmbedding(spatial_tokens=spatial, temporal_tokens=temporal,
+                                           metadata=base_metadata(4, 32, 32, 4)))
+    clean = torch.randn(4, 4, 4, 4, generator=torch.Generator().manual_seed(9)) * 0.5 + 0.7
+    edm = fixed_noise_losses(denoiser, clean)
+    debiased = fixed_noise_losses(denoiser, clean, loss="appearance_debiased")
+    assert len(edm) == 4 and sum(edm) / 4 == pytest.approx(fixed_noise_loss(denoiser, clean))
+    # the debiased objective adds a non-negative term to the same EDM loss, level by level
+    assert all(d > e > 0 for d, e in zip(debiased, edm))
+    with pytest.raises(ValueError, match="'l1' is not one of"):
+        fixed_noise_losses(denoiser, clean, loss="l1")
 
 
 def test_same_seed_same_embedding():
