@@ -186,7 +186,8 @@ def main(argv=None) -> int:
         replace_section(DOC, "objective_margin", "\n".join([
             f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
             f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
-            f"Loss: {'EDM' if args.loss == LOSS_EDM else args.loss} at ln sigma = {args.log_sigma_mean:g} + {args.log_sigma_std:g} x "
+            f"Loss: {'EDM' if args.loss == LOSS_EDM else args.loss} at ln sigma = "
+            f"{args.log_sigma_mean:g} + {args.log_sigma_std:g} x "
             f"({', '.join(f'{q:g}' for q in SIGMA_QUANTILES)}), {args.noises} fixed noises each; learning: "
             f"{args.steps} steps of the default motion-text inversion (F'=F+1, N=5), learning rate "
             f"{args.learning_rate:g}.", "", table]))
