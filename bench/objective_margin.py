@@ -35,6 +35,7 @@ import math
 import os
 import sys
 import time
+from statistics import fmean
 
 import torch
 
@@ -102,15 +103,11 @@ def margin_row(motion: str, per_class: list[float], start: float, learned: float
             "start": start, "learned": learned}
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
-
-
 def margins_by_level(motion: str, per_class: list[list[float]], levels: int) -> list[dict]:
     """``margin_row`` at each noise level alone: ``per_class`` ``(classes levels*noises)``, the
     entries of one level adjacent (as ``objective_sigmas`` orders them)."""
     noises = len(per_class[0]) // levels
-    return [margin_row(motion, [_mean(row[k * noises:(k + 1) * noises]) for row in per_class], float("nan"), None)
+    return [margin_row(motion, [fmean(row[k * noises:(k + 1) * noises]) for row in per_class], float("nan"), None)
             for k in range(levels)]
 
 
@@ -138,8 +135,8 @@ def run(args) -> tuple[str, list[dict]]:
         if args.steps > 0:
             learned, _ = learn_variant(world, reference, VARIANTS[DEFAULT_VARIANT], learn_settings(args))
         per_class, start, learned_loss = class_losses(world, reference, sigmas, learned, args.loss)
-        rows.append(margin_row(motion, [_mean(row) for row in per_class], _mean(start),
-                               None if learned_loss is None else _mean(learned_loss)))
+        rows.append(margin_row(motion, [fmean(row) for row in per_class], fmean(start),
+                               None if learned_loss is None else fmean(learned_loss)))
         rows[-1]["by_level"] = margins_by_level(motion, per_class, len(SIGMA_QUANTILES))
         log.info("%s (%.0f s): %s", motion, time.time() - started,
                  {key: value for key, value in rows[-1].items() if key != "by_level"})
