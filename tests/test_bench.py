@@ -96,6 +96,29 @@ def test_objective_margin_ranks_the_reference_class_and_writes_its_block(one_thr
     assert "`python -m bench.objective_margin --motions translate_E_2 --noises 1" in text
 
 
+def test_objective_margin_on_training_palette_references_leaves_the_doc(one_thread, capsys, tmp_path, monkeypatch):
+    from bench import objective_margin
+    from motion_core import toyclips
+
+    doc = tmp_path / "quality.md"
+    doc.write_text("Hand-written analysis.\n", encoding="utf-8")
+    monkeypatch.setattr(objective_margin, "DOC", str(doc))
+    palettes, make_clip = [], toyclips.make_clip
+
+    def recording_make_clip(*args, **kwargs):
+        palettes.append(kwargs.get("palette"))
+        return make_clip(*args, **kwargs)
+
+    monkeypatch.setattr(toyclips, "make_clip", recording_make_clip)
+    assert objective_margin.main(["--motions", "translate_E_2", "--noises", "1", "--steps", "0", "--threads", "1",
+                                  "--palette", "train"]) == 0
+    assert palettes == ["train"]
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| translate_E_2 |")]
+    cells = [cell.strip() for cell in row[0].split("|")[1:-1]]
+    assert cells[1] == "1" and float(cells[4].rstrip("%")) > 10     # the palette it was trained on
+    assert doc.read_text(encoding="utf-8") == "Hand-written analysis.\n"   # the doc's block is the held-out one
+
+
 def test_margins_by_level_rank_each_noise_level_alone():
     from bench.objective_margin import by_level_table, margins_by_level
     from motion_core import toyclips
