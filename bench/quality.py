@@ -118,7 +118,8 @@ def run(args) -> str:
 def learn_settings(args) -> ToyLearnSettings:
     """The learning settings of the command line (the defaults are ``ToyLearnSettings``'s)."""
     return ToyLearnSettings(steps=args.steps, seed=args.seed, learning_rate=args.learning_rate,
-                            log_sigma_mean=args.log_sigma_mean, log_sigma_std=args.log_sigma_std)
+                            log_sigma_mean=args.log_sigma_mean, log_sigma_std=args.log_sigma_std,
+                            augment_crop=args.augment_crop, augment_colour=args.augment_colour)
 
 
 def add_learning_arguments(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +130,11 @@ def add_learning_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mean of log(sigma), the noise levels the learning samples (higher: more weight "
                              "on the noisy steps, where motion is decided)")
     parser.add_argument("--log-sigma-std", type=float, default=defaults.log_sigma_std, help="spread of log(sigma)")
+    parser.add_argument("--augment-crop", type=float, default=defaults.augment_crop,
+                        help="smallest random crop of the reference, as a fraction of each side (1: no crop); "
+                             "one crop per step, the same for every frame")
+    parser.add_argument("--augment-colour", type=float, default=defaults.augment_colour,
+                        help="per-channel latent gain / offset jitter of the reference (0: none)")
 
 
 def _percent(value: float) -> str:
@@ -185,7 +191,8 @@ def main(argv=None) -> int:
                  f"References: held-out palette clips of {', '.join(m for m, _ in references)}; "
                  f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps "
                  f"(learning rate {args.learning_rate:g}, log sigma ~ N({args.log_sigma_mean:g}, "
-                 f"{args.log_sigma_std:g}^2)); {args.sample_steps} Euler steps; guidance {args.min_guidance:g} "
+                 f"{args.log_sigma_std:g}^2), crops down to {args.augment_crop:g}, colour jitter "
+                 f"{args.augment_colour:g}); {args.sample_steps} Euler steps; guidance {args.min_guidance:g} "
                  f"(frame 0) to {args.guidance:g} (last frame) against the plain model.", "", table]
         if breakdown:
             lines += ["", "Per reference motion:", "", breakdown]

@@ -58,6 +58,8 @@ class ToyLearnSettings:
     log_sigma_mean: float = 1.0
     log_sigma_std: float = 1.2
     seed: int = 0
+    augment_crop: float = 0.9       # the augmentation's smallest crop (fraction of each side; 1: no crop)
+    augment_colour: float = 0.05    # its per-channel latent gain / offset jitter (0: none)
 
 
 def _tie_tokens(embedding: MotionEmbedding) -> None:
@@ -92,7 +94,8 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
 
     train = TrainSettings(steps=settings.steps, learning_rate=settings.learning_rate, seed=settings.seed,
                           log_sigma_mean=settings.log_sigma_mean, log_sigma_std=settings.log_sigma_std,
-                          augment=AugmentSettings(min_crop_scale=0.9, color_jitter=0.05))
+                          augment=AugmentSettings(min_crop_scale=settings.augment_crop,
+                                                  color_jitter=settings.augment_colour))
     result = learn_motion(world.unet, lambda clip: world.encode(clip) * SVD_LATENT_SCALE, reference, embedding, train,
                           denoiser_kwargs={"image_embeds": image_embeds[:1]}, callback=callback)
     learned = result.embedding

@@ -241,3 +241,20 @@ def test_nearest_ideal_motion_names_every_class_through_noise_and_flicker():
     assert nearest_ideal_motion(first.expand(8, -1, -1, -1), spec)[0] == "static"
     with pytest.raises(ValueError, match="does not match the target scene"):
         nearest_ideal_motion(first.expand(5, -1, -1, -1), spec)
+
+
+def test_toy_learning_passes_its_augmentation_strength_to_the_training(one_thread):
+    from motion_core.toyeval import VARIANTS, ToyLearnSettings, learn_variant
+
+    world = toyworld.load_world()
+    reference = toyclips.render_clip(toyclips.make_target_specs(1, 7, motion="translate_E_2")[0])
+    learned = {}
+    for crop, colour in ((1.0, 0.0), (0.6, 0.3)):
+        settings = ToyLearnSettings(steps=2, augment_crop=crop, augment_colour=colour)
+        learned[crop], _ = learn_variant(world, reference, VARIANTS["text_FF_N1"], settings)
+        augment = learned[crop].metadata["training"]["augment"]
+        assert (augment["min_crop_scale"], augment["color_jitter"]) == (crop, colour)
+    # a different augmentation draws different training samples: the learned tokens differ
+    assert not torch.allclose(learned[1.0].spatial_tokens, learned[0.6].spatial_tokens)
+    with pytest.raises(ValueError, match="min_crop_scale"):
+        learn_variant(world, reference, VARIANTS["text_FF_N1"], ToyLearnSettings(steps=1, augment_crop=0.0))
