@@ -12,6 +12,11 @@
    also weighs the frame-to-frame changes of the error (``temporal_loss_weight``).
 4. Average the last checkpoints' UNet weights and tokens (``average_last``), then write the
    weights and a manifest (sha256, command, steps, final loss, date).
+
+A second stage (``init_weights``) starts from a trained file instead: it keeps that file's
+VAE, image encoder and latent scale (no VAE phase), and goes on training its UNet and
+motion tokens, e.g. with rotations drawn far more often; the manifest records the stage it
+started from.
 """
 from __future__ import annotations
 
@@ -66,6 +71,9 @@ class ToyTrainSettings:
     minutes: float = 0.0          # > 0: stop the UNet phase after this many minutes (steps done are recorded)
     checkpoint_every: int = 200   # write the weights every N UNet steps, so a stopped run keeps its progress
     average_last: int = 3         # ship the mean of the last N checkpoints' UNet and tokens (1: the last alone)
+    lr_final_share: float = 0.1   # the cosine decay ends at this share of the peak (1.0: constant after warm-up)
+    init_weights: str = ""        # a trained toy file to go on from (a second stage): keeps its VAE, image
+    #                               encoder and latent scale, skips the VAE phase, trains its UNet and tokens
 
 
 def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
@@ -75,13 +83,17 @@ def _progress(label: str, step: int, total: int, start: float, loss: float) -> N
                  elapsed / step * (total - step))
 
 
-def lr_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 10 % of the peak at ``steps``."""
+def lr_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int,
+                final_share: float = 0.1) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``final_share`` of the peak at ``steps``."""
+    if not 0.0 <= final_share <= 1.0:
+        raise ValueError(f"lr_final_share is a share of the peak learning rate, 0..1; got {final_share}")
+
     def factor(step: int) -> float:
         if step < warmup:
             return (step + 1) / warmup
         progress = min(1.0, (step - warmup) / max(1, steps - warmup))
-        return 0.1 + 0.45 * (1 + math.cos(math.pi * progress))
+        return final_share + (1 - final_share) / 2 * (1 + math.cos(math.pi * progress))
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
@@ -211,16 +223,21 @@ def clip_weights(labels: torch.Tensor, settings: ToyTrainSettings) -> Optional[t
 
 def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor, first_images: torch.Tensor,
                settings: ToyTrainSettings, generator: torch.Generator,
-               checkpoint: Callable[[torch.Tensor, list[float]], None]) -> tuple[torch.Tensor, list[float], list[int]]:
+               checkpoint: Callable[[torch.Tensor, list[float]], None],
+               initial_tokens: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, list[float], list[int]]:
     """Returns the learned motion-class tokens ``(classes n d)``, the loss history and the
-    checkpoint steps averaged into the final weights (empty: the last step's weights)."""
+    checkpoint steps averaged into the final weights (empty: the last step's weights).
+
+    ``initial_tokens`` ``(classes n d)``: a trained model's tokens to go on from (default: random).
+    """
     per_class = settings.tokens_per_class
-    tokens = torch.nn.Parameter(torch.randn(len(toyclips.MOTION_CLASSES), per_class, TOKEN_WIDTH,
-                                            generator=generator))
+    if initial_tokens is None:
+        initial_tokens = torch.randn(len(toyclips.MOTION_CLASSES), per_class, TOKEN_WIDTH, generator=generator)
+    tokens = torch.nn.Parameter(initial_tokens.detach().clone().float())
     with torch.no_grad():
         image_tokens = torch.cat([image_encoder(first_images[i:i + 256]) for i in range(0, len(first_images), 256)])
     optimizer = torch.optim.AdamW(list(unet.parameters()) + [tokens], lr=settings.unet_lr, weight_decay=0.01)
-    schedule = lr_schedule(optimizer, settings.unet_steps, settings.warmup_steps)
+    schedule = lr_schedule(optimizer, settings.unet_steps, settings.warmup_steps, settings.lr_final_share)
     probe = torch.Generator().manual_seed(settings.seed + 1)
     probe_index = torch.randint(0, latents.shape[0], (16,), generator=probe)
     unet.train()
@@ -336,6 +353,38 @@ def token_gap(unet, latents: torch.Tensor, labels: torch.Tensor, tokens: torch.T
     return losses[0], losses[1]
 
 
+def _previous_stage(settings: ToyTrainSettings) -> dict:
+    """The trained file ``settings.init_weights`` names, loaded (``world``), with what the
+    manifest records of it: its sha256, and its own manifest's command and minutes when a
+    ``manifest.json`` lies beside it (else its metadata's settings and minutes)."""
+    from .toyworld import load_world
+
+    path = settings.init_weights
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"init_weights: no toy weights file at {path!r}; give a file that "
+                                "`python -m motion_core train-toy` wrote (the shipped one is "
+                                f"{WEIGHTS_PATH})")
+    world = load_world(path)
+    if world.motion_tokens.shape[1] != settings.tokens_per_class:
+        raise ValueError(f"init_weights {path!r} has {world.motion_tokens.shape[1]} token(s) per class, the "
+                         f"settings {settings.tokens_per_class}; pass --tokens-per-class "
+                         f"{world.motion_tokens.shape[1]}")
+    if world.motion_tokens.shape[0] != len(toyclips.MOTION_CLASSES):
+        raise ValueError(f"init_weights {path!r} has tokens for {world.motion_tokens.shape[0]} motion classes, "
+                         f"the clip generator {len(toyclips.MOTION_CLASSES)}; it was trained on other classes")
+    stage = {"file": os.path.basename(path), "sha256": sha256(path), "minutes": world.metadata.get("minutes"),
+             "command": None}
+    beside = os.path.join(os.path.dirname(os.path.abspath(path)), "manifest.json")
+    if os.path.isfile(beside):
+        with open(beside, encoding="utf-8") as fh:
+            recorded = json.load(fh)
+        if recorded.get("sha256") == stage["sha256"]:
+            stage.update({key: recorded[key] for key in ("command", "minutes", "minutes_all_stages", "unet_steps",
+                                                         "date", "starts_from") if key in recorded})
+    stage["world"] = world
+    return stage
+
+
 def sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -365,17 +414,28 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
     """
     if settings.tokens_per_class < 1:        # checked before the minutes of rendering and VAE training
         raise ValueError(f"tokens_per_class must be 1 or more (1: the shipped recipe); got {settings.tokens_per_class}")
+    previous = _previous_stage(settings) if settings.init_weights else None    # checked before rendering
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     started = time.time()
-    unet, vae, image_encoder = build_models(settings.seed)
-    image_encoder.requires_grad_(False)
     log.info("rendering %d clips", settings.clips)
-    clips, labels = render_dataset(settings)
-    vae_history = train_vae(vae, clips, settings, generator)
-    vae.requires_grad_(False).eval()
-    scale = rescale_latent(vae, clips)
+    if previous is None:
+        unet, vae, image_encoder = build_models(settings.seed)
+        image_encoder.requires_grad_(False)
+        clips, labels = render_dataset(settings)
+        vae_history = train_vae(vae, clips, settings, generator)
+        vae.requires_grad_(False).eval()
+        scale = rescale_latent(vae, clips)
+        initial_tokens = None
+    else:
+        world = previous.pop("world")
+        unet, vae, image_encoder = world.unet, world.vae, world.image_encoder
+        unet.requires_grad_(True)
+        clips, labels = render_dataset(settings)
+        vae_history = [world.metadata.get("vae_final_loss", float("nan"))] * 50     # that stage's VAE, unchanged
+        scale = world.metadata.get("latent_rescale", 1.0)
+        initial_tokens = world.motion_tokens
     latents = encode_clips(vae, clips)
     log.info("latents %s, std after scaling %.3f", tuple(latents.shape), float(latents.std() * SVD_LATENT_SCALE))
     def write(tokens, unet_history, averaged=()):
@@ -392,11 +452,15 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
                   "reproduce": (_command(settings) + ("" if len(unet_history) == settings.unet_steps else
                                    f" --minutes {settings.minutes}  (stopped at UNet step {len(unet_history)})")),
                   "unet_steps": len(unet_history), "unet_steps_planned": settings.unet_steps,
-                  "vae_steps": settings.vae_steps, "clips": settings.clips,
+                  "vae_steps": 0 if previous else settings.vae_steps, "clips": settings.clips,
                   "seed": settings.seed, "averaged_checkpoint_steps": list(averaged),
                   "final_unet_loss_mean_last_100": round(metadata["unet_final_loss"], 5),
                   "final_vae_loss_mean_last_50": round(metadata["vae_final_loss"], 5), "minutes": round(minutes, 1),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
+        if previous is not None:
+            record["starts_from"] = previous
+            earlier = previous.get("minutes_all_stages", previous.get("minutes")) or 0.0
+            record["minutes_all_stages"] = round(minutes + earlier, 1)
         partial = manifest + ".partial"                    # atomic: a stopped run never leaves half a manifest
         with open(partial, "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=2)
@@ -405,7 +469,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         return record, minutes
 
     tokens, unet_history, averaged = train_unet(unet, image_encoder, latents, labels, clips[:, 0], settings,
-                                                generator, write)
+                                                generator, write, initial_tokens)
     unet.requires_grad_(False)
     record, minutes = write(tokens, unet_history, averaged)
     log.info("wrote %s (%d bytes) in %.1f min", path, record["bytes"], minutes)

@@ -26,6 +26,20 @@ def test_lr_schedule_warms_up_then_decays_to_a_tenth():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.1)           # ... to 10 % of the peak
 
 
+def test_lr_schedule_final_share_one_holds_the_peak_and_out_of_range_is_refused():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=2.0)
+    schedule = lr_schedule(optimizer, steps=30, warmup=5, final_share=1.0)
+    rates = []
+    for _ in range(30):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        schedule.step()
+    assert rates[0] == pytest.approx(0.4) and all(rate == pytest.approx(2.0) for rate in rates[4:])
+    with pytest.raises(ValueError, match="lr_final_share.*0..1; got 1.5"):
+        lr_schedule(optimizer, steps=30, warmup=5, final_share=1.5)
+
+
 def test_checkpoint_average_is_the_mean_of_late_checkpoints_only():
     net = torch.nn.Linear(3, 2)
     average = CheckpointAverage(first=400)
@@ -78,6 +92,56 @@ def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     assert world.motion_tokens.shape == (26, 3, toyworld.TOKEN_WIDTH)       # (classes n d)
     assert world.metadata["settings"]["temporal_loss_weight"] == 1.5
     assert not list(tmp_path.glob("*.partial"))
+
+
+TINY = dict(clips=26, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, warmup_steps=1, checkpoint_every=1,
+            average_last=1, threads=1)
+
+
+@pytest.fixture(scope="module")
+def first_stage(tmp_path_factory):
+    """A tiny trained toy file with its manifest beside it: what a second stage starts from."""
+    folder = tmp_path_factory.mktemp("first_stage")
+    old_threads = torch.get_num_threads()
+    try:
+        record = train_toy(ToyTrainSettings(**TINY), str(folder / "toy.safetensors"), str(folder / "manifest.json"))
+    finally:
+        torch.set_num_threads(old_threads)
+    return folder / "toy.safetensors", record
+
+
+def test_a_second_stage_keeps_the_vae_and_goes_on_from_the_trained_unet_and_tokens(first_stage, tmp_path):
+    first_path, first_record = first_stage
+    settings = ToyTrainSettings(**{**TINY, "unet_lr": 1e-5}, init_weights=str(first_path), lr_final_share=1.0,
+                                hard_classes="rotate_cw:30,rotate_ccw:30")
+    old_threads = torch.get_num_threads()
+    try:
+        record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
+    finally:
+        torch.set_num_threads(old_threads)
+    before, after = toyworld.load_state(str(first_path)), toyworld.load_state(str(tmp_path / "toy.safetensors"))
+    for part in ("vae", "image_encoder"):                                 # no VAE phase: the same codec
+        assert all(torch.equal(before[0][part][name], after[0][part][name]) for name in before[0][part])
+    assert any(not torch.equal(before[0]["unet"][name], after[0]["unet"][name]) for name in before[0]["unet"])
+    assert torch.nn.functional.cosine_similarity(before[1].flatten(1), after[1].flatten(1)).min() > 0.99
+    assert after[2]["latent_rescale"] == before[2]["latent_rescale"]
+    assert record["vae_steps"] == 0 and f"--init-weights {first_path}" in record["reproduce"]
+    assert "--lr-final-share 1.0" in record["reproduce"]
+    assert record["starts_from"]["sha256"] == first_record["sha256"]
+    assert record["starts_from"]["command"] == first_record["command"]    # read from the manifest beside it
+    assert record["minutes_all_stages"] >= record["minutes"]
+    assert json.loads((tmp_path / "manifest.json").read_text()) == record
+
+
+def test_a_second_stage_names_a_missing_file_or_other_token_count_before_training(first_stage, tmp_path):
+    first_path, _ = first_stage
+    with pytest.raises(FileNotFoundError, match=r"init_weights: no toy weights file at .*nowhere\.safetensors"):
+        train_toy(ToyTrainSettings(**TINY, init_weights=str(tmp_path / "nowhere.safetensors")),
+                  str(tmp_path / "toy.safetensors"), str(tmp_path / "m.json"))
+    with pytest.raises(ValueError, match="1 token\\(s\\) per class, the settings 3; pass --tokens-per-class 1"):
+        train_toy(ToyTrainSettings(**TINY, init_weights=str(first_path), tokens_per_class=3),
+                  str(tmp_path / "toy.safetensors"), str(tmp_path / "m.json"))
+    assert not list(tmp_path.iterdir())
 
 
 def test_recolour_changes_hue_of_the_chosen_share_and_keeps_grey():
