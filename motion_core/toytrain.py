@@ -355,8 +355,9 @@ def token_gap(unet, latents: torch.Tensor, labels: torch.Tensor, tokens: torch.T
 
 def _previous_stage(settings: ToyTrainSettings) -> dict:
     """The trained file ``settings.init_weights`` names, loaded (``world``), with what the
-    manifest records of it: its sha256, and its own manifest's command and minutes when a
-    ``manifest.json`` lies beside it (else its metadata's settings and minutes)."""
+    manifest records of it: its sha256, and its own manifest's command, steps and minutes when a
+    ``manifest.json`` of the same sha256 lies beside it (else no command, and the minutes its
+    metadata records)."""
     from .toyworld import load_world
 
     path = settings.init_weights
