@@ -421,10 +421,10 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
     generator = torch.Generator().manual_seed(settings.seed)
     started = time.time()
     log.info("rendering %d clips", settings.clips)
+    clips, labels = render_dataset(settings)
     if previous is None:
-        unet, vae, image_encoder = build_models(settings.seed)
+        unet, vae, image_encoder = build_models(settings.seed)       # seeded on its own: the order does not matter
         image_encoder.requires_grad_(False)
-        clips, labels = render_dataset(settings)
         vae_history = train_vae(vae, clips, settings, generator)
         vae.requires_grad_(False).eval()
         scale = rescale_latent(vae, clips)
@@ -433,7 +433,6 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         world = previous.pop("world")
         unet, vae, image_encoder = world.unet, world.vae, world.image_encoder
         unet.requires_grad_(True)
-        clips, labels = render_dataset(settings)
         vae_history = [world.metadata.get("vae_final_loss", float("nan"))] * 50     # that stage's VAE, unchanged
         scale = world.metadata.get("latent_rescale", 1.0)
         initial_tokens = world.motion_tokens
