@@ -426,6 +426,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         unet, vae, image_encoder = build_models(settings.seed)       # seeded on its own: the order does not matter
         image_encoder.requires_grad_(False)
         vae_history = train_vae(vae, clips, settings, generator)
+        vae_final_loss = sum(vae_history[-50:]) / 50
         vae.requires_grad_(False).eval()
         scale = rescale_latent(vae, clips)
         initial_tokens = None
@@ -433,7 +434,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         world = previous.pop("world")
         unet, vae, image_encoder = world.unet, world.vae, world.image_encoder
         unet.requires_grad_(True)
-        vae_history = [world.metadata.get("vae_final_loss", float("nan"))] * 50     # that stage's VAE, unchanged
+        vae_final_loss = world.metadata.get("vae_final_loss", float("nan"))      # that stage's VAE, unchanged
         scale = world.metadata.get("latent_rescale", 1.0)
         initial_tokens = world.motion_tokens
     latents = encode_clips(vae, clips)
@@ -443,7 +444,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         minutes = (time.time() - started) / 60
         tail = unet_history[-100:]
         metadata = {"settings": dataclasses.asdict(settings), "classes": list(toyclips.MOTION_CLASSES),
-                    "latent_rescale": scale, "vae_final_loss": sum(vae_history[-50:]) / 50,
+                    "latent_rescale": scale, "vae_final_loss": vae_final_loss,
                     "unet_steps_done": len(unet_history), "unet_final_loss": sum(tail) / len(tail),
                     "minutes": round(minutes, 1), "averaged_checkpoint_steps": list(averaged)}
         save_world(ToyWorld(unet, vae, image_encoder, tokens, metadata), path)

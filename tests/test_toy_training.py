@@ -99,14 +99,10 @@ TINY = dict(clips=26, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, warm
 
 
 @pytest.fixture(scope="module")
-def first_stage(tmp_path_factory):
+def first_stage(tmp_path_factory, one_thread):
     """A tiny trained toy file with its manifest beside it: what a second stage starts from."""
     folder = tmp_path_factory.mktemp("first_stage")
-    old_threads = torch.get_num_threads()
-    try:
-        record = train_toy(ToyTrainSettings(**TINY), str(folder / "toy.safetensors"), str(folder / "manifest.json"))
-    finally:
-        torch.set_num_threads(old_threads)
+    record = train_toy(ToyTrainSettings(**TINY), str(folder / "toy.safetensors"), str(folder / "manifest.json"))
     return folder / "toy.safetensors", record
 
 
@@ -114,11 +110,7 @@ def test_a_second_stage_keeps_the_vae_and_goes_on_from_the_trained_unet_and_toke
     first_path, first_record = first_stage
     settings = ToyTrainSettings(**{**TINY, "unet_lr": 1e-5}, init_weights=str(first_path), lr_final_share=1.0,
                                 hard_classes="rotate_cw:30,rotate_ccw:30")
-    old_threads = torch.get_num_threads()
-    try:
-        record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
-    finally:
-        torch.set_num_threads(old_threads)
+    record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
     before, after = toyworld.load_state(str(first_path)), toyworld.load_state(str(tmp_path / "toy.safetensors"))
     for part in ("vae", "image_encoder"):                                 # no VAE phase: the same codec
         assert all(torch.equal(before[0][part][name], after[0][part][name]) for name in before[0][part])
