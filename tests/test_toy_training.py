@@ -8,7 +8,7 @@ import torch
 
 from motion_core import toyclips, toyworld
 from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, batched_denoise, clip_weights, denoising_loss,
-                                  lr_schedule, recolour, token_gap, train_toy, train_vae)
+                                  lr_schedule, recolour, render_dataset, token_gap, train_toy, train_vae)
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -314,3 +314,21 @@ def test_toy_learning_passes_its_augmentation_strength_to_the_training(one_threa
     assert not torch.allclose(learned[1.0].spatial_tokens, learned[0.6].spatial_tokens)
     with pytest.raises(ValueError, match="min_crop_scale"):
         learn_variant(world, reference, VARIANTS["text_FF_N1"], ToyLearnSettings(steps=1, augment_crop=0.0))
+
+
+def test_centring_moves_the_mean_image_embedding_onto_the_tokens_centre_and_records_it(first_stage, tmp_path):
+    first_path, _ = first_stage
+    settings = ToyTrainSettings(**TINY, init_weights=str(first_path), centre_image_embeddings=1)
+    record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
+    before, after = toyworld.load_world(str(first_path)), toyworld.load_world(str(tmp_path / "toy.safetensors"))
+    firsts = render_dataset(settings)[0][:, 0]             # the first frames of the stage's clips
+    with torch.no_grad():
+        old_mean = before.image_encoder(firsts).mean(0)
+        new_mean = after.image_encoder(firsts).mean(0)
+    centre = before.motion_tokens.mean(dim=(0, 1))         # the tokens the stage started from
+    assert (old_mean - centre).norm() > 1.0                # a shift that means something ...
+    assert (new_mean - centre).norm() < 1e-3 * (old_mean - centre).norm()     # ... lands on the centre
+    assert after.metadata["image_embedding_shift"] == pytest.approx(float((old_mean - centre).norm()), rel=1e-4)
+    assert "--centre-image-embeddings 1" in record["reproduce"]
+    assert before.metadata["image_embedding_shift"] == 0.0                     # the default leaves it alone
+
