@@ -185,6 +185,11 @@ def encode_clips(vae, clips: torch.Tensor, batch: int = 256) -> torch.Tensor:
     return latents.reshape(clips.shape[0], clips.shape[1], *latents.shape[1:])
 
 
+def image_embeddings(image_encoder, images: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    """``(b h w c)`` images -> ``(b d)`` embeddings, ``batch`` at a time."""
+    return torch.cat([image_encoder(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
 def batched_denoise(unet, noisy: torch.Tensor, sigma: torch.Tensor, first_raw: torch.Tensor,
                     context: torch.Tensor) -> torch.Tensor:
     """SVD's EDM preconditioning for a batch of clips.
@@ -242,7 +247,7 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         initial_tokens = torch.randn(len(toyclips.MOTION_CLASSES), per_class, TOKEN_WIDTH, generator=generator)
     tokens = torch.nn.Parameter(initial_tokens.detach().clone().float())
     with torch.no_grad():
-        image_tokens = torch.cat([image_encoder(first_images[i:i + 256]) for i in range(0, len(first_images), 256)])
+        image_tokens = image_embeddings(image_encoder, first_images)
     optimizer = torch.optim.AdamW(list(unet.parameters()) + [tokens], lr=settings.unet_lr, weight_decay=0.01)
     schedule = lr_schedule(optimizer, settings.unet_steps, settings.warmup_steps, settings.lr_final_share)
     probe = torch.Generator().manual_seed(settings.seed + 1)
@@ -398,7 +403,7 @@ def shift_image_embeddings(image_encoder, first_images: torch.Tensor, centre: to
     is ``centre`` ``(d)``: its last layer is a LayerNorm, whose bias moves every embedding
     alike. Returns the length of the shift."""
     with torch.no_grad():
-        mean = torch.cat([image_encoder(first_images[i:i + 256]) for i in range(0, len(first_images), 256)]).mean(0)
+        mean = image_embeddings(image_encoder, first_images).mean(0)
         shift = centre.to(mean) - mean
         image_encoder.norm.bias += shift
     return float(shift.norm())

@@ -331,4 +331,3 @@ def test_centring_moves_the_mean_image_embedding_onto_the_tokens_centre_and_reco
     assert after.metadata["image_embedding_shift"] == pytest.approx(float((old_mean - centre).norm()), rel=1e-4)
     assert "--centre-image-embeddings 1" in record["reproduce"]
     assert before.metadata["image_embedding_shift"] == 0.0                     # the default leaves it alone
-
