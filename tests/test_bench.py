@@ -176,3 +176,14 @@ def test_benchmark_measures_a_candidate_model_without_touching_the_doc(one_threa
     assert not doc.exists()                          # the doc holds the shipped model's numbers only
     with pytest.raises(FileNotFoundError, match="missing.safetensors"):
         module.main(["--weights", str(tmp_path / "missing.safetensors"), "--motions", "static", "--no-doc"])
+
+
+def test_train_step_benchmark_times_both_precisions(one_thread, capsys):
+    from bench import train_step
+
+    assert train_step.main(["--steps", "1", "--batch", "1", "--threads", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert [row.split(" | ")[0] for row in rows] == ["| float32 (the shipped recipe)", "| bfloat16 autocast"]
+    for row in rows:
+        seconds, speedup, loss = (float(cell.rstrip("x")) for cell in row.strip("| ").split(" | ")[1:])
+        assert seconds > 0 and speedup > 0 and loss > 0

@@ -8,7 +8,8 @@ import torch
 
 from motion_core import toyclips, toyworld
 from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, batched_denoise, clip_weights, denoising_loss,
-                                  lr_schedule, recolour, render_dataset, token_gap, train_toy, train_vae)
+                                  lr_schedule, recolour, render_dataset, token_gap, train_toy, train_unet, train_vae)
+from motion_core.toytrain import _command
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -211,6 +212,29 @@ def test_hard_classes_entry_with_its_own_weight_overrides_the_shared_one():
         clip_weights(labels, dataclasses.replace(settings, hard_classes="rotate_ccw:fast"))
     with pytest.raises(ValueError, match="'rotate_ccw:0'.*must be a positive number"):
         clip_weights(labels, dataclasses.replace(settings, hard_classes="rotate_ccw:0"))
+
+
+def test_bfloat16_autocast_trains_close_to_float32_and_is_recorded(one_thread):
+    """`--autocast-bf16 1` runs the UNet in bfloat16: not the float32 numbers, but near them."""
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(4, toyworld.FRAMES, 4, toyworld.LATENT_SIZE, toyworld.LATENT_SIZE, generator=generator) * 5
+    labels = torch.tensor([0, 3, 7, 20])
+    first_images = torch.rand(4, toyworld.IMAGE_SIZE, toyworld.IMAGE_SIZE, 3, generator=generator) * 2 - 1
+    runs = {}
+    for autocast_bf16 in (0, 1):
+        unet, _, image_encoder = toyworld.build_models(0)
+        settings = ToyTrainSettings(unet_steps=2, unet_batch=2, warmup_steps=1, checkpoint_every=10 ** 9,
+                                    average_last=1, autocast_bf16=autocast_bf16)
+        tokens, history, _ = train_unet(unet, image_encoder, latents, labels, first_images, settings,
+                                        torch.Generator().manual_seed(1), checkpoint=lambda *args: None)
+        runs[autocast_bf16] = history, tokens, next(unet.parameters())
+    (history32, tokens32, weight32), (history16, tokens16, weight16) = runs[0], runs[1]
+    assert history16 != history32                                          # autocast is in the loop ...
+    assert history16 == pytest.approx(history32, rel=0.05)                 # ... and trains the same model
+    assert weight16.dtype == torch.float32 and tokens16.dtype == torch.float32     # float32 master weights
+    assert torch.isfinite(tokens16).all() and not torch.equal(tokens16, tokens32)
+    assert "--autocast-bf16 1" in _command(ToyTrainSettings(autocast_bf16=1))
+    assert "autocast" not in _command(ToyTrainSettings())                  # the shipped recipe's line unchanged
 
 
 def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
