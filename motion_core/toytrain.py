@@ -82,8 +82,9 @@ class ToyTrainSettings:
     #                                    embeddings, which otherwise lie ~32 from that centre, ~43 from any token;
     #                                    0: the shipped recipe
     autocast_bf16: int = 0        # 1: the UNet phase's forward and backward in bfloat16 (torch.autocast; weights,
-    #                               optimiser and loss stay float32): ~1.4x faster a step on CPUs with AVX512-BF16
-    #                               (`python -m bench.train_step`); 0: float32, the shipped recipe
+    #                               optimiser and loss stay float32): 1.1-1.4x faster a step on these CPUs with
+    #                               AVX512-BF16, 1.19x over a whole run (`python -m bench.train_step`); 0: float32,
+    #                               the shipped recipe
 
 
 def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
