@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from motion_core import toyclips, toyworld
-from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, batched_denoise, clip_weights, denoising_loss,
-                                  lr_schedule, recolour, render_dataset, token_gap, train_toy, train_unet, train_vae)
-from motion_core.toytrain import _command
+from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, _command, batched_denoise, clip_weights,
+                                  denoising_loss, lr_schedule, recolour, render_dataset, token_gap, train_toy,
+                                  train_unet, train_vae)
 
 
 def test_lr_schedule_warms_up_then_decays_to_a_tenth():
@@ -228,7 +228,7 @@ def test_bfloat16_autocast_trains_close_to_float32_and_is_recorded(one_thread):
         tokens, history, _ = train_unet(unet, image_encoder, latents, labels, first_images, settings,
                                         torch.Generator().manual_seed(1), checkpoint=lambda *args: None)
         runs[autocast_bf16] = history, tokens, next(unet.parameters())
-    (history32, tokens32, weight32), (history16, tokens16, weight16) = runs[0], runs[1]
+    (history32, tokens32, _), (history16, tokens16, weight16) = runs[0], runs[1]
     assert history16 != history32                                          # autocast is in the loop ...
     assert history16 == pytest.approx(history32, rel=0.05)                 # ... and trains the same model
     assert weight16.dtype == torch.float32 and tokens16.dtype == torch.float32     # float32 master weights
