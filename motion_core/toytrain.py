@@ -18,7 +18,9 @@ VAE, image encoder and latent scale (no VAE phase), and goes on training its UNe
 motion tokens, e.g. with rotations drawn far more often; the manifest records the stage it
 started from. Either stage can first move the image embeddings onto the centre of the motion
 tokens (``centre_image_embeddings``), so that the learning, which starts from them, starts
-among the tokens; the UNet's image-token draws are then trained there.
+among the tokens; the UNet's image-token draws are then trained there. ``token_noise`` adds
+noise to the tokens during training, so that the UNet answers to a neighbourhood of each
+token rather than to the point alone.
 """
 from __future__ import annotations
 
@@ -85,6 +87,11 @@ class ToyTrainSettings:
     #                               optimiser and loss stay float32): 1.1-1.4x faster a step on these CPUs with
     #                               AVX512-BF16, 1.19x over a whole run (`python -m bench.train_step`); 0: float32,
     #                               the shipped recipe
+    token_noise: float = 0.0      # > 0: add Gaussian noise of this standard deviation per channel (the tokens'
+    #                               own is about 1) to every clip's cross-attention tokens, class or image, so the
+    #                               UNet learns to read only the directions the tokens differ in and to ignore the
+    #                               rest, which an inversion would otherwise use to fit one clip's look; 0: the
+    #                               shipped recipe (and its random stream)
 
 
 def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
@@ -272,6 +279,8 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         use_image = torch.rand(len(index), generator=generator) < settings.image_token_share
         image_context = image_tokens[index][:, None].expand(-1, per_class, -1)    # repeated: as one token
         context = torch.where(use_image[:, None, None], image_context, tokens[labels[index]])   # (b n d)
+        if settings.token_noise > 0:
+            context = context + settings.token_noise * torch.randn(context.shape, generator=generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(settings.autocast_bf16)):
             denoised = batched_denoise(unet, noisy, sigma, raw[:, 0], context).float()
         weight = ((sigma ** 2 + 1) / sigma ** 2)[:, None, None, None, None]
@@ -443,6 +452,8 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
     """
     if settings.tokens_per_class < 1:        # checked before the minutes of rendering and VAE training
         raise ValueError(f"tokens_per_class must be 1 or more (1: the shipped recipe); got {settings.tokens_per_class}")
+    if not (settings.token_noise >= 0 and math.isfinite(settings.token_noise)):
+        raise ValueError(f"token_noise is a standard deviation, 0 or more (0: the shipped recipe); got {settings.token_noise}")
     previous = _previous_stage(settings) if settings.init_weights else None    # checked before rendering
     torch.set_num_threads(settings.threads)
     torch.manual_seed(settings.seed)

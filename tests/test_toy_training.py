@@ -237,6 +237,35 @@ def test_bfloat16_autocast_trains_close_to_float32_and_is_recorded(one_thread):
     assert "autocast" not in _command(ToyTrainSettings())                  # the shipped recipe's line unchanged
 
 
+def test_token_noise_reaches_the_unet_at_its_size_and_is_recorded(one_thread):
+    """`--token-noise s` trains on tokens plus N(0, s^2) noise per channel; 0 leaves them exact."""
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(4, toyworld.FRAMES, 4, toyworld.LATENT_SIZE, toyworld.LATENT_SIZE, generator=generator) * 5
+    labels = torch.tensor([0, 3, 7, 20])
+    first_images = torch.rand(4, toyworld.IMAGE_SIZE, toyworld.IMAGE_SIZE, 3, generator=generator) * 2 - 1
+    start_tokens = torch.randn(len(toyclips.MOTION_CLASSES), 1, toyworld.TOKEN_WIDTH, generator=generator)
+    seen = {}
+    for noise in (0.0, 0.5):
+        unet, _, image_encoder = toyworld.build_models(0)
+        contexts = []
+        unet.register_forward_pre_hook(
+            lambda module, args, kwargs: contexts.append(kwargs["encoder_hidden_states"].detach().clone()),
+            with_kwargs=True)
+        settings = ToyTrainSettings(unet_steps=1, unet_batch=4, warmup_steps=1, checkpoint_every=10 ** 9,
+                                    average_last=1, token_noise=noise, image_token_share=0.0)
+        train_unet(unet, image_encoder, latents, labels, first_images, settings, torch.Generator().manual_seed(1),
+                   checkpoint=lambda *args: None, initial_tokens=start_tokens)
+        seen[noise] = contexts[0]                                          # (b n d), the first step's batch
+    assert seen[0.0].shape == seen[0.5].shape == (4, 1, toyworld.TOKEN_WIDTH)
+    assert all(any(torch.equal(row, token) for token in start_tokens) for row in seen[0.0])   # exact class tokens
+    residual = seen[0.5] - seen[0.0]                                       # same draws of clips, noise on top
+    assert float(residual.std()) == pytest.approx(0.5, rel=0.05)
+    assert "--token-noise 0.5" in _command(ToyTrainSettings(token_noise=0.5))
+    assert "token-noise" not in _command(ToyTrainSettings())               # the shipped recipe's line unchanged
+    with pytest.raises(ValueError, match="token_noise is a standard deviation, 0 or more.*got -1"):
+        train_toy(ToyTrainSettings(token_noise=-1.0), path="unused.safetensors", manifest="unused.json")
+
+
 def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
     unet, _, _ = toyworld.build_models(0)
     unet.eval()
