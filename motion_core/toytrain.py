@@ -90,8 +90,9 @@ class ToyTrainSettings:
     token_noise: float = 0.0      # > 0: add Gaussian noise of this standard deviation per channel (the tokens'
     #                               own is about 1) to every clip's cross-attention tokens, class or image, so the
     #                               UNet learns to read only the directions the tokens differ in and to ignore the
-    #                               rest, which an inversion would otherwise use to fit one clip's look; 0: the
-    #                               shipped recipe (and its random stream)
+    #                               rest, which an inversion would otherwise use to fit one clip's look (a 300-step
+    #                               stage at 0.5 did not lift the learning: docs/quality.md); 0: the shipped recipe
+    #                               (and its random stream)
 
 
 def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
