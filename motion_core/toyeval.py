@@ -181,7 +181,8 @@ WIDE_KLT_WINDOW = (21, 21)
 IDEAL_BLUR_PX = 2.0     # at 64 px: wider than texture detail and sampling flicker, narrower than an object
 
 
-def _blurred(frames: torch.Tensor, sigma: float) -> np.ndarray:
+def blurred_frames(frames: torch.Tensor, sigma: float) -> np.ndarray:
+    """``(f h w c)`` -> the same frames, each Gaussian-blurred by ``sigma`` px (opencv), as numpy."""
     return np.stack([cv2.GaussianBlur(np.ascontiguousarray(f), (0, 0), sigma) for f in frames.numpy()])
 
 
@@ -202,11 +203,11 @@ def nearest_ideal_motion(generated: torch.Tensor, target_spec: toyclips.ClipSpec
         raise ValueError(f"generated clip {tuple(generated.shape)} does not match the target scene "
                          f"({target_spec.frames} frames of {target_spec.size} px)")
     sigma = blur_px * target_spec.size / 64.0
-    seen = _blurred(generated.float().cpu(), sigma)[1:]
+    seen = blurred_frames(generated.float().cpu(), sigma)[1:]
     errors = {}
     for motion in toyclips.MOTION_CLASSES:
         ideal = toyclips.render_clip(dataclasses.replace(target_spec, motion=motion))
-        errors[motion] = float(((_blurred(ideal, sigma)[1:] - seen) ** 2).mean())
+        errors[motion] = float(((blurred_frames(ideal, sigma)[1:] - seen) ** 2).mean())
     return min(errors, key=errors.get), errors
 
 

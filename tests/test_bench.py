@@ -187,3 +187,32 @@ def test_train_step_benchmark_times_both_precisions(one_thread, capsys):
     for row in rows:
         seconds, speedup, loss = (float(cell.rstrip("x")) for cell in row.strip("| ").split(" | ")[1:])
         assert seconds > 0 and speedup > 0 and loss > 0
+
+
+def test_clip_error_is_zero_on_the_reference_and_names_a_shape_mismatch():
+    import torch
+
+    from bench.clip_error import clip_errors
+    from motion_core import toyclips
+
+    reference = toyclips.make_clip("translate_E_2", 0, palette="heldout")[0]         # (f h w c)
+    assert clip_errors(reference, reference[None]) == (0.0, 0.0)
+    still = reference[:1].expand_as(reference)[None]
+    plain, blurred = clip_errors(reference, torch.cat([reference[None], still]))
+    assert plain > 0 and blurred > 0                  # the still clip misses where the object went
+    alone = clip_errors(reference, still)
+    assert plain == pytest.approx(alone[0] / 2) and blurred == pytest.approx(alone[1] / 2)
+    with pytest.raises(ValueError, match=r"do not match the reference \(8, 64, 64, 3\)"):
+        clip_errors(reference, reference[None, :4])
+
+
+def test_clip_error_benchmark_samples_every_row_from_the_reference_frame(one_thread, capsys):
+    from bench import clip_error
+
+    assert clip_error.main(["--motions", "translate_E_2", "--noises", "1", "--steps", "2", "--sample-steps", "2",
+                            "--threads", "1"]) == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| translate_E_2")]
+    assert [row[1] for row in rows] == list(clip_error.ROWS)
+    for row in rows:
+        assert float(row[2]) > 0 and float(row[3]) > 0 and row[4] in ("0 of 1", "1 of 1")
+    assert rows[0][5].strip(" |") in ("yes", "**no**") and all(row[5].strip(" |") == "" for row in rows[1:])
