@@ -11,7 +11,8 @@ reference's own first frame, ``--noises`` clips are sampled (the same noises for
 no guidance) with
 
 - the model's own token for the reference's class (what the inversion should find),
-- the static class token and the reference's image embedding (the learning's start): no motion,
+- the static class token and the plain model (the reference's frame-0 image embedding, where the
+  learning starts from the frames' own): no motion,
 - the tokens the default inversion learns from the reference (``--steps``; 0 skips the row),
 
 and each clip's frames 1.. are compared with the reference's: mean squared error in pixels
@@ -74,8 +75,9 @@ def reference_rows(world, motion: str, reference: torch.Tensor, args) -> list[di
                               seed=args.seed, context=context)                       # no guidance: the model as is
         plain, blurred = clip_errors(reference, clips)
         classes = [classify_motion_dense(clip) for clip in clips]
+        log.info("%s, %s: dense flow reads %s", motion, name, classes)
         rows.append({"motion": motion, "row": name, "error": plain, "blurred": blurred,
-                     "hits": sum(c == motion for c in classes), "classes": classes})
+                     "hits": sum(c == motion for c in classes)})
     return rows
 
 
