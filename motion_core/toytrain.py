@@ -19,8 +19,7 @@ motion tokens, e.g. with rotations drawn far more often; the manifest records th
 started from. Either stage can first move the image embeddings onto the centre of the motion
 tokens (``centre_image_embeddings``), so that the learning, which starts from them, starts
 among the tokens; the UNet's image-token draws are then trained there. ``token_noise`` adds
-noise to the tokens during training, so that the UNet answers to a neighbourhood of each
-token rather than to the point alone.
+noise to the tokens during training (a trial: it did not change the learning).
 """
 from __future__ import annotations
 
@@ -88,11 +87,11 @@ class ToyTrainSettings:
     #                               AVX512-BF16, 1.19x over a whole run (`python -m bench.train_step`); 0: float32,
     #                               the shipped recipe
     token_noise: float = 0.0      # > 0: add Gaussian noise of this standard deviation per channel (the tokens'
-    #                               own is about 1) to every clip's cross-attention tokens, class or image, so the
-    #                               UNet learns to read only the directions the tokens differ in and to ignore the
-    #                               rest, which an inversion would otherwise use to fit one clip's look (a 300-step
-    #                               stage at 0.5 did not lift the learning: docs/quality.md); 0: the shipped recipe
-    #                               (and its random stream)
+    #                               own is about 1) to every clip's cross-attention tokens, class or image, meant
+    #                               to make the UNet ignore directions the tokens do not differ in, which an
+    #                               inversion could use to fit one clip's look (a 300-step stage at 0.5 changed
+    #                               neither the UNet's answer to random directions nor the learning:
+    #                               docs/quality.md); 0: the shipped recipe (and its random stream)
 
 
 def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
