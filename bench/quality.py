@@ -35,11 +35,12 @@ import torch
 
 from bench.docfile import replace_section
 from motion_core import toyclips
-from motion_core.toyeval import (VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch, heldout_reference,
-                                 learn_variant, score)
+from motion_core.toyeval import (TOKEN_STARTS, VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch,
+                                 heldout_reference, learn_variant, score)
 from motion_core.toyworld import FRAMES, IMAGE_SIZE, MANIFEST_PATH, WEIGHTS_PATH, load_world
 
 log = logging.getLogger("bench.quality")
+START_WORDS = {"image": "the reference frames' image embeddings", "zero": "zero"}
 # Not a method: the motion-class token the toy model was trained with, an upper bound for the
 # learned rows (only for toy references, whose class is known).
 CLASS_TOKEN_ROW = "class_token"
@@ -119,7 +120,8 @@ def learn_settings(args) -> ToyLearnSettings:
     """The learning settings of the command line (the defaults are ``ToyLearnSettings``'s)."""
     return ToyLearnSettings(steps=args.steps, seed=args.seed, learning_rate=args.learning_rate,
                             log_sigma_mean=args.log_sigma_mean, log_sigma_std=args.log_sigma_std,
-                            augment_crop=args.augment_crop, augment_colour=args.augment_colour)
+                            augment_crop=args.augment_crop, augment_colour=args.augment_colour,
+                            token_start=args.token_start)
 
 
 def add_learning_arguments(parser: argparse.ArgumentParser) -> None:
@@ -135,6 +137,10 @@ def add_learning_arguments(parser: argparse.ArgumentParser) -> None:
                              "one crop per step, the same for every frame")
     parser.add_argument("--augment-colour", type=float, default=defaults.augment_colour,
                         help="per-channel latent gain / offset jitter of the reference (0: none)")
+    parser.add_argument("--token-start", choices=TOKEN_STARTS, default=defaults.token_start,
+                        help="where the motion-text tokens start: image, the reference frames' image embeddings "
+                             "(the paper; the Learn node with CLIP vision connected); zero, noise around zero "
+                             "(the Learn node without CLIP vision)")
 
 
 def _percent(value: float) -> str:
@@ -192,7 +198,8 @@ def main(argv=None) -> int:
                  f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps "
                  f"(learning rate {args.learning_rate:g}, log sigma ~ N({args.log_sigma_mean:g}, "
                  f"{args.log_sigma_std:g}^2), crops down to {args.augment_crop:g}, colour jitter "
-                 f"{args.augment_colour:g}); {args.sample_steps} Euler steps; guidance {args.min_guidance:g} "
+                 f"{args.augment_colour:g}, tokens starting at {START_WORDS[args.token_start]}); "
+                 f"{args.sample_steps} Euler steps; guidance {args.min_guidance:g} "
                  f"(frame 0) to {args.guidance:g} (last frame) against the plain model.", "", table]
         if breakdown:
             lines += ["", "Per reference motion:", "", breakdown]

@@ -60,6 +60,13 @@ class ToyLearnSettings:
     seed: int = 0
     augment_crop: float = 0.9       # the augmentation's smallest crop (fraction of each side; 1: no crop)
     augment_colour: float = 0.05    # its per-channel latent gain / offset jitter (0: none)
+    # where the motion-text tokens start: "image", the reference frames' image embeddings (the
+    # paper's start; the Learn node with CLIP vision connected); "zero", noise around zero (the
+    # Learn node without CLIP vision)
+    token_start: str = "image"
+
+
+TOKEN_STARTS = ("image", "zero")
 
 
 def _tie_tokens(embedding: MotionEmbedding) -> None:
@@ -75,14 +82,18 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
     """Learn ``variant`` from ``reference`` ``(f h w c)``; returns the embedding and seconds taken."""
     if not variant.learn:
         return None, 0.0
+    if settings.token_start not in TOKEN_STARTS:
+        raise ValueError(f"token_start must be one of {TOKEN_STARTS}; got {settings.token_start!r}")
     started = time.time()
     frames = reference.shape[0]
     latent_h, latent_w = reference.shape[1] // 4, reference.shape[2] // 4
     image_embeds = world.image_embeds(reference)
     embedding = init_embedding(world.unet, frames, latent_h, latent_w, tokens_per_frame=variant.tokens_per_frame,
                                temporal=variant.temporal, with_values=variant.values,
-                               image_embeds=image_embeds if variant.tokens_per_frame else None, seed=settings.seed,
-                               vae_factor=4).trainable_copy("cpu")
+                               image_embeds=image_embeds if settings.token_start == "image" else None,
+                               seed=settings.seed, vae_factor=4).trainable_copy("cpu")
+    if variant.tokens_per_frame:
+        embedding.metadata["init"] = "clip_image_embeds" if settings.token_start == "image" else "zero"
     if variant.tokens_per_frame and not variant.per_frame_tokens:
         _tie_tokens(embedding)
 

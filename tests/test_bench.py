@@ -63,7 +63,7 @@ def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, 
     monkeypatch.setattr(quality, "DOC", str(doc))
     assert quality.main(["--motions", "static", "--variants", "class_token", "--targets-per-reference", "1",
                          "--sample-steps", "2", "--threads", "1", "--log-sigma-mean", "2.3",
-                         "--augment-crop", "0.7"]) == 0
+                         "--augment-crop", "0.7", "--token-start", "zero"]) == 0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| (upper bound)")]
     text = doc.read_text(encoding="utf-8")
     head, block = text.split(start + "\n")
@@ -71,7 +71,7 @@ def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, 
     assert head == "# Title\n\n" and tail == "\n\nThe analysis, by hand.\n"
     assert "an old table" not in block and table[0] in block and "`python -m bench.quality --motions static" in block
     assert ("150 learning steps (learning rate 0.02, log sigma ~ N(2.3, 1.2^2), crops down to 0.7, "
-            "colour jitter 0.05)") in block   # the settings it ran with
+            "colour jitter 0.05, tokens starting at zero)") in block   # the settings it ran with
 
 
 def test_objective_margin_ranks_the_reference_class_and_writes_its_block(one_thread, capsys, tmp_path, monkeypatch):

@@ -369,6 +369,25 @@ def test_toy_learning_passes_its_augmentation_strength_to_the_training(one_threa
         learn_variant(world, reference, VARIANTS["text_FF_N1"], ToyLearnSettings(steps=1, augment_crop=0.0))
 
 
+def test_toy_learning_starts_the_tokens_where_asked_and_records_the_start(one_thread):
+    from motion_core.toyeval import VARIANTS, ToyLearnSettings, learn_variant
+
+    world = toyworld.load_world()
+    reference = toyclips.render_clip(toyclips.make_target_specs(1, 3, motion="pan_W")[0])
+    image_embeds = world.image_embeds(reference)                       # (f d), norm about 32 each
+    learned = {start: learn_variant(world, reference, VARIANTS["text_FF_N1"],
+                                    ToyLearnSettings(steps=1, token_start=start))[0] for start in ("image", "zero")}
+    # one Adam step moves each entry by about the learning rate (0.02); the start's noise is 0.1
+    from_image = (learned["image"].spatial_tokens[:, 0] - image_embeds).abs().max()
+    assert from_image < 0.6, from_image
+    assert learned["zero"].spatial_tokens.abs().max() < 0.6
+    assert image_embeds.abs().max() > 1.0                                # so the two starts are told apart
+    assert learned["image"].metadata["init"] == "clip_image_embeds"
+    assert learned["zero"].metadata["init"] == "zero"
+    with pytest.raises(ValueError, match="token_start must be one of"):
+        learn_variant(world, reference, VARIANTS["text_FF_N1"], ToyLearnSettings(steps=1, token_start="mean"))
+
+
 def test_centring_moves_the_mean_image_embedding_onto_the_tokens_centre_and_records_it(first_stage, tmp_path):
     first_path, _ = first_stage
     settings = ToyTrainSettings(**TINY, init_weights=str(first_path), centre_image_embeddings=1)
