@@ -401,6 +401,8 @@ def _previous_stage(settings: ToyTrainSettings) -> dict:
                          f"the clip generator {len(toyclips.MOTION_CLASSES)}; it was trained on other classes")
     stage = {"file": os.path.basename(path), "sha256": sha256(path), "minutes": world.metadata.get("minutes"),
              "command": None}
+    if "minutes_all_stages" in world.metadata:      # the file itself knows, whatever its manifest is called
+        stage["minutes_all_stages"] = world.metadata["minutes_all_stages"]
     beside = os.path.join(os.path.dirname(os.path.abspath(path)), "manifest.json")
     if os.path.isfile(beside):
         with open(beside, encoding="utf-8") as fh:
@@ -483,6 +485,8 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         log.info("image embeddings moved by %.2f onto the motion tokens' centre", image_shift)
     latents = encode_clips(vae, clips)
     log.info("latents %s, std after scaling %.3f", tuple(latents.shape), float(latents.std() * SVD_LATENT_SCALE))
+    earlier_minutes = 0.0 if previous is None else previous.get("minutes_all_stages", previous.get("minutes")) or 0.0
+
     def write(tokens, unet_history, averaged=()):
         """Weights and manifest as of now (also the checkpoints: a stopped run keeps its progress)."""
         minutes = (time.time() - started) / 60
@@ -491,6 +495,8 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
                     "latent_rescale": scale, "vae_final_loss": vae_final_loss, "image_embedding_shift": image_shift,
                     "unet_steps_done": len(unet_history), "unet_final_loss": sum(tail) / len(tail),
                     "minutes": round(minutes, 1), "averaged_checkpoint_steps": list(averaged)}
+        if previous is not None:
+            metadata["minutes_all_stages"] = round(minutes + earlier_minutes, 1)
         save_world(ToyWorld(unet, vae, image_encoder, tokens, metadata), path)
         record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
                   "command": command or _command(settings),
@@ -504,8 +510,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
         if previous is not None:
             record["starts_from"] = previous
-            earlier = previous.get("minutes_all_stages", previous.get("minutes")) or 0.0
-            record["minutes_all_stages"] = round(minutes + earlier, 1)
+            record["minutes_all_stages"] = metadata["minutes_all_stages"]
         partial = manifest + ".partial"                    # atomic: a stopped run never leaves half a manifest
         with open(partial, "w", encoding="utf-8") as fh:
             json.dump(record, fh, indent=2)

@@ -126,6 +126,20 @@ def test_a_second_stage_keeps_the_vae_and_goes_on_from_the_trained_unet_and_toke
     assert json.loads((tmp_path / "manifest.json").read_text()) == record
 
 
+def test_a_third_stage_counts_every_stage_even_when_the_manifests_have_other_names(first_stage, tmp_path):
+    first_path, first_record = first_stage
+    stage = dict(TINY, unet_lr=1e-5, lr_final_share=1.0)
+    second = train_toy(ToyTrainSettings(**stage, init_weights=str(first_path)), str(tmp_path / "s2.safetensors"),
+                       str(tmp_path / "s2.json"))                        # not manifest.json: the third finds no sidecar
+    third = train_toy(ToyTrainSettings(**stage, init_weights=str(tmp_path / "s2.safetensors")),
+                      str(tmp_path / "s3.safetensors"), str(tmp_path / "s3.json"))
+    assert second["minutes_all_stages"] == pytest.approx(second["minutes"] + first_record["minutes"], abs=0.11)
+    assert third["starts_from"]["command"] is None                       # so the sum came from the file itself
+    assert third["starts_from"]["minutes_all_stages"] == second["minutes_all_stages"]
+    assert third["minutes_all_stages"] == pytest.approx(third["minutes"] + second["minutes_all_stages"], abs=0.11)
+    assert toyworld.load_state(str(tmp_path / "s3.safetensors"))[2]["minutes_all_stages"] == third["minutes_all_stages"]
+
+
 def test_a_second_stage_names_a_missing_file_or_other_token_count_before_training(first_stage, tmp_path):
     first_path, _ = first_stage
     with pytest.raises(FileNotFoundError, match=r"init_weights: no toy weights file at .*nowhere\.safetensors"):
