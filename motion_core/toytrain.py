@@ -382,8 +382,8 @@ def token_gap(unet, latents: torch.Tensor, labels: torch.Tensor, tokens: torch.T
 def _previous_stage(settings: ToyTrainSettings) -> dict:
     """The trained file ``settings.init_weights`` names, loaded (``world``), with what the
     manifest records of it: its sha256, and its own manifest's command, steps and minutes when a
-    ``manifest.json`` of the same sha256 lies beside it (else no command, and the minutes its
-    metadata records)."""
+    ``manifest.json`` of the same sha256 lies beside it (else no command, and the minutes and the
+    command that reproduces it that its metadata records)."""
     from .toyworld import load_world
 
     path = settings.init_weights
@@ -401,8 +401,9 @@ def _previous_stage(settings: ToyTrainSettings) -> dict:
                          f"the clip generator {len(toyclips.MOTION_CLASSES)}; it was trained on other classes")
     stage = {"file": os.path.basename(path), "sha256": sha256(path), "minutes": world.metadata.get("minutes"),
              "command": None}
-    if "minutes_all_stages" in world.metadata:      # the file itself knows, whatever its manifest is called
-        stage["minutes_all_stages"] = world.metadata["minutes_all_stages"]
+    for key in ("minutes_all_stages", "reproduce"):   # the file itself knows, whatever its manifest is called
+        if key in world.metadata:
+            stage[key] = world.metadata[key]
     beside = os.path.join(os.path.dirname(os.path.abspath(path)), "manifest.json")
     if os.path.isfile(beside):
         with open(beside, encoding="utf-8") as fh:
@@ -491,7 +492,10 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         """Weights and manifest as of now (also the checkpoints: a stopped run keeps its progress)."""
         minutes = (time.time() - started) / 60
         tail = unet_history[-100:]
-        metadata = {"settings": dataclasses.asdict(settings), "classes": list(toyclips.MOTION_CLASSES),
+        reproduce = _command(settings) + ("" if len(unet_history) == settings.unet_steps else
+                                          f" --minutes {settings.minutes}  (stopped at UNet step {len(unet_history)})")
+        metadata = {"reproduce": reproduce, "settings": dataclasses.asdict(settings),
+                    "classes": list(toyclips.MOTION_CLASSES),
                     "latent_rescale": scale, "vae_final_loss": vae_final_loss, "image_embedding_shift": image_shift,
                     "unet_steps_done": len(unet_history), "unet_final_loss": sum(tail) / len(tail),
                     "minutes": round(minutes, 1), "averaged_checkpoint_steps": list(averaged)}
@@ -500,8 +504,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         save_world(ToyWorld(unet, vae, image_encoder, tokens, metadata), path)
         record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
                   "command": command or _command(settings),
-                  "reproduce": (_command(settings) + ("" if len(unet_history) == settings.unet_steps else
-                                   f" --minutes {settings.minutes}  (stopped at UNet step {len(unet_history)})")),
+                  "reproduce": reproduce,
                   "unet_steps": len(unet_history), "unet_steps_planned": settings.unet_steps,
                   "vae_steps": 0 if previous else settings.vae_steps, "clips": settings.clips,
                   "seed": settings.seed, "averaged_checkpoint_steps": list(averaged),

@@ -135,6 +135,7 @@ def test_a_third_stage_counts_every_stage_even_when_the_manifests_have_other_nam
                       str(tmp_path / "s3.safetensors"), str(tmp_path / "s3.json"))
     assert second["minutes_all_stages"] == pytest.approx(second["minutes"] + first_record["minutes"], abs=0.11)
     assert third["starts_from"]["command"] is None                       # so the sum came from the file itself
+    assert third["starts_from"]["reproduce"] == second["reproduce"]       # and how to make that file again
     assert third["starts_from"]["minutes_all_stages"] == second["minutes_all_stages"]
     assert third["minutes_all_stages"] == pytest.approx(third["minutes"] + second["minutes_all_stages"], abs=0.11)
     assert toyworld.load_state(str(tmp_path / "s3.safetensors"))[2]["minutes_all_stages"] == third["minutes_all_stages"]
