@@ -73,7 +73,7 @@ def run(args) -> str:
             log.info("skipping the class-token row: an outside reference has no known motion class")
             continue
         variant = VARIANTS.get(key)
-        results, seconds, ideal_by_motion, dense_by_motion = [], [], {}, {}
+        results, seconds, ideal_by_motion, dense_by_motion, mfs_by_motion = [], [], {}, {}, {}
         for r, (motion, reference) in enumerate(references):
             specs = None if fixed_targets is not None else toyclips.make_target_specs(
                 args.targets_per_reference, 1000 + r, motion=motion or "static")
@@ -91,6 +91,7 @@ def run(args) -> str:
                 results.append(score(reference, motion, target, clip, None if specs is None else specs[i]))
                 ideal_by_motion.setdefault(motion, []).append(results[-1]["ideal_correct"])
                 dense_by_motion.setdefault(motion, []).append(results[-1]["dense_correct"])
+                mfs_by_motion.setdefault(motion, []).append(results[-1]["motion_fidelity"])
         name = variant.name if variant is not None else "(upper bound) the model's own motion-class token"
         row = {"name": name, "accuracy": _mean(r["class_correct"] for r in results),
                "dense_accuracy": _mean(r["dense_correct"] for r in results),
@@ -102,7 +103,8 @@ def run(args) -> str:
                "leakage": _mean(r["appearance_leakage"] for r in results),
                "seconds": _mean(seconds), "clips": len(results),
                "ideal_by_motion": {motion: _mean(hits) for motion, hits in ideal_by_motion.items()},
-               "dense_by_motion": {motion: _mean(hits) for motion, hits in dense_by_motion.items()}}
+               "dense_by_motion": {motion: _mean(hits) for motion, hits in dense_by_motion.items()},
+               "mfs_by_motion": {motion: _mean(values) for motion, values in mfs_by_motion.items()}}
         log.info("%s", row)
         rows.append(row)
     lines = ["| method | motion class (KLT flow) | motion class (dense flow) | nearest ideal motion | Motion Fidelity | "
@@ -148,15 +150,16 @@ def _percent(value: float) -> str:
 
 
 def motion_breakdown(rows: list[dict]) -> str:
-    """Accuracy per reference motion, nearest ideal / dense flow (toy references only; ""
-    otherwise): which motions a method transfers, not only how many."""
+    """Accuracy per reference motion, nearest ideal / dense flow, and its Motion Fidelity (toy
+    references only; "" otherwise): which motions a method transfers, not only how many."""
     motions = [m for m in (rows[0]["ideal_by_motion"] if rows else {}) if m is not None]
     if not motions:
         return ""
-    lines = ["| method (nearest ideal / dense flow) | " + " | ".join(motions) + " |", "|---" * (len(motions) + 1) + "|"]
+    lines = ["| method (nearest ideal / dense flow, MFS) | " + " | ".join(motions) + " |", "|---" * (len(motions) + 1) + "|"]
     for row in rows:
         lines.append(f"| {row['name']} | " + " | ".join(
-            f"{_percent(row['ideal_by_motion'][m])} / {_percent(row['dense_by_motion'][m])}" for m in motions) + " |")
+            f"{_percent(row['ideal_by_motion'][m])} / {_percent(row['dense_by_motion'][m])}, "
+            f"{row['mfs_by_motion'][m]:.3f}" for m in motions) + " |")
     return "\n".join(lines)
 
 

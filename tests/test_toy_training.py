@@ -306,11 +306,11 @@ def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
     assert all(line.split("|")[4].strip().endswith("%") for line in table[2:])   # toy targets: a nearest-ideal reading
     assert names == ["(upper bound) the model's own motion-class token", "no motion input (target's own embedding)",
                      "motion-text F'=F+1, N=1"]
-    assert breakdown[0] == "| method (nearest ideal / dense flow) | translate_E_2 |"
+    assert breakdown[0] == "| method (nearest ideal / dense flow, MFS) | translate_E_2 |"
     assert [line.split("|")[1].strip() for line in breakdown[2:]] == names
-    # one motion: its column is the row's overall nearest-ideal / dense-flow figures
+    # one motion: its column is the row's overall nearest-ideal / dense-flow figures and its MFS
     assert [line.split("|")[2].strip() for line in breakdown[2:]] == [
-        f"{line.split('|')[4].strip()} / {line.split('|')[3].strip()}" for line in table[2:]]
+        f"{line.split('|')[4].strip()} / {line.split('|')[3].strip()}, {line.split('|')[5].strip()}" for line in table[2:]]
 
 
 def test_guided_animation_with_zero_embedding_equals_plain_and_leaves_the_unet_unpatched(one_thread):
