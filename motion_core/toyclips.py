@@ -64,7 +64,7 @@ MOTION_CLASSES: tuple[str, ...] = tuple(
 
 CIRCLE_RADIUS, CIRCLE_STEP_DEG = 10.0, 30.0
 CIRCLE_PHASE_DEG = 90.0     # start angle on the circle, deg clockwise from east (y down): the bottom
-ZOOM_RATE, ROTATE_STEP_DEG, PAN_SPEED, BOUNCE_HEIGHT = 1.10, 20.0, 4.0, 16.0
+ZOOM_RATE, ROTATE_STEP_DEG, PAN_SPEED, BOUNCE_HEIGHT = 1.15, 20.0, 4.0, 16.0
 MIN_FRAMES, MAX_FRAMES, MIN_SIZE = 8, 14, 32
 SUPERSAMPLE = 2
 
