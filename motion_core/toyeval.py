@@ -62,8 +62,9 @@ class ToyLearnSettings:
     augment_colour: float = 0.05    # its per-channel latent gain / offset jitter (0: none)
     # where the motion-text tokens start: "image", the reference frames' image embeddings (the
     # paper's start; the Learn node with CLIP vision connected); "zero", noise around zero (the
-    # Learn node without CLIP vision)
-    token_start: str = "image"
+    # Learn node without CLIP vision). Zero on the toy world: its image embeddings lie far from
+    # every motion token and the learning from there misses zooms and spins (docs/quality.md)
+    token_start: str = "zero"
 
 
 TOKEN_STARTS = ("image", "zero")
