@@ -54,7 +54,7 @@ def test_object_tracks():
     assert tc.object_track("bounce", 14)[0][-1, 1] < 1e-9
     _, ang, sc = tc.object_track("rotate_ccw", 8)
     assert ang[-1] == pytest.approx(-140.0) and np.all(sc == 1)
-    assert tc.object_track("zoom_out", 8)[2][-1] == pytest.approx(1.1 ** -7)
+    assert tc.object_track("zoom_out", 8)[2][-1] == pytest.approx(1.15 ** -7)
 
 
 def test_sampled_circles_start_at_the_bottom_and_spinners_are_large():
