@@ -5,7 +5,7 @@ import logging
 import os
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 log = logging.getLogger(__name__)
 

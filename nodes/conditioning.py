@@ -5,7 +5,7 @@ import logging
 from typing import Optional
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..motion_core.embedding import MotionEmbedding
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket

@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 
 import folder_paths
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..motion_core.fileio import EmbeddingFileError, load_embedding, save_numbered
 from .common import CATEGORY, FOLDER_NAME, NODE_PREFIX, MotionEmbeddingSocket, embedding_folder

@@ -9,7 +9,7 @@ import torch
 
 import comfy.model_management
 import folder_paths
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..motion_core.augment import AugmentSettings
 from ..motion_core.embedding import MotionEmbedding, base_metadata, init_motion_text, init_temporal

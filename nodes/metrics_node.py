@@ -1,7 +1,7 @@
 """Motion Fidelity Score: how alike the motion of two clips is (Motion Inversion, eq. 6)."""
 from __future__ import annotations
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..motion_core.metrics import motion_fidelity_score
 from .common import CATEGORY, NODE_PREFIX

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
 from ..motion_core.debias import DEBIAS_MODES, DIFFERENCE, debias
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket

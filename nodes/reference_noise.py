@@ -16,7 +16,7 @@ import comfy.model_management
 import comfy.sample
 import comfy.samplers
 import comfy.utils
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..motion_core.resample import resample_frames
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket

@@ -3,7 +3,7 @@ conditioning that follows the VAE's own downscale (the toy VAE is 4x, SVD's 8x).
 from __future__ import annotations
 
 import torch
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..motion_core import toyclips
 from .common import CATEGORY, NODE_PREFIX

@@ -27,7 +27,7 @@ import comfy.model_patcher
 import comfy.sd
 import comfy.supported_models
 import comfy.utils
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..motion_core import toyworld
 from ..motion_core.svd_convert import diffusers_svd_unet_to_comfy, diffusers_vae_to_comfy

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
 from ..motion_core.video import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadError, probe_video, read_reference_video,
                                  select_frame_indices)
