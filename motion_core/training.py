@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, int, float], None]
+GradientCallback = Callable[[int, list[torch.Tensor]], None]
 
 
 @dataclasses.dataclass
@@ -39,6 +40,8 @@ class TrainSettings:
     loss: str = LOSS_EDM
     sigma_data: float = 1.0
     augment: AugmentSettings = dataclasses.field(default_factory=AugmentSettings)
+    loss_scale: float = 0.0        # > 0: dynamic loss scaling from this scale (float16 models); 0: off
+    max_bad_steps: int = 25        # this many non-finite steps in a row stop the run
 
     def __post_init__(self):
         if self.steps < 1:
@@ -47,6 +50,10 @@ class TrainSettings:
             raise ValueError(f"learning_rate must be a positive number, got {self.learning_rate}")
         if self.loss not in LOSSES:
             raise ValueError(f"loss {self.loss!r} is not one of {LOSSES}")
+        if not (self.loss_scale >= 0 and math.isfinite(self.loss_scale)):
+            raise ValueError(f"loss_scale must be 0 (off) or a positive number, got {self.loss_scale}")
+        if self.max_bad_steps < 1:
+            raise ValueError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
 
     def as_metadata(self) -> dict:
         return dataclasses.asdict(self)
@@ -54,10 +61,11 @@ class TrainSettings:
 
 @dataclasses.dataclass
 class TrainResult:
-    embedding: MotionEmbedding          # float32 snapshot on the CPU, the last good values
-    loss_history: list[float]
-    steps_done: int
+    embedding: MotionEmbedding          # float32 copy on the CPU, the last good values
+    loss_history: list[float]           # the loss of every step that updated the embedding
+    steps_done: int                     # steps run, skipped ones included
     stopped_reason: Optional[str] = None   # None: all steps ran
+    skipped_steps: int = 0              # steps whose loss or gradients were not finite (no update)
 
     @property
     def completed(self) -> bool:
@@ -73,19 +81,54 @@ class TrainingInterrupted(Exception):
         self.cause = cause
 
 
-def _finish(snapshot: MotionEmbedding, history: list[float], steps_done: int, settings: TrainSettings,
-            reason: Optional[str]) -> TrainResult:
-    embedding = snapshot.detached_copy("cpu")
-    embedding.metadata["training"] = settings.as_metadata()
-    embedding.metadata["training"]["steps_done"] = steps_done
+class LossScale:
+    """Dynamic loss scaling for float16 models (as ``torch.amp.GradScaler`` does it).
+
+    The loss is multiplied by ``scale`` before the backward pass so that small gradients
+    do not underflow in float16; gradients are divided by it again before the optimiser
+    sees them. A step whose gradients overflow halves the scale; ``growth_interval`` good
+    steps in a row double it. ``scale == 0`` turns it off (a factor of 1).
+    """
+
+    def __init__(self, scale: float, growth_interval: int = 200):
+        self.enabled = scale > 0
+        self.scale = scale if self.enabled else 1.0
+        self.growth_interval = growth_interval
+        self._good = 0
+
+    def update(self, finite: bool) -> None:
+        if not self.enabled:
+            return
+        if not finite:
+            self.scale = max(self.scale / 2.0, 1.0)
+            self._good = 0
+            return
+        self._good += 1
+        if self._good >= self.growth_interval:
+            self.scale = min(self.scale * 2.0, 2.0 ** 24)
+            self._good = 0
+
+
+def _finish(embedding: MotionEmbedding, history: list[float], steps_done: int, skipped: int,
+            settings: TrainSettings, reason: Optional[str]) -> TrainResult:
+    copy = embedding.detached_copy("cpu")
+    copy.metadata["training"] = settings.as_metadata()
+    copy.metadata["training"]["steps_done"] = steps_done
+    copy.metadata["training"]["skipped_steps"] = skipped
     if reason:
-        embedding.metadata["training"]["stopped_reason"] = reason
-    embedding.metadata["loss_history"] = [round(v, 6) for v in history]
-    return TrainResult(embedding, history, steps_done, reason)
+        copy.metadata["training"]["stopped_reason"] = reason
+    copy.metadata["loss_history"] = [round(v, 6) for v in history]
+    return TrainResult(copy, history, steps_done, reason, skipped)
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One device sync for the lot."""
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
 def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: MotionEmbedding,
-                           settings: TrainSettings, callback: Optional[StepCallback] = None) -> TrainResult:
+                           settings: TrainSettings, callback: Optional[StepCallback] = None,
+                           on_gradients: Optional[GradientCallback] = None) -> TrainResult:
     """Optimise ``embedding``'s tensors (in place) so ``denoiser`` reproduces ``clean``.
 
     ``clean`` ``(f c h w)``: the reference clip's latents in the model's latent space,
@@ -93,18 +136,28 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
     sigma for all frames, fresh noise, the objective, one Adam step. Random numbers come
     from one CPU generator seeded with ``settings.seed``: same seed, same run.
 
-    A non-finite loss stops the run and returns the last embedding whose loss was finite
-    (``stopped_reason`` names the step). If ``callback(step, total, loss)`` raises (a
-    Cancel), :class:`TrainingInterrupted` carries the last good result.
+    The learned tensors and Adam's state stay float32 whatever the model computes in.
+    A step whose loss or gradients are not finite is skipped (no update) and counted;
+    ``settings.max_bad_steps`` of them in a row stop the run. No copy of the embedding is
+    kept per step, and none is needed: the tensors change only through Adam steps on
+    finite gradients, and an Adam step moves each value by a bounded amount (about the
+    learning rate), so the tensors are always the last good values. With
+    ``settings.loss_scale`` the loss is scaled for float16 (see :class:`LossScale`).
+    If ``callback(step, total, loss)`` raises (a Cancel), :class:`TrainingInterrupted`
+    carries the result so far. ``on_gradients(step, grads)`` sees each good step's
+    unscaled gradients, in the order of ``embedding.parameters()`` (benchmarks, tests).
     """
     params = embedding.parameters()
     if not params or not all(p.requires_grad for p in params):
         raise ValueError("the embedding has no trainable tensors: build it with trainable_copy()")
+    if any(p.dtype != torch.float32 for p in params):
+        raise ValueError("the learned tensors must be float32 (the model may compute in half precision)")
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
     optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
-    snapshot = embedding.detached_copy(device=None)   # last values whose loss was finite
+    scaler = LossScale(settings.loss_scale)
     history: list[float] = []
     frames = clean.shape[0]
+    skipped = bad_in_a_row = 0
 
     for step in range(settings.steps):
         sample = augment_clip(clean, generator, settings.augment)
@@ -115,29 +168,43 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
         denoised = denoiser(sample + sigma * noise, sigmas, sample[:1])
         loss = training_loss(denoised, sample, sigma, settings.sigma_data, settings.loss, anchor)
         value = float(loss.detach())
-        if not math.isfinite(value):
-            reason = (f"non-finite loss ({value}) at step {step + 1}; kept the last embedding with a finite loss "
-                      f"(after {max(step - 1, 0)} update(s))")
-            log.warning("Motion embedding training stopped: %s", reason)
-            return _finish(snapshot, history, step, settings, reason)
-        snapshot.load_values_(embedding)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward(inputs=params)   # only the embedding: no grads pile up on frozen weights
-        optimizer.step()
-        history.append(value)
-        if callback is not None:
-            try:
+        finite = math.isfinite(value)
+        if finite:
+            (loss * scaler.scale if scaler.enabled else loss).backward(inputs=params)   # no grads on frozen weights
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            finite = _all_finite(grads)
+        del loss, denoised
+        if finite:
+            if scaler.enabled:
+                for grad in grads:
+                    grad.div_(scaler.scale)
+            if on_gradients is not None:
+                on_gradients(step + 1, grads)
+            optimizer.step()
+            bad_in_a_row = 0
+            history.append(value)
+            scaler.update(True)
+        else:
+            skipped += 1
+            bad_in_a_row += 1
+            optimizer.zero_grad(set_to_none=True)
+            scaler.update(False)
+            log.warning("step %d: non-finite %s, skipped (%d in a row)%s", step + 1,
+                        "loss" if not math.isfinite(value) else "gradients", bad_in_a_row,
+                        f"; loss scale now {scaler.scale:g}" if scaler.enabled else "")
+            if bad_in_a_row >= settings.max_bad_steps:
+                reason = (f"{bad_in_a_row} non-finite steps in a row (last at step {step + 1}); kept the last "
+                          f"embedding with a finite loss; try a lower learning rate or a float32/bfloat16 model")
+                log.warning("Motion embedding training stopped: %s", reason)
+                return _finish(embedding, history, step + 1, skipped, settings, reason)
+        try:
+            if callback is not None:
                 callback(step + 1, settings.steps, value)
-            except Exception as exc:  # Cancel from the host: hand back what we have
-                if embedding.all_finite():
-                    snapshot.load_values_(embedding)
-                raise TrainingInterrupted(_finish(snapshot, history, step + 1, settings, f"interrupted at step {step + 1}"), exc) from exc
-    if embedding.all_finite():
-        snapshot.load_values_(embedding)
-    else:
-        return _finish(snapshot, history, settings.steps, settings,
-                       f"the last step made the embedding non-finite; kept the values from step {settings.steps - 1}")
-    return _finish(snapshot, history, settings.steps, settings, None)
+        except Exception as exc:  # Cancel from the host: hand back what we have
+            raise TrainingInterrupted(_finish(embedding, history, step + 1, skipped, settings,
+                                              f"interrupted at step {step + 1}"), exc) from exc
+    return _finish(embedding, history, settings.steps, skipped, settings, None)
 
 
 @torch.no_grad()

@@ -150,22 +150,66 @@ def test_same_seed_same_embedding():
     assert not torch.equal(first.embedding.spatial_tokens, other.embedding.spatial_tokens)
 
 
-def test_non_finite_loss_stops_and_keeps_last_good_embedding():
-    spatial, temporal = init_motion_text(2, 1, None, token_width=8)
-    embedding = MotionEmbedding(spatial_tokens=spatial, temporal_tokens=temporal,
-                                metadata=base_metadata(2, 8, 8, 1)).trainable_copy("cpu")
-    calls = {"n": 0}
+def _tiny_text_embedding(frames=2, width=8):
+    spatial, temporal = init_motion_text(frames, 1, None, generator=torch.Generator().manual_seed(3), token_width=width)
+    return MotionEmbedding(spatial_tokens=spatial, temporal_tokens=temporal,
+                           metadata=base_metadata(frames, 8, 8, 1)).trainable_copy("cpu")
+
+
+def test_a_non_finite_step_is_skipped_and_counted_not_fatal():
+    embedding = _tiny_text_embedding()
+    calls, seen = {"n": 0}, {}
 
     def denoiser(noisy, sigma, first):
         calls["n"] += 1
+        seen[calls["n"]] = embedding.spatial_tokens.detach().clone()
         out = noisy * 0 + embedding.spatial_tokens.sum()
         return out * float("nan") if calls["n"] == 4 else out
 
     result = train_motion_embedding(denoiser, torch.zeros(2, 1, 2, 2), embedding,
                                     TrainSettings(steps=10, augment=AugmentSettings(enabled=False)))
-    assert not result.completed and "step 4" in result.stopped_reason
-    assert result.steps_done == 3 and len(result.loss_history) == 3
-    assert result.embedding.all_finite()
+    assert result.completed and result.steps_done == 10 and result.skipped_steps == 1
+    assert len(result.loss_history) == 9 and result.embedding.metadata["training"]["skipped_steps"] == 1
+    assert torch.equal(seen[4], seen[5])              # the skipped step changed nothing
+    assert not torch.equal(seen[3], seen[4]) and result.embedding.all_finite()
+
+
+def test_non_finite_steps_in_a_row_stop_with_the_last_good_embedding():
+    embedding = _tiny_text_embedding()
+    calls, seen = {"n": 0}, {}
+
+    def denoiser(noisy, sigma, first):
+        calls["n"] += 1
+        seen[calls["n"]] = embedding.spatial_tokens.detach().clone()
+        out = noisy * 0 + embedding.spatial_tokens.sum()
+        return out * float("inf") if calls["n"] >= 4 else out
+
+    result = train_motion_embedding(denoiser, torch.zeros(2, 1, 2, 2), embedding,
+                                    TrainSettings(steps=50, max_bad_steps=3, augment=AugmentSettings(enabled=False)))
+    assert not result.completed and "3 non-finite steps in a row" in result.stopped_reason
+    assert result.steps_done == 6 and result.skipped_steps == 3 and len(result.loss_history) == 3
+    assert torch.equal(result.embedding.spatial_tokens, seen[4]) and result.embedding.all_finite()
+
+
+def test_float16_loss_scaling_skips_overflowing_steps_and_learns():
+    """A float16 'model' whose backward overflows at a 2^24 loss scale: the scale halves on
+    each overflow (steps skipped, counted), then learning goes on with finite float32 tensors."""
+    embedding = _tiny_text_embedding(width=64)
+    clean = torch.full((2, 1, 2, 2), 0.5)
+
+    def denoiser(noisy, sigma, first):
+        tokens = embedding.spatial_tokens.half()
+        return (noisy.half() * 0 + (tokens * 300).sum() / 300).float()
+
+    grads = []
+    result = train_motion_embedding(denoiser, clean, embedding,
+                                    TrainSettings(steps=30, learning_rate=1e-3, loss_scale=2.0 ** 24, max_bad_steps=30,
+                                                  augment=AugmentSettings(enabled=False)),
+                                    on_gradients=lambda step, g: grads.append(g[0].clone()))
+    assert result.completed and 0 < result.skipped_steps < 30
+    assert result.embedding.spatial_tokens.dtype == torch.float32 and result.embedding.all_finite()
+    assert all(torch.isfinite(g).all() and g.abs().max() < 1e3 for g in grads)   # unscaled before Adam
+    assert result.loss_history[-1] < result.loss_history[0]
 
 
 def test_interrupt_carries_the_last_good_result():
