@@ -18,20 +18,23 @@ import comfy.samplers
 import comfy.utils
 
 from ..motion_core.embedding import MotionEmbedding
-from ..motion_core.training import TrainResult, TrainSettings, train_motion_embedding
-from .model_hooks import MotionAttentionPatch, TrainingFrame, trainable_clone, with_temporal_marks, with_training_frame
+from ..motion_core.training import GradientCallback, TrainResult, TrainSettings, train_motion_embedding
+from .model_hooks import (MotionAttentionPatch, TrainingFrame, end_recompute, trainable_clone, with_recompute,
+                          with_temporal_marks, with_training_frame)
 
 log = logging.getLogger(__name__)
 
 
 class _TrainingSampler(comfy.samplers.Sampler):
     def __init__(self, embedding: MotionEmbedding, settings: TrainSettings, frame: TrainingFrame,
-                 process_latent_out: Callable, on_step: Optional[Callable[[int, int, float], None]]):
+                 process_latent_out: Callable, on_step: Optional[Callable[[int, int, float], None]],
+                 on_gradients: Optional[GradientCallback] = None):
         self.embedding = embedding
         self.settings = settings
         self.frame = frame
         self.process_latent_out = process_latent_out
         self.on_step = on_step
+        self.on_gradients = on_gradients
         self.result: Optional[TrainResult] = None
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
@@ -52,26 +55,43 @@ class _TrainingSampler(comfy.samplers.Sampler):
                 self.on_step(step, total, loss)
             comfy.model_management.throw_exception_if_processing_interrupted()
 
-        self.result = train_motion_embedding(denoiser, clean, self.embedding, settings, step_callback)
+        self.result = train_motion_embedding(denoiser, clean, self.embedding, settings, step_callback,
+                                             self.on_gradients)
         return torch.zeros_like(latent_image)
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype the UNet computes in (its weight dtype, or the manual-cast dtype ComfyUI chose)."""
+    return getattr(model.model, "manual_cast_dtype", None) or model.model_dtype()
+
+
+FLOAT16_LOSS_SCALE = 2.0 ** 16
 
 
 def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], reference_latents: torch.Tensor,
                   initial: MotionEmbedding, settings: TrainSettings,
-                  on_step: Optional[Callable[[int, int, float], None]] = None) -> TrainResult:
+                  on_step: Optional[Callable[[int, int, float], None]] = None, checkpointing: bool = True,
+                  on_gradients: Optional[GradientCallback] = None) -> TrainResult:
     """Learn ``initial``'s tensors through the frozen ``model``; returns the result.
 
     ``make_positive(embedding)``: SVD conditioning built around the trainable tensors
     (the motion-text tokens, or the plain image token when only temporal embeddings
     are learned). ``reference_latents`` ``(f c h w)``: the reference, VAE-encoded once,
     raw latent space. Everything trainable is made here, outside ComfyUI's inference
-    mode, on the model's load device in float32. Raises ``TrainingInterrupted`` (with
-    the last good embedding) on Cancel.
+    mode, on the model's load device in float32; the model computes in the dtype
+    ComfyUI loaded it in, with dynamic loss scaling when that is float16.
+    ``checkpointing``: recompute each UNet block in the backward pass instead of keeping
+    its activations (:func:`model_hooks.with_recompute`), undone when learning ends,
+    also after an error or a Cancel. Raises ``TrainingInterrupted`` (with the last good
+    embedding) on Cancel.
     """
+    if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
+        settings = TrainSettings(**{**settings.__dict__, "loss_scale": FLOAT16_LOSS_SCALE})
     with torch.inference_mode(False), torch.enable_grad():
         embedding = initial.trainable_copy(model.load_device)
         positive = make_positive(embedding)
         patched = trainable_clone(model)
+        recomputed = with_recompute(patched) if checkpointing else []
         frame = TrainingFrame()
         with_training_frame(patched, frame)
         if embedding.has_temporal:
@@ -80,10 +100,14 @@ def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], refer
         guider = comfy.samplers.CFGGuider(patched)
         guider.set_conds(positive, [])
         guider.set_cfg(1.0)
-        sampler = _TrainingSampler(embedding, settings, frame, patched.model.process_latent_out, on_step)
+        sampler = _TrainingSampler(embedding, settings, frame, patched.model.process_latent_out, on_step,
+                                   on_gradients)
         latents = reference_latents.detach().clone()
-        guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
-                      disable_pbar=True)
+        try:
+            guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
+                          disable_pbar=True)
+        finally:
+            end_recompute(patched, recomputed)
         if sampler.result is None:
             raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
         return sampler.result

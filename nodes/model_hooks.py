@@ -13,6 +13,9 @@ that ComfyUI owns and drops with the clone: nothing global, no monkeypatching.
   augmented first frame as SVD's ``c_concat`` image conditioning.
 - :func:`trainable_clone`: identity weight wrappers so a model built under
   ``inference_mode`` can be backpropagated through.
+- :func:`with_recompute` / :func:`end_recompute`: activation checkpointing for learning,
+  as object patches on the training clone (ComfyUI's undoable ``add_object_patch``),
+  explicitly unpatched when learning ends, so the user's MODEL keeps plain forwards.
 """
 from __future__ import annotations
 
@@ -20,11 +23,13 @@ import logging
 from typing import Optional
 
 import torch
+import torch.utils.checkpoint
 
 import comfy.model_base
 import comfy.patcher_extension
-from comfy.ldm.modules.attention import SpatialVideoTransformer
-from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, Upsample
+import comfy.utils
+from comfy.ldm.modules.attention import BasicTransformerBlock, SpatialVideoTransformer
+from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
 
 from ..motion_core.attention import motion_inputs
 from ..motion_core.embedding import MotionEmbedding, layer_name
@@ -60,11 +65,11 @@ def context_width(model) -> int:
     raise ValueError(f"no cross-attention found in {describe_model(model)}")
 
 
-def temporal_blocks(diffusion_model) -> list[tuple[str, torch.nn.Module, int, int]]:
-    """``(name, block, channels, downsample)`` for each temporal self-attention, forward order.
+def video_transformers(diffusion_model) -> list[tuple[SpatialVideoTransformer, int]]:
+    """``(transformer, downsample)`` for each SpatialVideoTransformer, in forward order.
 
     Walks input, middle and output blocks like the forward pass does, tracking the
-    downsample factor, so layer i here is layer i of the diffusers adapter too.
+    downsample factor.
     """
     found = []
     factor = 1
@@ -73,8 +78,7 @@ def temporal_blocks(diffusion_model) -> list[tuple[str, torch.nn.Module, int, in
         nonlocal factor
         for module in container:
             if isinstance(module, SpatialVideoTransformer):
-                for block in module.time_stack:
-                    found.append((layer_name(len(found)), block, int(block.attn1.to_q.in_features), factor))
+                found.append((module, factor))
             elif isinstance(module, Downsample):
                 factor *= 2
             elif isinstance(module, Upsample):
@@ -86,6 +90,22 @@ def temporal_blocks(diffusion_model) -> list[tuple[str, torch.nn.Module, int, in
     for block in diffusion_model.output_blocks:
         visit(block)
     return found
+
+
+def temporal_blocks(diffusion_model) -> list[tuple[str, torch.nn.Module, int, int]]:
+    """``(name, block, channels, downsample)`` for each temporal self-attention, forward order,
+    so layer i here is layer i of the diffusers adapter too."""
+    found = []
+    for transformer, factor in video_transformers(diffusion_model):
+        for block in transformer.time_stack:
+            found.append((layer_name(len(found)), block, int(block.attn1.to_q.in_features), factor))
+    return found
+
+
+def spatial_attention_heads(diffusion_model) -> list[tuple[int, int]]:
+    """``(heads, downsample)`` of each spatial self-attention (for the memory plan)."""
+    return [(int(block.attn1.heads), factor) for transformer, factor in video_transformers(diffusion_model)
+            for block in transformer.transformer_blocks]
 
 
 def temporal_layout(model, latent_height: int, latent_width: int, names: Optional[list[str]] = None) -> dict:
@@ -258,3 +278,84 @@ def with_training_frame(model, frame: TrainingFrame) -> None:
         return executor(x, t, c_concat, c_crossattn, control, transformer_options, **kwargs)
 
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, HOOK_KEY, apply_model_wrapper)
+
+
+# ---- activation checkpointing ------------------------------------------------------------------
+RECOMPUTED_UNITS = (ResBlock, BasicTransformerBlock)   # VideoResBlock is a ResBlock
+
+
+class RecomputedForward:
+    """A module's forward whose activations are recomputed in the backward pass.
+
+    Under grad it runs ``forward`` through non-reentrant ``torch.utils.checkpoint``, so
+    only its inputs are kept; without grad (sampling) it is the plain forward. The
+    ``transformer_options`` dict is copied at call time: ComfyUI mutates the shared dict
+    as the forward goes on (``activations_shape``, ``block_index``), and the recompute in
+    the backward pass must see the values of the original call.
+    """
+
+    def __init__(self, forward):
+        self.forward = forward
+
+    def __call__(self, *args, **kwargs):
+        if not torch.is_grad_enabled():
+            return self.forward(*args, **kwargs)
+        options = kwargs.get("transformer_options")
+        if isinstance(options, dict):
+            kwargs = {**kwargs, "transformer_options": dict(options)}
+        return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False,
+                                                 preserve_rng_state=False, **kwargs)
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def recompute_units(diffusion_model) -> list[str]:
+    """Names (under ``diffusion_model``) of the outermost ResBlocks and transformer blocks.
+
+    The units are disjoint (a VideoResBlock's inner time_stack ResBlock is part of it), so
+    each activation is recomputed once; the largest unit at full resolution is one
+    spatial or temporal transformer block, not a whole SpatialVideoTransformer.
+    """
+    names, taken = [], []
+    for name, module in diffusion_model.named_modules():
+        if isinstance(module, RECOMPUTED_UNITS) and not any(name.startswith(t + ".") for t in taken):
+            names.append(name)
+            taken.append(name)
+    return names
+
+
+def with_recompute(model) -> list[str]:
+    """Checkpoint every unit of ``model`` (a private clone) while it is patched; returns the keys.
+
+    Object patches are ComfyUI's undoable attribute patches: applied when the clone is
+    loaded for sampling and restored by ``unpatch_model``; :func:`end_recompute` restores
+    them as soon as learning ends.
+    """
+    keys = []
+    for name in recompute_units(model.model.diffusion_model):
+        key = f"diffusion_model.{name}.forward"
+        model.add_object_patch(key, RecomputedForward(model.get_model_object(key)))
+        keys.append(key)
+    return keys
+
+
+def end_recompute(model, keys: list[str]) -> None:
+    """Put the plain forwards back on the shared modules and drop the patches from ``model``."""
+    backup = model.object_patches_backup
+    for key in keys:
+        model.object_patches.pop(key, None)
+        if key not in backup:      # never patched in (learning failed before the model loaded)
+            continue
+        original = backup.pop(key)
+        module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
+        if getattr(original, "__func__", None) is type(module).forward and original.__self__ is module:
+            module.__dict__.pop("forward", None)     # the class's own forward: leave no instance attribute
+        else:
+            comfy.utils.set_attr(model.model, key, original)
+
+
+def has_recompute(model) -> bool:
+    """True if any module of ``model``'s diffusion model still has a recomputed forward (tests)."""
+    return any(isinstance(module.__dict__.get("forward"), RecomputedForward)
+               for module in model.model.diffusion_model.modules())
