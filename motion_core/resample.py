@@ -42,3 +42,20 @@ def resize_value_embedding(value: torch.Tensor, size: tuple[int, int], new_size:
     grid = rearrange(value.float(), "(h w) f c -> f c h w", h=height, w=width)
     grid = nnf.interpolate(grid, size=tuple(new_size), mode="bilinear", align_corners=False)
     return rearrange(grid, "f c h w -> (h w) f c", f=frames).to(value.dtype)
+
+
+def downscale_frames(frames: torch.Tensor, scale: float, multiple: int = 8) -> torch.Tensor:
+    """Area-averaged downscale of an image batch ``(f h w c) -> (f h' w' c)``.
+
+    ``h' = round(h * scale)`` to a multiple of ``multiple`` (at least one multiple), the same
+    for the width; ``scale == 1`` returns ``frames`` itself. For learning a motion at a lower
+    resolution than it is sampled at.
+    """
+    if not 0 < scale <= 1:
+        raise ValueError(f"the learning scale must be in (0, 1], got {scale}")
+    if scale == 1:
+        return frames
+    height, width = (max(multiple, int(round(side * scale / multiple)) * multiple) for side in frames.shape[1:3])
+    grid = rearrange(frames.float(), "f h w c -> f c h w")
+    grid = nnf.interpolate(grid, size=(height, width), mode="area")
+    return rearrange(grid, "f c h w -> f h w c").to(frames.dtype)

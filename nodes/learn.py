@@ -1,8 +1,10 @@
 """Learn Motion Embedding: the reference clip's motion, with the video model frozen."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 
 import torch
@@ -17,15 +19,20 @@ from ..motion_core.fileio import save_numbered
 from ..motion_core.layers import LAYER_PRESETS, PRESET_ALL, embedding_cost, select_layers
 from ..motion_core.objectives import LOSSES, LOSS_EDM
 from ..motion_core.plot import loss_plot
+from ..motion_core.resample import downscale_frames
 from ..motion_core.training import TrainingInterrupted, TrainSettings
 from .conditioning import reference_conditioning
 from .common import CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, send_event
 from .host_training import train_in_host
+from .memory import check_learn_memory, learn_shape
 from .model_hooks import context_width, require_svd, temporal_layout
 
 log = logging.getLogger(__name__)
 
 REPRESENTATIONS = ("motion_text", "temporal", "both")
+LEARN_SCALE_TOOLTIP = ("Learn on the reference downscaled by this factor (0.5: half the width and height, about 4x less "
+                       "activation memory and time a step); sampling stays at the size you choose there. "
+                       "Measured on the toy world: see docs/quality.md.")
 
 
 def _image_embeds(clip_vision, frames: torch.Tensor, width: int) -> torch.Tensor:
@@ -73,7 +80,8 @@ class LearnMotionEmbedding(io.ComfyNode):
                         "(Reenact Anything: N tokens per frame for the spatial cross-attention plus N for the "
                         "temporal one) and/or Motion Embeddings in the temporal self-attention (Motion Inversion). "
                         "Takes minutes to hours on a GPU (1000 steps by default); shows progress and honours Cancel, "
-                        "which saves what was learned so far to output/motion_embeddings/.",
+                        "which saves what was learned so far to output/motion_embeddings/. Plans its memory before "
+                        "the first step and refuses, naming settings that fit, when the plan exceeds the device.",
             inputs=[
                 io.Model.Input("model", tooltip="The SVD / SVD-XT model (frozen; from ImageOnlyCheckpointLoader)."),
                 io.Vae.Input("vae", tooltip="The SVD VAE; encodes the reference once before training."),
@@ -109,6 +117,12 @@ class LearnMotionEmbedding(io.ComfyNode):
                                        "levels, as the paper's code), or explicit (list below)."),
                 io.String.Input("explicit_layers", default="", optional=True,
                                 tooltip="For layers = explicit: comma-separated layer numbers, e.g. 0, 1, 14, 15."),
+                io.Boolean.Input("activation_checkpointing", default=True, optional=True,
+                                 tooltip="Recompute each UNet block in the backward pass instead of keeping its "
+                                         "activations: about 10x less activation memory for roughly 1.3x the "
+                                         "step time. Leave on unless the model is small and memory plentiful."),
+                io.Float.Input("learn_scale", default=1.0, min=0.25, max=1.0, step=0.05, optional=True,
+                               tooltip=LEARN_SCALE_TOOLTIP),
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="CLIP-H vision model: initialises the tokens from the frames (paper). "
                                             "Without it the tokens start as small noise."),
@@ -125,49 +139,31 @@ class LearnMotionEmbedding(io.ComfyNode):
     @classmethod
     def execute(cls, model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
                 noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
-                layers, explicit_layers="", clip_vision=None) -> io.NodeOutput:
-        node = "Learn Motion Embedding"
-        require_svd(model, node)
-        if representation not in REPRESENTATIONS:
-            raise ValueError(f"representation {representation!r} is not one of {REPRESENTATIONS}")
-        if reference_frames.ndim != 4 or reference_frames.shape[0] < 2:
-            raise ValueError(f"{node} needs at least 2 reference frames, got IMAGE of shape "
-                             f"{tuple(reference_frames.shape)}; load more frames")
-        height, width = int(reference_frames.shape[1]), int(reference_frames.shape[2])
-        if height % 8 or width % 8:
-            raise ValueError(f"reference frames are {width}x{height}; SVD needs sides that are multiples of 8 "
-                             "(64 recommended): set width/height in Load Reference Video")
-        settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, log_sigma_mean=noise_mean,
-                                 log_sigma_std=noise_std, loss=loss,
-                                 augment=AugmentSettings(enabled=augmentation, flip=flip))
-        token_width = context_width(model)
-        frames = reference_frames[..., :3]
-        image_embeds = _image_embeds(clip_vision, frames, token_width) if clip_vision is not None else None
-        latents = vae.encode(frames)                     # (f c h w), raw latent space; the only encode
-        if augmentation_level > 0:                        # SVD's conditioning image is encoded with pixel noise
-            noisy_first = frames[:1] + augmentation_level * torch.randn_like(frames[:1])
-            first_latent = vae.encode(noisy_first)
-        else:
-            first_latent = latents[:1]
-        device = model.load_device
-        initial = _build_embedding(representation, frames, latents, image_embeds, tokens_per_frame, model, layers,
-                                   explicit_layers, seed, width, height)
-        initial.metadata["svd_conditioning"] = {"fps": fps, "motion_bucket_id": motion_bucket_id,
-                                                "augmentation_level": augmentation_level}
+                layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
+                learn_scale=1.0) -> io.NodeOutput:
+        prepared = prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps,
+                                    learning_rate, seed, noise_mean, noise_std, loss, augmentation, flip, fps,
+                                    motion_bucket_id, augmentation_level, layers, explicit_layers, clip_vision,
+                                    activation_checkpointing, learn_scale)
+        return cls.learn(prepared)
 
-        def make_positive(trainable):
-            return reference_conditioning(first_latent.clone().to(device), trainable, fps, motion_bucket_id,
-                                          augmentation_level, token_width, image_embeds)
+    @classmethod
+    def learn(cls, prepared: "PreparedLearning") -> io.NodeOutput:
+        settings, initial, latents, make_positive = (prepared.settings, prepared.initial, prepared.latents,
+                                                     prepared.make_positive)
+        steps, representation = settings.steps, prepared.representation
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
 
         def on_step(step, total, value):
-            if step == 1 or step == total or step % max(1, total // 100) == 0:
+            if math.isfinite(value) and (step == 1 or step == total or step % max(1, total // 100) == 0):
                 send_event(LOSS_EVENT, {"node": unique_id, "step": step, "total": total, "loss": value})
 
-        log.info("Learning %s motion: %d frames at %dx%d, %d steps on %s", representation, frames.shape[0],
-                 width, height, steps, comfy.model_management.get_torch_device_name(device))
+        log.info("Learning %s motion: %d frames at %dx%d, %d steps on %s", representation, latents.shape[0],
+                 prepared.width, prepared.height, steps,
+                 comfy.model_management.get_torch_device_name(prepared.model.load_device))
         try:
-            result = train_in_host(model, make_positive, latents, initial, settings, on_step)
+            result = train_in_host(prepared.model, make_positive, latents, initial, settings, on_step,
+                                   checkpointing=prepared.checkpointing)
         except TrainingInterrupted as stop:
             folder = os.path.join(folder_paths.get_output_directory(), FOLDER_NAME)
             path = save_numbered(stop.result.embedding, folder, "interrupted") if stop.result.steps_done else None
@@ -179,10 +175,82 @@ class LearnMotionEmbedding(io.ComfyNode):
         history = result.loss_history
         status = (f"{embedding.summary()}; {result.steps_done} steps, loss {history[0]:.4f} -> {history[-1]:.4f}"
                   if history else embedding.summary())
+        if result.skipped_steps:
+            status += f"; {result.skipped_steps} step(s) skipped for non-finite values"
         if result.stopped_reason:
             status += f"; STOPPED EARLY: {result.stopped_reason}"
             log.warning("Learn Motion Embedding: %s", result.stopped_reason)
+        status += f"\n{prepared.memory_account}"
         log.info(status)
         plot = loss_plot(history)
         return io.NodeOutput(embedding, plot, json.dumps([round(v, 6) for v in history]),
                              ui=ui.PreviewText(status))
+
+
+@dataclasses.dataclass
+class PreparedLearning:
+    """Everything one learning run needs, checked and planned, before the first step."""
+    model: object
+    settings: TrainSettings
+    initial: MotionEmbedding
+    latents: torch.Tensor                 # (f c h w), the reference, raw latent space
+    make_positive: object                 # embedding -> SVD positive conditioning
+    representation: str
+    width: int
+    height: int
+    checkpointing: bool
+    memory_account: str
+
+
+def prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
+                     noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
+                     layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
+                     learn_scale=1.0) -> PreparedLearning:
+    """Validates the inputs, plans the memory (refusing what cannot fit), encodes the reference once.
+
+    ``learn_scale < 1``: the reference is downscaled (area average, sides to multiples of 8)
+    and learned at that size; the embedding records it, and sampling at any size resizes
+    the value embeddings (motion-text tokens do not depend on the size).
+    """
+    node = "Learn Motion Embedding"
+    require_svd(model, node)
+    if representation not in REPRESENTATIONS:
+        raise ValueError(f"representation {representation!r} is not one of {REPRESENTATIONS}")
+    if reference_frames.ndim != 4 or reference_frames.shape[0] < 2:
+        raise ValueError(f"{node} needs at least 2 reference frames, got IMAGE of shape "
+                         f"{tuple(reference_frames.shape)}; load more frames")
+    if not 0 < learn_scale <= 1:
+        raise ValueError(f"learn_scale must be in (0, 1], got {learn_scale}; 0.5 learns at half the width and height")
+    reference_frames = downscale_frames(reference_frames, learn_scale, 8)
+    height, width = int(reference_frames.shape[1]), int(reference_frames.shape[2])
+    if height % 8 or width % 8:
+        raise ValueError(f"reference frames are {width}x{height}; SVD needs sides that are multiples of 8 "
+                         "(64 recommended): set width/height in Load Reference Video")
+    settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, log_sigma_mean=noise_mean,
+                             log_sigma_std=noise_std, loss=loss,
+                             augment=AugmentSettings(enabled=augmentation, flip=flip))
+    token_width = context_width(model)
+    shape = learn_shape(model, reference_frames.shape[0], height // 8, width // 8, representation,
+                        activation_checkpointing, layers, explicit_layers, tokens_per_frame, token_width)
+    _memory, memory_account = check_learn_memory(model, shape, layers, explicit_layers, tokens_per_frame,
+                                                 token_width)
+    frames = reference_frames[..., :3]
+    image_embeds = _image_embeds(clip_vision, frames, token_width) if clip_vision is not None else None
+    latents = vae.encode(frames)                     # (f c h w), raw latent space; the only encode
+    if augmentation_level > 0:                        # SVD's conditioning image is encoded with pixel noise
+        noisy_first = frames[:1] + augmentation_level * torch.randn_like(frames[:1])
+        first_latent = vae.encode(noisy_first)
+    else:
+        first_latent = latents[:1]
+    device = model.load_device
+    initial = _build_embedding(representation, frames, latents, image_embeds, tokens_per_frame, model, layers,
+                               explicit_layers, seed, width, height)
+    initial.metadata["learn_scale"] = learn_scale
+    initial.metadata["svd_conditioning"] = {"fps": fps, "motion_bucket_id": motion_bucket_id,
+                                            "augmentation_level": augmentation_level}
+
+    def make_positive(trainable):
+        return reference_conditioning(first_latent.clone().to(device), trainable, fps, motion_bucket_id,
+                                      augmentation_level, token_width, image_embeds)
+    return PreparedLearning(model, settings, initial, latents, make_positive, representation, width, height,
+                            activation_checkpointing, memory_account)

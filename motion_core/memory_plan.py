@@ -1,0 +1,151 @@
+"""What one learning step needs in memory, planned before the first step.
+
+The plan adds four parts:
+
+- **weights**: the frozen UNet's parameters in the dtype it computes in; without
+  checkpointing, once more: ComfyUI loads weights as inference tensors, which autograd
+  cannot keep, so each layer hands out a copy per call and the backward pass keeps them
+  all (with checkpointing only one unit's copies live at a time);
+- **activations**: what the backward pass keeps, linear in the latent positions
+  ``P = frames * latent_h * latent_w``: ``fixed + per_position * P`` bytes, measured in
+  float32 on the full-size SVD UNet by ``bench/learn_memory.py`` (see
+  ``docs/benchmarks.md``) for each representation with checkpointing off and on, scaled by
+  the dtype's size and by the model's width relative to SVD's;
+- **attention**: when the attention kernel materialises its probabilities (ComfyUI's
+  ``sub_quad`` / ``split`` / ``basic``, its CPU default), the spatial self-attention's
+  ``frames * heads * (h*w)^2`` float32 weights of every transformer block (of one block at
+  a time with checkpointing); memory-efficient kernels (PyTorch SDPA, xformers, flash,
+  sage, the NVIDIA default) keep none;
+- **learned**: the learned tensors with their gradients and Adam's two moments, float32.
+
+Host-free: the caller reads the model's layout and the device's memory.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+GIB = 2 ** 30
+
+# bench/learn_memory.py on the full-size SVD UNet (random weights), ComfyUI 0.3.64 on the CPU,
+# float32, PyTorch SDPA attention, 14 frames, fitted on 128x72 and 192x112 and within 8% of the
+# measured activations at 256x144 (docs/benchmarks.md, docs/learn_memory.json; a test keeps them
+# equal). (representation, checkpointing) -> (fixed bytes, bytes per latent position), after the
+# learned state and, without checkpointing, the kept weight copies are taken out.
+ACTIVATION_BYTES = {
+    ("motion_text", False): (143369496, 1077516),
+    ("motion_text", True): (790402048, 123710),
+    ("temporal", False): (0, 1079394),
+    ("temporal", True): (879191040, 113120),
+}
+# sum over SVD's 16 temporal layers of channels / downsample^2 (5 x 320 + 5 x 640/4 + 5 x 1280/16 + 1280/64)
+SVD_WIDTH = 2820.0
+MEMORY_EFFICIENT_KERNELS = ("attention_pytorch", "attention_xformers", "attention_flash", "attention_sage")
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+@dataclasses.dataclass
+class LearnShape:
+    """What the plan depends on. ``layers``: the temporal layout ``{name: {"channels",
+    "height", "width", "downsample"}}`` of the layers the embedding learns (empty for
+    motion_text); ``model_layout``: the same for every temporal layer of the model;
+    ``spatial_heads``: ``[(heads, downsample)]`` of each spatial transformer block."""
+    frames: int
+    latent_height: int
+    latent_width: int
+    representation: str
+    checkpointing: bool
+    dtype: str
+    weight_bytes: float
+    model_layout: dict
+    layers: dict = dataclasses.field(default_factory=dict)
+    tokens: int = 0                      # motion-text token values, (F + 1) * N * d
+    spatial_heads: list = dataclasses.field(default_factory=list)
+    attention_kernel: str = "attention_pytorch"
+    copies_weights: bool = True          # the weights are inference tensors (as ComfyUI loads them)
+
+    @property
+    def positions(self) -> int:
+        return self.frames * self.latent_height * self.latent_width
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    weights: float
+    activations: float
+    attention: float
+    learned: float
+    weight_copies: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.weights + self.weight_copies + self.activations + self.attention + self.learned
+
+    def describe(self) -> str:
+        copies = f" + {self.weight_copies / GIB:.1f} kept copies" if self.weight_copies else ""
+        return (f"{self.total / GIB:.1f} GiB planned (weights {self.weights / GIB:.1f}{copies}, activations "
+                f"{self.activations / GIB:.1f}, attention {self.attention / GIB:.1f}, learned tensors with "
+                f"gradients and Adam state {self.learned / GIB:.2f})")
+
+
+def model_width(layout: dict) -> float:
+    """``sum channels / downsample^2`` over the temporal layers: activation size per position, relative."""
+    return sum(layer["channels"] / layer["downsample"] ** 2 for layer in layout.values())
+
+
+def learned_values(shape: LearnShape) -> int:
+    """Number of learned float32 values: tokens, query-key ``(1 f c)`` and value ``(h*w f c)`` per layer."""
+    count = shape.tokens if shape.representation in ("motion_text", "both") else 0
+    if shape.representation in ("temporal", "both"):
+        for layer in shape.layers.values():
+            count += shape.frames * layer["channels"] * (1 + layer["height"] * layer["width"])
+    return count
+
+
+def attention_bytes(shape: LearnShape) -> float:
+    """Materialised spatial attention weights kept for backward (0 for memory-efficient kernels)."""
+    if shape.attention_kernel in MEMORY_EFFICIENT_KERNELS or not shape.spatial_heads:
+        return 0.0
+    per_block = [shape.frames * heads * (shape.latent_height * shape.latent_width / factor ** 2) ** 2 * 4
+                 for heads, factor in shape.spatial_heads]
+    return max(per_block) if shape.checkpointing else sum(per_block)
+
+
+def plan(shape: LearnShape, constants: Optional[dict] = None) -> MemoryPlan:
+    """The plan for one learning step of ``shape`` (bytes); ``constants`` replaces ``ACTIVATION_BYTES``."""
+    if shape.dtype not in DTYPE_BYTES:
+        raise ValueError(f"no plan for dtype {shape.dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
+    kind = "motion_text" if shape.representation == "motion_text" else "temporal"
+    fixed, per_position = (constants or ACTIVATION_BYTES)[(kind, shape.checkpointing)]
+    scale = DTYPE_BYTES[shape.dtype] / 4 * model_width(shape.model_layout) / SVD_WIDTH
+    activations = (fixed + per_position * shape.positions) * scale
+    copies = float(shape.weight_bytes) if shape.copies_weights and not shape.checkpointing else 0.0
+    return MemoryPlan(weights=float(shape.weight_bytes), activations=activations, attention=attention_bytes(shape),
+                      learned=4.0 * 4 * learned_values(shape), weight_copies=copies)
+
+
+def alternatives(shape: LearnShape, budget: float, reshape) -> list[str]:
+    """Settings that would fit ``budget`` bytes, as sentences for an error message.
+
+    ``reshape(shape, **changes)`` rebuilds the shape for other settings (the caller knows
+    the model's layout at another size): tried are checkpointing on, the ``widest``
+    layers, fewer frames, a smaller size.
+    """
+    tries = []
+    if not shape.checkpointing:
+        tries.append(("activation_checkpointing on", {"checkpointing": True}))
+    if shape.representation != "motion_text":
+        tries.append(("layers = widest", {"layers": "widest"}))
+    for frames in (shape.frames * 3 // 4, shape.frames // 2):
+        if 2 <= frames < shape.frames:
+            tries.append((f"{frames} frames", {"frames": frames}))
+    for factor in (0.75, 0.5):
+        tries.append((f"the reference at {factor:g}x its size", {"size_factor": factor}))
+    fitting = []
+    for label, changes in tries:
+        changed: Optional[LearnShape] = reshape(shape, **changes)
+        if changed is not None:
+            need = plan(changed).total
+            if need <= budget:
+                fitting.append(f"{label} ({need / GIB:.1f} GiB)")
+    return fitting
