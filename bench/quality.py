@@ -123,7 +123,7 @@ def learn_settings(args) -> ToyLearnSettings:
     return ToyLearnSettings(steps=args.steps, seed=args.seed, learning_rate=args.learning_rate,
                             log_sigma_mean=args.log_sigma_mean, log_sigma_std=args.log_sigma_std,
                             augment_crop=args.augment_crop, augment_colour=args.augment_colour,
-                            token_start=args.token_start)
+                            token_start=args.token_start, learn_scale=args.learn_scale)
 
 
 def add_learning_arguments(parser: argparse.ArgumentParser) -> None:
@@ -143,6 +143,9 @@ def add_learning_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the motion-text tokens start: image, the reference frames' image embeddings "
                              "(the paper; the Learn node with CLIP vision connected); zero, noise around zero "
                              "(the Learn node without CLIP vision)")
+    parser.add_argument("--learn-scale", type=float, default=defaults.learn_scale,
+                        help="learn on the reference downscaled by this factor (e.g. 0.5); sampling stays at full "
+                             "size (Learn's learn_scale)")
 
 
 def _percent(value: float) -> str:

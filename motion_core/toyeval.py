@@ -21,6 +21,7 @@ from .debias import debias
 from .denseflow import classify_motion_dense
 from .diffusers_svd import init_embedding, install_motion, learn_motion
 from .embedding import MotionEmbedding
+from .resample import downscale_frames
 from .toyworld import SVD_LATENT_SCALE, ToyWorld
 from .training import TrainSettings
 
@@ -65,6 +66,9 @@ class ToyLearnSettings:
     # Learn node without CLIP vision). Zero on the toy world: its image embeddings lie far from
     # every motion token and the learning from there misses zooms and spins (docs/quality.md)
     token_start: str = "zero"
+    # learn on the reference downscaled by this factor (sampling stays at full size): Learn's
+    # learn_scale, measured in docs/quality.md
+    learn_scale: float = 1.0
 
 
 TOKEN_STARTS = ("image", "zero")
@@ -87,8 +91,9 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
         raise ValueError(f"token_start must be one of {TOKEN_STARTS}; got {settings.token_start!r}")
     started = time.time()
     frames = reference.shape[0]
+    image_embeds = world.image_embeds(reference)       # of the full-size frames, as CLIP sees a resized image anyway
+    reference = downscale_frames(reference, settings.learn_scale)
     latent_h, latent_w = reference.shape[1] // 4, reference.shape[2] // 4
-    image_embeds = world.image_embeds(reference)
     embedding = init_embedding(world.unet, frames, latent_h, latent_w, tokens_per_frame=variant.tokens_per_frame,
                                temporal=variant.temporal, with_values=variant.values,
                                image_embeds=image_embeds if settings.token_start == "image" else None,
