@@ -231,7 +231,9 @@ def prepare_learning(model, vae, reference_frames, representation, tokens_per_fr
                              log_sigma_std=noise_std, loss=loss,
                              augment=AugmentSettings(enabled=augmentation, flip=flip))
     token_width = context_width(model)
-    shape = learn_shape(model, reference_frames.shape[0], height // 8, width // 8, representation,
+    ratio = getattr(vae, "downscale_ratio", 8)
+    ratio = ratio if isinstance(ratio, int) and ratio > 0 else 8     # some video VAEs give a function
+    shape = learn_shape(model, reference_frames.shape[0], height // ratio, width // ratio, representation,
                         activation_checkpointing, layers, explicit_layers, tokens_per_frame, token_width)
     _memory, memory_account = check_learn_memory(model, shape, layers, explicit_layers, tokens_per_frame,
                                                  token_width)
