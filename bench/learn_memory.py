@@ -215,9 +215,12 @@ def fit_constants(rows: list[dict], learned_gib) -> dict:
     """
     constants = {}
     for key in sorted({(r["representation"], r["checkpointing"]) for r in rows}):
-        mine = sorted((r for r in rows if (r["representation"], r["checkpointing"]) == key),
-                      key=lambda r: r["width"] * r["height"])[:2]
-        if len(mine) < 2:
+        by_size = {}
+        for row in rows:
+            if (row["representation"], row["checkpointing"]) == key:
+                by_size.setdefault(row["width"] * row["height"], row)      # the first row of each size
+        mine = [by_size[size] for size in sorted(by_size)[:2]]
+        if len(mine) < 2:                  # one size only (a timing run): nothing to fit
             continue
         points = [(r["frames"] * (r["height"] // 8) * (r["width"] // 8),
                    (r["peak_rise_gib"] - learned_gib(r)) * GIB) for r in mine]

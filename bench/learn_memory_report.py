@@ -52,11 +52,11 @@ def report(rows, hs, model, device, command, seconds, fit_constants):
                      f"{'on' if row['checkpointing'] else 'off'} | {row['saved_gib']:.2f} | {row['peak_rise_gib']:.2f} "
                      f"| {rise / GIB:.2f} | {ratio:.2f} | {row['step_seconds']:.1f} | {row['loop_overhead']:.3f} | "
                      f"{row.get('gradient_rel_diff', float('nan')):.1e} |")
-    time_ratios = []
-    for off in (r for r in rows if not r["checkpointing"]):
-        for on in rows:
-            if on["checkpointing"] and all(on[k] == off[k] for k in ("width", "height", "frames", "representation")):
-                time_ratios.append(on["step_seconds"] / off["step_seconds"])
+    time_ratios = []          # each "on" row against the "off" row measured just before it, same size
+    for before, after in zip(rows, rows[1:]):
+        if not before["checkpointing"] and after["checkpointing"] and all(
+                before[k] == after[k] for k in ("width", "height", "frames", "representation")):
+            time_ratios.append(after["step_seconds"] / before["step_seconds"])
     text = [f"Measured on {device}, {rows[0]['dtype'] if rows else '?'}, weights {rows[0]['weights_gib']:.2f} GiB "
             f"(full-size SVD UNet, random weights), {seconds:.0f} s in all.", "", *lines, ""]
     if time_ratios:
