@@ -113,3 +113,19 @@ def test_downscale_frames_keeps_multiples_of_eight_and_the_mean():
     assert downscale_frames(frames, 0.01).shape == (3, 8, 8, 3)
     with pytest.raises(ValueError, match="in \\(0, 1\\]"):
         downscale_frames(frames, 1.5)
+
+
+def test_benchmark_fits_constants_on_two_distinct_sizes_only():
+    from bench.learn_memory import fit_constants
+
+    def row(width, height, rise, checkpointing=True):
+        return {"width": width, "height": height, "frames": 14, "representation": "motion_text",
+                "checkpointing": checkpointing, "peak_rise_gib": rise}
+
+    one_size = [row(128, 72, 1.0), row(128, 72, 1.1)]
+    assert fit_constants(one_size, lambda r: 0.0) == {}                # a timing run: nothing to fit
+    fitted = fit_constants([row(128, 72, 1.0), row(192, 112, 1.5), row(256, 144, 9.0)], lambda r: 0.25)
+    fixed, per_position = fitted[("motion_text", True)]
+    positions = (14 * 9 * 16, 14 * 14 * 24)                            # latent positions of the two smallest
+    assert per_position == pytest.approx(0.5 * GIB / (positions[1] - positions[0]))
+    assert fixed + per_position * positions[0] == pytest.approx(0.75 * GIB)
