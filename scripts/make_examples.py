@@ -156,12 +156,14 @@ def icon(size: int = 256) -> np.ndarray:
     scale = size / 256.0
     image = _gradient(size, size, (40, 45, 90), (25, 110, 140))
     points = [(40, 200), (70, 150), (110, 112), (158, 92), (212, 96)]
+    xs = np.linspace(18, 212, 40)
+    ys = np.polyval(np.polyfit(*np.array(points, float).T, 2), xs)         # the smooth path the ball took
+    trail = np.stack([xs * scale, ys * scale], -1).round().astype(np.int32)
+    cv2.polylines(image, [trail], False, (230, 235, 245), max(1, int(3 * scale)), cv2.LINE_AA)
     for k, (x, y) in enumerate(points):
         share = (k + 1) / len(points)
         colour = tuple(int(round(c * share + b * (1 - share))) for c, b in zip((255, 190, 70), (60, 80, 120)))
         cv2.circle(image, (int(x * scale), int(y * scale)), int((10 + 6 * k) * scale), colour, -1, cv2.LINE_AA)
-    cv2.ellipse(image, (int(130 * scale), int(230 * scale)), (int(100 * scale), int(110 * scale)), 0, 200, 300,
-                (230, 235, 245), max(1, int(4 * scale)), cv2.LINE_AA)
     return image
 
 
