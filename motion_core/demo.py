@@ -3,9 +3,10 @@
 Makes a reference clip with known motion (or reads yours), learns its motion with both
 representations through the shipped toy model, animates new target images with it and,
 for comparison, without it, and writes: ``reference.webp``, ``target_N.webp`` (with
-motion) and ``target_N_no_motion.webp``, ``grid.png`` (reference row, then each target's
-output) and ``report.json`` (motion class, Motion Fidelity Score, first-frame PSNR and
-appearance leakage per target). CPU only, a few minutes.
+motion) and ``target_N_no_motion.webp``, ``grid.png`` (labelled rows: the reference, then
+each target with the learned motion and without, each clip's reading printed beside it),
+``grid.webp`` (the same rows animated) and ``report.json`` (motion class, Motion Fidelity
+Score, first-frame PSNR and appearance leakage per target). CPU only, a few minutes.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ import cv2
 import numpy as np
 import torch
 
-from . import toyclips
+from . import demo_picture, toyclips
+from .denseflow import classify_motion_dense
 from .toyeval import (VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch,
                       heldout_reference, learn_variant, score)
 from .toyworld import FRAMES, IMAGE_SIZE, load_world
@@ -53,14 +55,6 @@ def save_animation(frames: torch.Tensor, path: str, fps: int = 6) -> None:
 
     images = [Image.fromarray((f.numpy() * 255).round().astype(np.uint8)) for f in frames]
     images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0, lossless=True)
-
-
-def save_grid(rows: list[torch.Tensor], path: str, scale: int = 2) -> None:
-    """Rows of clips ``(f h w c)`` side by side into one PNG."""
-    grid = torch.cat([torch.cat(list(row), dim=1) for row in rows], dim=0)
-    image = (grid.numpy() * 255).round().astype(np.uint8)
-    image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
-    cv2.imwrite(path, cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
 
 
 def _load_targets(paths: list[str]) -> torch.Tensor:
@@ -116,15 +110,21 @@ def main(argv=None) -> int:
     baseline_clips = animate_batch(world, targets, None, FRAMES, args.sample_steps, args.seed,
                                    progress=lambda step, total: sample_bar.update(1, "no motion"))
     save_animation(reference, os.path.join(args.out, "reference.webp"))
-    rows, report_targets = [reference], []
+    report_targets = []
     for index, (target, moved, baseline) in enumerate(zip(targets, moved_clips, baseline_clips)):
         save_animation(moved, os.path.join(args.out, f"target_{index + 1}.webp"))
         save_animation(baseline, os.path.join(args.out, f"target_{index + 1}_no_motion.webp"))
-        rows.append(moved)
         spec = None if specs is None else specs[index]          # toy targets: also the nearest-ideal reading
         report_targets.append({"target": index + 1, "with_motion": score(reference, reference_class, target, moved, spec),
                                "no_motion": score(reference, reference_class, target, baseline, spec)})
-    save_grid(rows, os.path.join(args.out, "grid.png"))
+    reference_lines = [demo_picture.Line(f"motion: {reference_class or 'your clip'}"),
+                       demo_picture.Line(f"dense flow: {classify_motion_dense(reference)}")]
+    still, animated = demo_picture.demo_rows(reference, reference_lines,
+                                             list(zip(moved_clips, baseline_clips, report_targets)), reference_class)
+    header = demo_picture.demo_header(reference_class, variant.name, settings.steps, args.sample_steps,
+                                      (args.min_guidance, args.guidance))
+    animated_path = demo_picture.write_demo_pictures(os.path.join(args.out, "grid.png"),
+                                                     os.path.join(args.out, "grid.webp"), header, still, animated)
 
     def mean(key, which):
         values = [t[which][key] for t in report_targets if t[which][key] is not None]
@@ -138,6 +138,7 @@ def main(argv=None) -> int:
                                   "dense_class_accuracy": mean("dense_correct", which),
                                   "nearest_ideal_accuracy": mean("ideal_correct", which),
                                   "motion_fidelity": mean("motion_fidelity", which),
+                                  "motion_fidelity_moving": mean("motion_fidelity_moving", which),
                                   "motion_fidelity_wide": mean("motion_fidelity_wide", which),
                                   "first_frame_psnr": mean("first_frame_psnr", which),
                                   "appearance_leakage": mean("appearance_leakage", which)}
@@ -145,8 +146,8 @@ def main(argv=None) -> int:
               "targets": report_targets}
     with open(os.path.join(args.out, "report.json"), "w", encoding="utf-8") as fh:
         json.dump(report, fh, indent=2, default=float)
-    log.info("wrote %s: reference.webp, %d target videos (+ no-motion baselines), grid.png, report.json",
-             args.out, len(targets))
+    log.info("wrote %s: reference.webp, %d target videos (+ no-motion baselines), grid.png%s, report.json",
+             args.out, len(targets), ", grid.webp" if animated_path else "")
     log.info("with motion: %s", report["summary"]["with_motion"])
     log.info("no motion:   %s", report["summary"]["no_motion"])
     return 0

@@ -7,6 +7,7 @@ from comfy_api.v0_0_2 import ComfyExtension, io
 
 from .common import register_model_folder
 from .conditioning import InflateSVDConditioning
+from .examples import install_examples
 from .files import LoadMotionEmbedding, SaveMotionEmbedding
 from .learn import LearnMotionEmbedding
 from .metrics_node import MotionFidelityScore
@@ -29,4 +30,5 @@ class MotionInversionExtension(ComfyExtension):
 
 async def comfy_entrypoint() -> MotionInversionExtension:
     register_model_folder()
+    install_examples()          # the example clip and images the shipped workflows name
     return MotionInversionExtension()

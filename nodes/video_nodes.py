@@ -41,7 +41,9 @@ class LoadReferenceVideo(io.ComfyNode):
                         "frames evenly over start..end (or every `stride`-th), resizes and centre-crops them.",
             inputs=[
                 io.Combo.Input("video", options=_input_choices(), upload=io.UploadType.video,
-                               tooltip="A file in ComfyUI's input folder (upload one here), or a sub-folder of images."),
+                               tooltip="A file in ComfyUI's input folder (upload one here), or a sub-folder of images. "
+                                       "motion_inversion_example_reference.webm is the pack's example clip, "
+                                       "copied there when ComfyUI starts."),
                 io.Int.Input("frames", default=14, min=2, max=128,
                              tooltip="How many frames to take. SVD learns on 14, SVD-XT on 25."),
                 io.Int.Input("start_frame", default=0, min=0, max=100000,

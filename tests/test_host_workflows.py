@@ -65,14 +65,17 @@ def _tiny_embedding(frames=4, tokens=2):
 
 @pytest.fixture(scope="module")
 def stand_ins(comfy_nodes):
-    """Files named by the workflows: reference video, target images, checkpoint, embedding."""
+    """Files named by the workflows that are not there yet (the pack copies its example clip and images
+    on load, and they are kept): reference video, target images, checkpoint, embedding."""
     import folder_paths
 
     inputs = folder_paths.get_input_directory()
     for name in _widget_values(PACK + "LoadReferenceVideo"):
-        _write_video(os.path.join(inputs, name))
+        if not os.path.exists(os.path.join(inputs, name)):      # the pack's examples are there already
+            _write_video(os.path.join(inputs, name))
     for seed, name in enumerate(sorted(_widget_values("LoadImage"))):
-        _write_image(os.path.join(inputs, name), seed)
+        if not os.path.exists(os.path.join(inputs, name)):
+            _write_image(os.path.join(inputs, name), seed)
     checkpoints = os.path.join(work_dir(), "models", "checkpoints_stand_in")
     os.makedirs(checkpoints, exist_ok=True)
     for name in _widget_values(LOADER):

@@ -55,8 +55,16 @@ def test_short_demo_writes_every_output(tmp_path, world):
     out = str(tmp_path / "demo")
     assert main(["--out", out, "--steps", "3", "--sample-steps", "3", "--num-targets", "2"]) == 0
     names = set(os.listdir(out))
-    assert {"reference.webp", "target_1.webp", "target_2.webp", "target_1_no_motion.webp", "grid.png",
+    assert {"reference.webp", "target_1.webp", "target_2.webp", "target_1_no_motion.webp", "grid.png", "grid.webp",
             "report.json"} <= names
+    import cv2
+    from PIL import Image
+
+    grid = cv2.imread(os.path.join(out, "grid.png"))
+    strip = toyworld.FRAMES * toyworld.IMAGE_SIZE * 2
+    assert grid.shape[1] > strip + 150 and grid.shape[0] > 5 * toyworld.IMAGE_SIZE * 2   # label band; 5 rows
+    with Image.open(os.path.join(out, "grid.webp")) as animated:
+        assert animated.n_frames == toyworld.FRAMES
     with open(os.path.join(out, "report.json"), encoding="utf-8") as fh:
         report = json.load(fh)
     assert len(report["targets"]) == 2 and report["reference_class"] == "translate_E_2"
