@@ -65,7 +65,7 @@ MOTION_CLASSES: tuple[str, ...] = tuple(
 CIRCLE_RADIUS, CIRCLE_STEP_DEG = 10.0, 30.0
 CIRCLE_PHASE_DEG = 90.0     # start angle on the circle, deg clockwise from east (y down): the bottom
 # zooms at 1.15 a frame (1.10 before 2026-12-03: the toy UNet drew those as blooms that dense
-# flow reads as still; docs/quality.md, "A zoom stage on the spin testbed")
+# flow reads as still; docs/research_log.md, "A zoom stage on the spin testbed")
 ZOOM_RATE, ROTATE_STEP_DEG, PAN_SPEED, BOUNCE_HEIGHT = 1.15, 20.0, 4.0, 16.0
 MIN_FRAMES, MAX_FRAMES, MIN_SIZE = 8, 14, 32
 SUPERSAMPLE = 2

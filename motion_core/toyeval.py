@@ -64,7 +64,7 @@ class ToyLearnSettings:
     # where the motion-text tokens start: "image", the reference frames' image embeddings (the
     # paper's start; the Learn node with CLIP vision connected); "zero", noise around zero (the
     # Learn node without CLIP vision). Zero on the toy world: its image embeddings lie far from
-    # every motion token and the learning from there misses zooms and spins (docs/quality.md)
+    # every motion token and the learning from there misses zooms and spins (docs/research_log.md)
     token_start: str = "zero"
     # learn on the reference downscaled by this factor (sampling stays at full size): Learn's
     # learn_scale, measured in docs/quality.md

@@ -91,7 +91,7 @@ class ToyTrainSettings:
     #                               to make the UNet ignore directions the tokens do not differ in, which an
     #                               inversion could use to fit one clip's look (a 300-step stage at 0.5 changed
     #                               neither the UNet's answer to random directions nor the learning:
-    #                               docs/quality.md); 0: the shipped recipe (and its random stream)
+    #                               docs/research_log.md); 0: the shipped recipe (and its random stream)
 
 
 def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
@@ -158,7 +158,7 @@ def recolour(pixels: torch.Tensor, share: float, generator: torch.Generator) -> 
     clipped to -1..1. Only the VAE sees these: it stands in for SVD's generic image codec,
     which passes any colour, while the UNet and its tokens see the training palette alone.
     Trained on the palette alone, the toy VAE turns held-out orange towards red and fades
-    brown and purple objects into the background (docs/quality.md).
+    brown and purple objects into the background (docs/research_log.md).
     """
     count = pixels.shape[0]
     chosen = torch.rand(count, generator=generator) < share
