@@ -34,11 +34,11 @@ from statistics import fmean
 import torch
 
 from bench.quality import DEFAULT_MOTIONS, add_learning_arguments, learn_settings
-from motion_core import toyclips
-from motion_core.denseflow import classify_motion_dense
-from motion_core.toyeval import (IDEAL_BLUR_PX, VARIANTS, animate_batch, blurred_frames, heldout_reference,
+from motion_core.toy import toyclips
+from motion_core.toy.denseflow import classify_motion_dense
+from motion_core.toy.toyeval import (IDEAL_BLUR_PX, VARIANTS, animate_batch, blurred_frames, heldout_reference,
                                  learn_variant)
-from motion_core.toyworld import FRAMES, WEIGHTS_PATH, load_world
+from motion_core.toy.toyworld import FRAMES, WEIGHTS_PATH, load_world
 
 log = logging.getLogger("bench.clip_error")
 ROWS = ("own class token", "static token", "image embedding", "learned")

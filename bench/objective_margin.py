@@ -43,11 +43,11 @@ import torch
 
 from bench.docfile import replace_section
 from bench.quality import DEFAULT_MOTIONS, DOC, add_learning_arguments, learn_settings
-from motion_core import toyclips
+from motion_core.toy import toyclips
 from motion_core.diffusers_svd import SVDDenoiser, init_embedding, install_motion
 from motion_core.embedding import MotionEmbedding
-from motion_core.toyeval import VARIANTS, learn_variant
-from motion_core.toyworld import FRAMES, MANIFEST_PATH, SVD_LATENT_SCALE, WEIGHTS_PATH, ToyWorld, load_world
+from motion_core.toy.toyeval import VARIANTS, learn_variant
+from motion_core.toy.toyworld import FRAMES, MANIFEST_PATH, SVD_LATENT_SCALE, WEIGHTS_PATH, ToyWorld, load_world
 from motion_core.objectives import LOSS_EDM, LOSSES
 from motion_core.training import fixed_noise_losses
 

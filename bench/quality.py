@@ -10,7 +10,7 @@ guidance against the plain model rising from 1 at frame 0 to 5 at the last frame
 sampled; ``--min-guidance`` / ``--guidance``) and score:
 
 - motion-class accuracy: two flow-based classifiers of the generated clip vs the reference's class,
-  KLT tracks (``metrics.classify_motion``) and dense flow (``denseflow.classify_motion_dense``,
+  KLT tracks (``readings.classify_motion``) and dense flow (``denseflow.classify_motion_dense``,
   robust to the texture shimmer of sampled clips);
 - nearest ideal motion: the class whose ideal animation of the target scene (rendered, every
   class) is closest to the generated clip after a blur, vs the reference's class (toy targets only);
@@ -34,10 +34,10 @@ import time
 import torch
 
 from bench.docfile import replace_section
-from motion_core import toyclips
-from motion_core.toyeval import (TOKEN_STARTS, VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch,
+from motion_core.toy import toyclips
+from motion_core.toy.toyeval import (TOKEN_STARTS, VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch,
                                  heldout_reference, learn_variant, score)
-from motion_core.toyworld import FRAMES, IMAGE_SIZE, MANIFEST_PATH, WEIGHTS_PATH, load_world
+from motion_core.toy.toyworld import FRAMES, IMAGE_SIZE, MANIFEST_PATH, WEIGHTS_PATH, load_world
 
 log = logging.getLogger("bench.quality")
 START_WORDS = {"image": "the reference frames' image embeddings", "zero": "zero"}
@@ -57,7 +57,7 @@ def run(args) -> str:
     torch.set_num_threads(args.threads)
     world = load_world(args.weights)
     if args.reference:
-        from motion_core.demo import _load_targets
+        from motion_core.toy.demo import _load_targets
         from motion_core.video import read_reference_video
 
         references = [(None, read_reference_video(args.reference, frames=FRAMES, width=IMAGE_SIZE,

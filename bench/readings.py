@@ -32,9 +32,9 @@ import torch
 
 from bench.docfile import replace_section
 from bench.quality import DOC, _mean, _percent, add_sampling_arguments
-from motion_core import toyclips
-from motion_core.toyeval import animate_batch, heldout_reference, score
-from motion_core.toyworld import FRAMES, MANIFEST_PATH, WEIGHTS_PATH, load_world
+from motion_core.toy import toyclips
+from motion_core.toy.toyeval import animate_batch, heldout_reference, score
+from motion_core.toy.toyworld import FRAMES, MANIFEST_PATH, WEIGHTS_PATH, load_world
 
 log = logging.getLogger("bench.readings")
 SOURCES = {

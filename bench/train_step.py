@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from motion_core import toyclips, toyworld
-from motion_core.toytrain import ToyTrainSettings, train_unet
+from motion_core.toy import toyclips, toyworld
+from motion_core.toy.toytrain import ToyTrainSettings, train_unet
 
 
 def time_steps(autocast_bf16: int, steps: int, batch: int, clips: int = 64) -> tuple[float, float]:

@@ -8,8 +8,8 @@ import sys
 
 
 def _train_toy(argv: list[str]) -> int:
-    from .toytrain import ToyTrainSettings, train_toy
-    from .toyworld import MANIFEST_PATH, WEIGHTS_PATH
+    from .toy.toytrain import ToyTrainSettings, train_toy
+    from .toy.toyworld import MANIFEST_PATH, WEIGHTS_PATH
 
     parser = argparse.ArgumentParser(prog="python -m motion_core train-toy",
                                      description="Train the toy world's SVD-architecture model (CPU, seeded).")
@@ -24,7 +24,7 @@ def _train_toy(argv: list[str]) -> int:
 
 
 def _demo(argv: list[str]) -> int:
-    from .demo import main as demo_main
+    from .toy.demo import main as demo_main
 
     return demo_main(argv)
 

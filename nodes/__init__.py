@@ -13,8 +13,8 @@ from .learn import LearnMotionEmbedding
 from .metrics_node import MotionFidelityScore
 from .motion import ApplyMotion, DebiasValueEmbedding
 from .reference_noise import ReferenceNoise
-from .toy_clips import ToyMotionClip, ToyTargetImage, ToyVideoConditioning
-from .toy_model import LoadToyVideoModel
+from .toy.toy_clips import ToyMotionClip, ToyTargetImage, ToyVideoConditioning
+from .toy.toy_model import LoadToyVideoModel
 from .video_nodes import LoadReferenceVideo
 
 NODES = [LoadReferenceVideo, LearnMotionEmbedding, DebiasValueEmbedding, InflateSVDConditioning, ApplyMotion,

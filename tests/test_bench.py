@@ -100,7 +100,7 @@ def test_objective_margin_ranks_the_reference_class_and_writes_its_block(one_thr
 
 def test_objective_margin_on_training_palette_references_leaves_the_doc(one_thread, capsys, tmp_path, monkeypatch):
     from bench import objective_margin
-    from motion_core import toyclips
+    from motion_core.toy import toyclips
 
     doc = tmp_path / "quality.md"
     doc.write_text("Hand-written analysis.\n", encoding="utf-8")
@@ -123,7 +123,7 @@ def test_objective_margin_on_training_palette_references_leaves_the_doc(one_thre
 
 def test_margins_by_level_rank_each_noise_level_alone():
     from bench.objective_margin import by_level_table, margins_by_level
-    from motion_core import toyclips
+    from motion_core.toy import toyclips
 
     classes, own = len(toyclips.MOTION_CLASSES), toyclips.class_index("rotate_ccw")
     rival = toyclips.class_index("rotate_cw")
@@ -141,7 +141,7 @@ def test_margins_by_level_rank_each_noise_level_alone():
 
 def test_margin_row_names_the_rank_and_the_nearest_rival():
     from bench.objective_margin import margin_row
-    from motion_core import toyclips
+    from motion_core.toy import toyclips
 
     losses = [1.0 + 0.01 * c for c in range(len(toyclips.MOTION_CLASSES))]
     own = toyclips.class_index("zoom_in")
@@ -164,7 +164,7 @@ def test_benchmark_measures_a_candidate_model_without_touching_the_doc(one_threa
     import importlib
     import shutil
 
-    from motion_core import toyworld
+    from motion_core.toy import toyworld
 
     module = importlib.import_module(f"bench.{bench}")
     candidate = tmp_path / "candidate.safetensors"
@@ -193,7 +193,7 @@ def test_clip_error_is_zero_on_the_reference_and_names_a_shape_mismatch():
     import torch
 
     from bench.clip_error import clip_errors
-    from motion_core import toyclips
+    from motion_core.toy import toyclips
 
     reference = toyclips.make_clip("translate_E_2", 0, palette="heldout")[0]         # (f h w c)
     assert clip_errors(reference, reference[None]) == (0.0, 0.0)

@@ -1,9 +1,9 @@
-"""The demo's labelled grid and animated grid (``motion_core.demo_picture``), on small made-up clips."""
+"""The demo's labelled grid and animated grid (``motion_core.toy.demo_picture``), on small made-up clips."""
 import numpy as np
 import pytest
 import torch
 
-from motion_core import demo_picture as dp
+from motion_core.toy import demo_picture as dp
 
 FRAMES, SIZE = 8, 64         # the toy world's clips
 

@@ -1,10 +1,10 @@
-"""Tests for motion_core.denseflow: the dense-flow motion classifier, on rendered toy clips
+"""Tests for motion_core.toy.denseflow: the dense-flow motion classifier, on rendered toy clips
 (every class) and on clips degraded the way a small sampled model degrades them."""
 import pytest
 import torch
 
-from motion_core import toyclips as tc
-from motion_core.denseflow import classify_motion_dense, dense_motion
+from motion_core.toy import toyclips as tc
+from motion_core.toy.denseflow import classify_motion_dense, dense_motion
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

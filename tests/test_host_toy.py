@@ -38,7 +38,7 @@ def _perturb(module, seed):
 
 @pytest.fixture(scope="module")
 def toy_file(comfy_nodes, tmp_path_factory):
-    toyworld = pack_module("motion_core.toyworld")
+    toyworld = pack_module("motion_core.toy.toyworld")
     unet, vae, encoder = toyworld.build_models(seed=0)
     for i, module in enumerate((unet, vae, encoder)):
         _perturb(module, seed=10 + i)
@@ -56,7 +56,7 @@ def loaded(comfy_nodes, toy_file):
 
 @pytest.fixture(scope="module")
 def world(toy_file):
-    return pack_module("motion_core.toyworld").load_world(toy_file)
+    return pack_module("motion_core.toy.toyworld").load_world(toy_file)
 
 
 def _inputs(seed=0):
@@ -105,8 +105,8 @@ def _svd_positive(first, token):
 def _align_group_norm_eps(world, model):
     """Give diffusers' GroupNorms ComfyUI's eps; returns how many differed (diffusers: 1e-6 in the
     down/up resnets, ComfyUI's ResBlock: always 1e-5 as in SVD's original code)."""
-    convert = pack_module("motion_core.svd_convert")
-    toyworld = pack_module("motion_core.toyworld")
+    convert = pack_module("motion_core.toy.svd_convert")
+    toyworld = pack_module("motion_core.toy.toyworld")
     mapping = convert.diffusers_svd_unet_key_map(world.unet.state_dict().keys(), toyworld.UNET_CONFIG)
     host = dict(model.model.diffusion_model.named_modules())
     changed = 0
@@ -188,7 +188,7 @@ def test_guided_toy_workflow_chain_samples_like_the_benchmark(comfy_nodes, loade
         noise = nodes["RandomNoise"]().get_noise(seed)[0]
         samples = nodes["SamplerCustomAdvanced"]().sample(noise, guider, sampler, sigmas, latent)[0]["samples"]
         host_video = vae.decode(samples).float().cpu()
-    toyeval = _core("toyeval")
+    toyeval = _core("toy.toyeval")
     with _equal_group_norm_eps(world, model):
         ours = toyeval.animate_batch(world, image, embedding, FRAMES, steps, seed=seed, guidance=cfg,
                                      min_guidance=min_cfg)[0]
@@ -238,14 +238,14 @@ def test_full_size_svd_keys_map_onto_comfy_svd_unet(comfy_nodes):
         theirs = UNetModel(**SVD_UNET, device="meta", operations=comfy.ops.disable_weight_init).state_dict()
         ours = UNetSpatioTemporalConditionModel()           # diffusers' defaults: SVD
     state = ours.state_dict()
-    converted = pack_module("motion_core.svd_convert").diffusers_svd_unet_to_comfy(state, dict(ours.config))
+    converted = pack_module("motion_core.toy.svd_convert").diffusers_svd_unet_to_comfy(state, dict(ours.config))
     assert set(converted) == set(theirs)
     assert all(converted[key].shape == theirs[key].shape for key in theirs)
 
 
 def test_toy_unet_keys_and_heads_match_comfy_config(loaded, world):
     model = loaded[0]
-    toyworld = pack_module("motion_core.toyworld")
+    toyworld = pack_module("motion_core.toy.toyworld")
     assert type(model.model).__name__ == "SVD_img2vid"
     assert model.model.diffusion_model.num_head_channels == 16
     heads = [b.attn1.heads for _n, b, _c, _f in pack_module("nodes.model_hooks").temporal_blocks(model.model.diffusion_model)]
@@ -308,7 +308,7 @@ def test_missing_weights_name_the_path_and_the_fix(comfy_nodes, tmp_path, monkey
     missing = str(tmp_path / "nowhere.safetensors")
     with pytest.raises(FileNotFoundError, match=r"nowhere\.safetensors.*train-toy.*`weights`"):
         node.execute(weights=missing)
-    monkeypatch.setattr(pack_module("motion_core.toyworld"), "WEIGHTS_PATH", str(tmp_path / "shipped.safetensors"))
+    monkeypatch.setattr(pack_module("motion_core.toy.toyworld"), "WEIGHTS_PATH", str(tmp_path / "shipped.safetensors"))
     with pytest.raises(FileNotFoundError, match=r"shipped\.safetensors"):
         node.execute()
 

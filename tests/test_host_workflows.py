@@ -278,7 +278,7 @@ def test_motion_embeddings_workflow_learns_temporal_and_applies_debiased(comfy_n
 def test_toy_workflow_guides_like_the_benchmark(comfy_nodes):
     """toy_reenact.json samples with the demo's and the benchmark's guidance (the ramp, and the
     toy model's image token as the negative), the chain test_host_toy checks number for number."""
-    toyeval = importlib.import_module(pack_module("motion_core").__name__ + ".toyeval")   # no node imports it
+    toyeval = importlib.import_module(pack_module("motion_core").__name__ + ".toy.toyeval")   # no node imports it
     keep = pack_module("nodes.conditioning").NEGATIVE_KEEP
     prompt = workflow_to_api_prompt(load_workflow("toy_reenact.json"), comfy_nodes.NODE_CLASS_MAPPINGS)
     (sampler,) = _nodes_of(prompt, "SamplerCustomAdvanced")

@@ -1,4 +1,4 @@
-"""Tests for motion_core.metrics on toy clips (motion_core.toyclips) with known motion.
+"""Tests for motion_core.metrics on toy clips (motion_core.toy.toyclips) with known motion.
 
 The classifier must name every class of every clip (3 seeds x 26 classes x 2 palettes);
 the Motion Fidelity Score must be ~1 for the same motion on new appearances and clearly
@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from motion_core import metrics as mt
-from motion_core import toyclips as tc
+from motion_core.toy import readings
+from motion_core.toy import toyclips as tc
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -52,7 +53,7 @@ def test_classifier_every_class_both_palettes():
     for palette in ("train", "heldout"):
         for motion in tc.MOTION_CLASSES:
             for seed in range(3):
-                got = mt.classify_motion(clip(motion, 1000 + seed, palette))
+                got = readings.classify_motion(clip(motion, 1000 + seed, palette))
                 counts[motion] = counts.get(motion, 0) + (got == motion)
                 if got != motion:
                     misses.append(f"{motion} ({palette}, seed {1000 + seed}) -> {got}")
@@ -65,7 +66,7 @@ def test_classifier_every_class_both_palettes():
 @pytest.mark.parametrize("frames,size,palette", [(14, 64, "train"), (11, 96, "heldout")])
 def test_classifier_other_lengths_and_sizes(frames, size, palette):
     misses = [(m, got) for m in tc.MOTION_CLASSES
-              if (got := mt.classify_motion(clip(m, 2000, palette, frames=frames, size=size))) != m]
+              if (got := readings.classify_motion(clip(m, 2000, palette, frames=frames, size=size))) != m]
     assert not misses, misses
 
 
@@ -74,27 +75,27 @@ def test_classifier_tolerates_mild_noise():
     for motion in ("static", "translate_E_2", "translate_SW_1", "zoom_in", "rotate_ccw", "pan_E", "bounce", "circle_cw"):
         x = clip(motion, 70, "heldout")
         noisy = (x + 0.02 * torch.randn(x.shape, generator=gen)).clamp(0, 1)
-        assert mt.classify_motion(noisy) == motion
-        assert mt.dominant_motion(noisy)["jitter"] > mt.dominant_motion(x)["jitter"]
+        assert readings.classify_motion(noisy) == motion
+        assert readings.dominant_motion(noisy)["jitter"] > readings.dominant_motion(x)["jitter"]
 
 
 def test_dominant_motion_statistics():
-    s = mt.dominant_motion(clip("translate_E_2", 4))
+    s = readings.dominant_motion(clip("translate_E_2", 4))
     assert s["translation"][0] == pytest.approx(4.0, abs=0.4) and abs(s["translation"][1]) < 0.3
     assert s["coherence"] > 0.8 and s["deformation"] < 0.02 and s["moving_fraction"] < 0.7
-    assert mt.dominant_motion(clip("pan_W", 4))["moving_fraction"] > 0.9
-    assert mt.dominant_motion(clip("pan_W", 4))["global_translation"][0] == pytest.approx(4.0, abs=0.3)
-    assert mt.dominant_motion(clip("zoom_in", 4))["divergence"] > 0.03
-    assert mt.dominant_motion(clip("zoom_out", 4))["divergence"] < -0.03
-    assert mt.dominant_motion(clip("rotate_cw", 4))["rotation"] > 3
-    assert mt.dominant_motion(clip("rotate_ccw", 4))["rotation"] < -3
-    assert mt.dominant_motion(clip("circle_cw", 4))["turning"] > 15
-    b = mt.dominant_motion(clip("bounce", 4))
+    assert readings.dominant_motion(clip("pan_W", 4))["moving_fraction"] > 0.9
+    assert readings.dominant_motion(clip("pan_W", 4))["global_translation"][0] == pytest.approx(4.0, abs=0.3)
+    assert readings.dominant_motion(clip("zoom_in", 4))["divergence"] > 0.03
+    assert readings.dominant_motion(clip("zoom_out", 4))["divergence"] < -0.03
+    assert readings.dominant_motion(clip("rotate_cw", 4))["rotation"] > 3
+    assert readings.dominant_motion(clip("rotate_ccw", 4))["rotation"] < -3
+    assert readings.dominant_motion(clip("circle_cw", 4))["turning"] > 15
+    b = readings.dominant_motion(clip("bounce", 4))
     assert b["descent"] > 5 and b["ascent"] > 5 and b["x_range"] < 2
-    still = mt.dominant_motion(clip("static", 4))
+    still = readings.dominant_motion(clip("static", 4))
     assert still["moving_fraction"] == still["persistent_fraction"] == still["jitter"] == 0.0
     with pytest.raises(ValueError):
-        mt.dominant_motion(clip("static", 4)[:2])
+        readings.dominant_motion(clip("static", 4)[:2])
 
 
 def test_mfs_identity_and_same_motion_new_appearance():

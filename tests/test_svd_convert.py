@@ -7,9 +7,9 @@ import pytest
 import torch
 from diffusers import AutoencoderKL, UNetSpatioTemporalConditionModel
 
-from motion_core.svd_convert import (block_layout, diffusers_svd_unet_key_map, diffusers_svd_unet_to_comfy,
+from motion_core.toy.svd_convert import (block_layout, diffusers_svd_unet_key_map, diffusers_svd_unet_to_comfy,
                                      diffusers_vae_to_comfy)
-from motion_core.toyworld import UNET_CONFIG, VAE_CONFIG, build_models
+from motion_core.toy.toyworld import UNET_CONFIG, VAE_CONFIG, build_models
 
 # SD's (and SVD's) image VAE in diffusers terms: four levels, two resnets each
 SD_VAE_CONFIG = {"in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2,

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from motion_core import toyclips, toyworld
-from motion_core.toytrain import (CheckpointAverage, ToyTrainSettings, _command, batched_denoise, clip_weights,
+from motion_core.toy import toyclips, toyworld
+from motion_core.toy.toytrain import (CheckpointAverage, ToyTrainSettings, _command, batched_denoise, clip_weights,
                                   denoising_loss, lr_schedule, recolour, render_dataset, token_gap, train_toy,
                                   train_unet, train_vae)
 
@@ -314,9 +314,9 @@ def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
 
 
 def test_guided_animation_with_zero_embedding_equals_plain_and_leaves_the_unet_unpatched(one_thread):
-    from motion_core import toyclips
+    from motion_core.toy import toyclips
     from motion_core.diffusers_svd import init_embedding
-    from motion_core.toyeval import animate_batch
+    from motion_core.toy.toyeval import animate_batch
 
     world = toyworld.load_world()
     processors = dict(world.unet.attn_processors)
@@ -329,8 +329,8 @@ def test_guided_animation_with_zero_embedding_equals_plain_and_leaves_the_unet_u
 
 
 def test_guidance_ramp_over_frames(one_thread):
-    from motion_core import toyclips
-    from motion_core.toyeval import animate_batch
+    from motion_core.toy import toyclips
+    from motion_core.toy.toyeval import animate_batch
 
     world = toyworld.load_world()
     targets = toyclips.make_target_images(1, 5)
@@ -346,8 +346,8 @@ def test_guidance_ramp_over_frames(one_thread):
 
 
 def test_nearest_ideal_motion_names_every_class_through_noise_and_flicker():
-    from motion_core import toyclips
-    from motion_core.toyeval import nearest_ideal_motion
+    from motion_core.toy import toyclips
+    from motion_core.toy.toyeval import nearest_ideal_motion
 
     spec = toyclips.make_target_specs(1, seed=11, motion="translate_E_2")[0]
     gen = torch.Generator().manual_seed(0)
@@ -368,7 +368,7 @@ def test_nearest_ideal_motion_names_every_class_through_noise_and_flicker():
 
 
 def test_toy_learning_passes_its_augmentation_strength_to_the_training(one_thread):
-    from motion_core.toyeval import VARIANTS, ToyLearnSettings, learn_variant
+    from motion_core.toy.toyeval import VARIANTS, ToyLearnSettings, learn_variant
 
     world = toyworld.load_world()
     reference = toyclips.render_clip(toyclips.make_target_specs(1, 7, motion="translate_E_2")[0])
@@ -385,7 +385,7 @@ def test_toy_learning_passes_its_augmentation_strength_to_the_training(one_threa
 
 
 def test_toy_learning_starts_the_tokens_where_asked_and_records_the_start(one_thread):
-    from motion_core.toyeval import VARIANTS, ToyLearnSettings, learn_variant
+    from motion_core.toy.toyeval import VARIANTS, ToyLearnSettings, learn_variant
 
     world = toyworld.load_world()
     reference = toyclips.render_clip(toyclips.make_target_specs(1, 3, motion="pan_W")[0])

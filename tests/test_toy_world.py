@@ -5,8 +5,8 @@ import os
 import pytest
 import torch
 
-from motion_core import toyclips, toyworld
-from motion_core.toytrain import sha256
+from motion_core.toy import toyclips, toyworld
+from motion_core.toy.toytrain import sha256
 
 
 def test_weights_match_manifest():
@@ -40,7 +40,7 @@ def test_weights_load_in_diffusers_and_denoise(world):
 
 
 def test_vae_keeps_svd_latent_scale(world):
-    from motion_core import toyclips
+    from motion_core.toy import toyclips
 
     clip, _spec = toyclips.make_clip("pan_E", 3)
     latents = world.encode(clip) * toyworld.SVD_LATENT_SCALE
@@ -50,7 +50,7 @@ def test_vae_keeps_svd_latent_scale(world):
 
 
 def test_short_demo_writes_every_output(tmp_path, world):
-    from motion_core.demo import main
+    from motion_core.toy.demo import main
 
     out = str(tmp_path / "demo")
     assert main(["--out", out, "--steps", "3", "--sample-steps", "3", "--num-targets", "2"]) == 0

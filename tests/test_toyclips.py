@@ -1,4 +1,4 @@
-"""Tests for motion_core.toyclips: the seeded toy world of clips with known motion.
+"""Tests for motion_core.toy.toyclips: the seeded toy world of clips with known motion.
 
 Checks determinism, frame format, every class rendering in both palettes, labels, the
 train / heldout appearance split, the pan / static background behaviour, objects staying in
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from motion_core import toyclips as tc
+from motion_core.toy import toyclips as tc
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

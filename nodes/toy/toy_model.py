@@ -1,6 +1,6 @@
 """Load Toy Video Model: the toy world's small SVD as ComfyUI's MODEL, CLIP_VISION and VAE.
 
-The weights file (``motion_core/toy_weights/toy_svd.safetensors``) holds diffusers state
+The weights file (``motion_core/toy/weights/toy_svd.safetensors``) holds diffusers state
 dicts (see :mod:`motion_core.toyworld`); here they become ComfyUI objects:
 
 - MODEL: ``comfy.model_base.SVD_img2vid`` with ``toyworld.COMFY_UNET_CONFIG`` (the same
@@ -29,9 +29,9 @@ import comfy.supported_models
 import comfy.utils
 from comfy_api.v0_0_2 import io
 
-from ..motion_core import toyworld
-from ..motion_core.svd_convert import diffusers_svd_unet_to_comfy, diffusers_vae_to_comfy
-from .common import CATEGORY, NODE_PREFIX
+from ...motion_core.toy import toyworld
+from ...motion_core.toy.svd_convert import diffusers_svd_unet_to_comfy, diffusers_vae_to_comfy
+from ..common import CATEGORY, NODE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class LoadToyVideoModel(io.ComfyNode):
             inputs=[
                 io.String.Input("weights", default="", optional=True,
                                 tooltip="Path of a toy_svd.safetensors file; empty = the file shipped with the pack "
-                                        "(motion_core/toy_weights/toy_svd.safetensors)."),
+                                        "(motion_core/toy/weights/toy_svd.safetensors)."),
             ],
             outputs=[
                 io.Model.Output(display_name="model",

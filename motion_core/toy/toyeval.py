@@ -15,15 +15,16 @@ import cv2
 import numpy as np
 import torch
 
-from . import metrics, toyclips
-from .augment import AugmentSettings
-from .debias import debias
+from .. import metrics
+from ..augment import AugmentSettings
+from ..debias import debias
+from ..diffusers_svd import init_embedding, install_motion, learn_motion
+from ..embedding import MotionEmbedding
+from ..resample import downscale_frames
+from ..training import TrainSettings
+from . import readings, toyclips
 from .denseflow import classify_motion_dense
-from .diffusers_svd import init_embedding, install_motion, learn_motion
-from .embedding import MotionEmbedding
-from .resample import downscale_frames
 from .toyworld import SVD_LATENT_SCALE, ToyWorld
-from .training import TrainSettings
 
 
 @dataclasses.dataclass
@@ -213,7 +214,7 @@ def nearest_ideal_motion(generated: torch.Tensor, target_spec: toyclips.ClipSpec
     Each class is rendered on the scene (``render_clip`` with the spec's motion replaced);
     frames 1.. of both clips are blurred (Gaussian, ``blur_px`` at 64 px, which keeps where
     things are and drops texture and flicker) and compared by mean squared error. A second
-    reading of motion next to ``metrics.classify_motion``: KLT needs corners that survive
+    reading of motion next to ``readings.classify_motion``: KLT needs corners that survive
     from frame to frame, which a small sampled model's shimmering textures do not give.
     """
     if generated.shape[0] != target_spec.frames or generated.shape[1] != target_spec.size:
@@ -232,7 +233,7 @@ def score(reference: torch.Tensor, reference_class: Optional[str], target: torch
           generated: torch.Tensor, target_spec: Optional[toyclips.ClipSpec] = None) -> dict:
     """The benchmark's columns for one generated clip (``target_spec``: the toy target's scene,
     for the nearest-ideal reading; None for outside targets)."""
-    predicted = metrics.classify_motion(generated)
+    predicted = readings.classify_motion(generated)
     dense = classify_motion_dense(generated)
     ideal = nearest_ideal_motion(generated, target_spec)[0] if target_spec is not None else None
     return {"predicted_class": predicted,

@@ -1,7 +1,7 @@
 """The toy world's image-to-video model: SVD's architecture, small enough for a CPU.
 
 Three parts, all in one ``.safetensors`` file shipped with the pack
-(``motion_core/toy_weights/toy_svd.safetensors``, keys prefixed ``unet.``, ``vae.``,
+(``motion_core/toy/weights/toy_svd.safetensors``, keys prefixed ``unet.``, ``vae.``,
 ``image_encoder.``, plus ``motion_tokens``):
 
 - ``unet``: diffusers ``UNetSpatioTemporalConditionModel`` of the tiny config below (the
@@ -38,7 +38,7 @@ LATENT_SIZE = IMAGE_SIZE // VAE_DOWNSCALE
 SVD_LATENT_SCALE = 0.18215      # ComfyUI's SVD latent format (SD1.5 scale factor)
 COND_FPS = 6
 COND_MOTION_BUCKET = 127
-WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "toy_weights", "toy_svd.safetensors")
+WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "toy_svd.safetensors")
 MANIFEST_PATH = os.path.join(os.path.dirname(WEIGHTS_PATH), "manifest.json")
 
 UNET_CONFIG = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ..motion_core import toyclips
-from .common import CATEGORY, NODE_PREFIX
+from ...motion_core.toy import toyclips
+from ..common import CATEGORY, NODE_PREFIX
 
 TOY_CATEGORY = CATEGORY + "/toy"
 

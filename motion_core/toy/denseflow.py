@@ -1,7 +1,7 @@
 """A second flow-based motion classifier for toy clips: dense flow, robust to sampling shimmer.
 
 ``classify_motion_dense(frames)`` names the ``toyclips.MOTION_CLASSES`` class a clip shows,
-like ``metrics.classify_motion`` but from dense Farneback flow on blurred frames instead of
+like ``readings.classify_motion`` but from dense Farneback flow on blurred frames instead of
 KLT corners, so texture that shimmers or re-arranges inside objects (video-diffusion output)
 does not turn into a "non-rigid flow" reading.
 
@@ -31,8 +31,8 @@ from typing import Optional
 import cv2
 import numpy as np
 
+from ..metrics import _frames
 from . import toyclips
-from .metrics import _frames
 
 WORK = 128                      # working resolution: small objects need >= 2 work px per px at 64
 K = 64.0 / WORK                 # work px -> px at 64

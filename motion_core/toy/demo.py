@@ -21,12 +21,12 @@ import cv2
 import numpy as np
 import torch
 
+from ..video import read_reference_video, resize_center_crop
 from . import demo_picture, toyclips
 from .denseflow import classify_motion_dense
 from .toyeval import (VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch,
                       heldout_reference, learn_variant, score)
 from .toyworld import FRAMES, IMAGE_SIZE, load_world
-from .video import read_reference_video, resize_center_crop
 
 log = logging.getLogger(__name__)
 
