@@ -34,20 +34,28 @@ def _check_indices(indices, total, frames, start, end, stride):
 def test_fuzzed_frame_selection():
     seen = {"tried": 0, "ok": 0}
 
+    valid = st.fixed_dictionaries({"total": st.integers(0, 60), "frames": st.integers(1, 30),
+                                   "start": st.integers(-70, 70), "end": st.integers(-70, 70),
+                                   "stride": st.integers(0, 9)})
+
     @FUZZ
-    @given(total=number, frames=number, start=number, end=number, stride=number)
-    def fuzz(total, frames, start, end, stride):
+    @given(args=valid, broken=st.lists(st.sampled_from(["total", "frames", "start", "end", "stride"]), max_size=3),
+           values=st.lists(number, min_size=3, max_size=3))
+    def fuzz(args, broken, values):
+        for name, value in zip(broken, values):   # up to three inputs replaced by anything
+            args[name] = value
+        total, frames, start, end, stride = (args[k] for k in ("total", "frames", "start", "end", "stride"))
         seen["tried"] += 1
         try:
             indices = select_frame_indices(total, frames, start, end, stride)
         except VideoReadError as exc:
-            assert any(name in str(exc) for name in NAMES) or "frames" in str(exc), str(exc)
+            assert any(name in str(exc) for name in NAMES), str(exc)
             return
         seen["ok"] += 1
         _check_indices(indices, total, frames, start, end, stride)
 
     fuzz()
-    assert seen["tried"] >= min(EXAMPLES, 1000) and seen["ok"] > 0, seen
+    assert seen["tried"] >= min(EXAMPLES, 1000) and seen["ok"] >= seen["tried"] // 40, seen
 
 
 @pytest.fixture(scope="module")
@@ -87,4 +95,4 @@ def test_fuzzed_read_arguments(clip):
         _check_indices(video.indices, 10, frames, start, end, stride)
 
     fuzz()
-    assert seen["ok"] > 0, seen
+    assert seen["ok"] >= seen["tried"] // 40, seen
