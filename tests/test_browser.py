@@ -115,7 +115,7 @@ def test_pack_loaded_and_its_workflows_are_templates(server):
         assert types <= set(object_info), (name, sorted(types - set(object_info)))
 
 
-def test_workflows_load_and_toy_runs_in_the_frontend(server, tmp_path):
+def test_workflows_load_and_toy_runs_in_the_frontend(server, tmp_path, capsys):
     url, base = server
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -130,9 +130,11 @@ def test_workflows_load_and_toy_runs_in_the_frontend(server, tmp_path):
     assert done.returncode == 0 and os.path.exists(config["result"]), done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "result.json").read_text())
     seconds = time.monotonic() - started
-    for path in sorted(str(p) for p in shots.glob("*.png")):
-        print(f"screenshot: {path}")
-    print(f"browser run: {seconds:.0f} s; toy workflow queued from the page: {(result.get('run') or {}).get('seconds')} s")
+    with capsys.disabled():      # shown whatever pytest's capture setting, as the paths are the point
+        for path in sorted(str(p) for p in shots.glob("*.png")):
+            print(f"\nscreenshot: {path}", end="")
+        print(f"\nbrowser run: {seconds:.0f} s; the toy workflow, queued from the page, ran "
+              f"{(result.get('run') or {}).get('seconds')} s")
     assert "failure" not in result, result["failure"]
     assert result["extensionLoaded"], "the pack's web extension (web/motion_inversion.js) was not served"
     assert result["packErrors"] == [], result["packErrors"]
