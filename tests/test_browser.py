@@ -67,6 +67,9 @@ def server(tmp_path_factory):
     for name in ("custom_nodes", "input", "output", "temp", "user", "models"):
         (base / name).mkdir()
     os.symlink(REPO_ROOT, base / "custom_nodes" / PACK_DIR_NAME)
+    (base / "user" / "default").mkdir()    # screenshots with every node's text, even zoomed out; no tutorial
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
+        {"LiteGraph.Canvas.MinFontSizeForLOD": 1, "Comfy.TutorialCompleted": True}))
     port = _free_port()
     log_path = base / "server.log"
     command = [sys.executable, os.path.join(comfy_path(), "main.py"), "--cpu", "--listen", "127.0.0.1",

@@ -85,7 +85,12 @@ const dialogs = () => page.evaluate(() =>
   [...document.querySelectorAll(".p-dialog")].filter((d) => d.offsetParent !== null).map((d) => d.innerText.slice(0, 300)));
 
 const closeDialogs = async () => {
-  for (const text of await dialogs()) await page.keyboard.press("Escape");
+  for (let i = 0; i < 4 && (await dialogs()).length; i++) {
+    const close = page.locator(".p-dialog button[aria-label='Close'], .p-dialog .p-dialog-close-button").first();
+    if (await close.count()) await close.click({ timeout: 5000 }).catch(() => page.keyboard.press("Escape"));
+    else await page.keyboard.press("Escape");
+    await page.waitForTimeout(300);
+  }
 };
 
 try {
