@@ -3,14 +3,17 @@
 Layout: the tensors of :meth:`MotionEmbedding.tensors` (float32) and one metadata entry,
 ``"motion_inversion"``, holding the JSON metadata. Writes are atomic (a temporary file in
 the same folder, fsync, then a hard link that refuses to replace an existing file), so a
-crash never leaves half a file and nothing is overwritten.
+crash never leaves half a file and nothing is overwritten. Saved files get the permissions
+any other output gets (0666 less the process umask). Reading checks every field the pack
+uses and refuses non-finite values, always with :class:`EmbeddingFileError`.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
-import tempfile
+import secrets
 
 import torch
 from safetensors import safe_open
@@ -40,10 +43,12 @@ def save_embedding(embedding: MotionEmbedding, path: str, overwrite: bool = Fals
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tensors, meta = _serialise(embedding)
-    handle, tmp = tempfile.mkstemp(prefix=".partial-", suffix=EXTENSION, dir=folder)
-    os.close(handle)
+    tmp = os.path.join(folder, f".partial-{secrets.token_hex(8)}{EXTENSION}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        mode = os.stat(tmp).st_mode & 0o777      # 0666 less the process umask, as ComfyUI's other outputs get
         save_file(tensors, tmp, metadata=meta)
+        os.chmod(tmp, mode)                       # safetensors writes 0600 whatever the umask
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         if overwrite:
@@ -91,64 +96,129 @@ def save_numbered(embedding: MotionEmbedding, folder: str, prefix: str) -> str:
     raise EmbeddingFileError(f"could not find a free file name for {prefix!r} in {folder}")
 
 
-def _expect(path: str, field: str, tensor: torch.Tensor, shape: tuple) -> None:
+# ------------------------------------------------------------------ reading and validating
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+MAX_DIMENSION = 1 << 20          # no real frame count, token count, channel count or latent side comes near
+_SHAPE_KEYS = ("channels", "height", "width")
+
+
+def _bad(path: str, field: str, why: str, fix: str = "the file is damaged or was edited: re-learn or re-save it"):
+    return EmbeddingFileError(f"{path}: field {field!r} {why}; {fix}")
+
+
+def _count(path: str, field: str, value, minimum: int = 1) -> int:
+    """A whole number >= ``minimum`` (JSON ``true`` and ``1.0`` are not counts)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= MAX_DIMENSION:
+        raise _bad(path, field, f"is {value!r:.80}, expected a whole number from {minimum} to {MAX_DIMENSION}")
+    return value
+
+
+def _check_metadata(path: str, meta) -> dict:
+    """Every field that the pack reads back, checked for type and range; returns ``meta``."""
+    if not isinstance(meta, dict):
+        raise _bad(path, METADATA_KEY, f"holds a JSON {type(meta).__name__}, expected a JSON object")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or version != FORMAT_VERSION:
+        raise EmbeddingFileError(f"{path}: field 'format_version' is {version!r:.80}, this pack reads version "
+                                 f"{FORMAT_VERSION}; update the node pack (newer file) or re-learn the motion (older file)")
+    _count(path, "frames", meta.get("frames"))
+    _count(path, "tokens_per_frame", meta.get("tokens_per_frame", 0), minimum=0)
+    for key in ("width", "height"):
+        if key in meta:
+            _count(path, key, meta[key])
+    for key in ("model_family", "debias", "representation"):
+        if key in meta and not isinstance(meta[key], str):
+            raise _bad(path, key, f"is {meta[key]!r:.80}, expected a string")
+    if not isinstance(meta.get("training", {}), dict):
+        raise _bad(path, "training", f"is {meta['training']!r:.80}, expected a JSON object")
+    history = meta.get("loss_history", [])
+    if not isinstance(history, list) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in history):
+        raise _bad(path, "loss_history", f"is {history!r:.80}, expected a list of finite numbers")
+    layers = meta.get("layers", {})
+    if not isinstance(layers, dict):
+        raise _bad(path, "layers", f"is a JSON {type(layers).__name__}, expected an object of layer name -> "
+                                   "{channels, height, width}")
+    for name, layer in layers.items():
+        if not isinstance(layer, dict):
+            raise _bad(path, f"layers.{name}", f"is {layer!r:.80}, expected an object with {', '.join(_SHAPE_KEYS)}")
+        for key in _SHAPE_KEYS:
+            if key not in layer:
+                raise _bad(path, f"layers.{name}.{key}", "is missing")
+            _count(path, f"layers.{name}.{key}", layer[key])
+        if "downsample" in layer:
+            _count(path, f"layers.{name}.downsample", layer["downsample"])
+    return meta
+
+
+def _tensor(path: str, field: str, tensor: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """``tensor`` as float32 once its dtype, shape and values are right."""
+    if tensor.dtype not in FLOAT_DTYPES:
+        raise _bad(path, field, f"has dtype {tensor.dtype}, expected floating point (float32)")
     if tuple(tensor.shape) != tuple(shape):
-        raise EmbeddingFileError(f"{path}: field {field!r} has shape {tuple(tensor.shape)}, the metadata says "
-                                 f"{tuple(shape)}; the file is damaged or was edited: re-learn or re-save it")
+        raise _bad(path, field, f"has shape {tuple(tensor.shape)}, the metadata says {tuple(shape)}")
+    tensor = tensor.to(torch.float32)
+    if not bool(torch.isfinite(tensor).all()):
+        raise _bad(path, field, f"holds {int((~torch.isfinite(tensor)).sum())} non-finite value(s) (NaN or inf), "
+                                "which would sample a NaN video", "re-learn the motion (the file is unusable)")
+    return tensor
 
 
-def load_embedding(path: str) -> MotionEmbedding:
-    """Read and validate a file written by :func:`save_embedding`."""
+def _read(path: str) -> tuple[object, dict[str, torch.Tensor]]:
     if not os.path.isfile(path):
         raise EmbeddingFileError(f"motion embedding file not found: {path}")
     try:
         with safe_open(path, framework="pt", device="cpu") as fh:
             raw_meta = (fh.metadata() or {}).get(METADATA_KEY)
             tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except EmbeddingFileError:
-        raise
-    except Exception as exc:
+    except Exception as exc:   # safetensors raises several types for a damaged header or body
         raise EmbeddingFileError(f"{path} is not a readable .safetensors file ({exc}); "
                                  "load a file saved by Save Motion Embedding") from exc
     if raw_meta is None:
         raise EmbeddingFileError(f"{path} has no {METADATA_KEY!r} metadata: it is a .safetensors file but not a "
                                  "Motion Inversion embedding (a LoRA or checkpoint?); load a file saved by Save Motion Embedding")
     try:
-        meta = json.loads(raw_meta)
-    except json.JSONDecodeError as exc:
-        raise EmbeddingFileError(f"{path}: metadata field {METADATA_KEY!r} is not valid JSON ({exc})") from exc
-    version = meta.get("format_version")
-    if version != FORMAT_VERSION:
-        raise EmbeddingFileError(f"{path}: field 'format_version' is {version!r}, this pack reads version "
-                                 f"{FORMAT_VERSION}; update the node pack (newer file) or re-learn the motion (older file)")
+        return json.loads(raw_meta), tensors
+    except (ValueError, RecursionError) as exc:   # JSONDecodeError is a ValueError; deep nesting recurses
+        raise _bad(path, METADATA_KEY, f"is not valid JSON ({type(exc).__name__}: {str(exc):.120})") from exc
+
+
+def load_embedding(path: str) -> MotionEmbedding:
+    """Read and validate a file written by :func:`save_embedding`.
+
+    Every malformed field raises :class:`EmbeddingFileError` naming the file and the field;
+    tensors must be floating point, of the shapes the metadata gives, and finite.
+    """
+    raw_meta, tensors = _read(path)
+    meta = _check_metadata(path, raw_meta)
+    frames, tokens, layers = meta["frames"], meta.get("tokens_per_frame", 0), meta.get("layers", {})
     embedding = MotionEmbedding(metadata=meta)
-    frames = meta.get("frames")
-    if not isinstance(frames, int) or frames < 1:
-        raise EmbeddingFileError(f"{path}: field 'frames' is {frames!r}, expected a positive integer")
-    layers = meta.get("layers", {})
-    for key, tensor in tensors.items():
+    for key in sorted(tensors):
+        tensor = tensors[key]
         if key == "spatial_tokens":
-            _expect(path, key, tensor, (frames, meta.get("tokens_per_frame"), tensor.shape[-1]))
-            embedding.spatial_tokens = tensor
+            if tokens < 1 or tensor.ndim != 3:
+                raise _bad(path, key, f"has shape {tuple(tensor.shape)} with 'tokens_per_frame' {tokens}, "
+                                      f"expected ({frames}, tokens_per_frame >= 1, width)")
+            embedding.spatial_tokens = _tensor(path, key, tensor, (frames, tokens, tensor.shape[-1]))
         elif key == "temporal_tokens":
-            embedding.temporal_tokens = tensor
+            if "spatial_tokens" not in tensors or tensor.ndim != 2:
+                raise _bad(path, key, f"has shape {tuple(tensor.shape)}, expected ({tokens}, width) next to "
+                                      "'spatial_tokens'")
+            embedding.temporal_tokens = _tensor(path, key, tensor, (tokens, tensors["spatial_tokens"].shape[-1]))
         elif key.startswith(("temporal_qk.", "value_embedding.")):
             kind, name = key.split(".", 1)
             if name not in layers:
-                raise EmbeddingFileError(f"{path}: field {key!r} has no entry in metadata 'layers'")
+                raise _bad(path, key, "has no entry in metadata 'layers'")
             layer = layers[name]
             if kind == "temporal_qk":
-                _expect(path, key, tensor, (1, frames, layer["channels"]))
-                embedding.temporal_qk[name] = tensor
+                embedding.temporal_qk[name] = _tensor(path, key, tensor, (1, frames, layer["channels"]))
             else:
-                _expect(path, key, tensor, (layer["height"] * layer["width"], frames, layer["channels"]))
-                embedding.value_embedding[name] = tensor
+                if f"temporal_qk.{name}" not in tensors:
+                    raise _bad(path, key, f"has no 'temporal_qk.{name}' beside it")
+                shape = (layer["height"] * layer["width"], frames, layer["channels"])
+                embedding.value_embedding[name] = _tensor(path, key, tensor, shape)
         else:
             raise EmbeddingFileError(f"{path}: unexpected field {key!r}; the file was not written by this pack")
-    if embedding.temporal_tokens is not None and embedding.spatial_tokens is not None:
-        if embedding.temporal_tokens.shape[-1] != embedding.spatial_tokens.shape[-1]:
-            raise EmbeddingFileError(f"{path}: field 'temporal_tokens' width {embedding.temporal_tokens.shape[-1]} "
-                                     f"differs from 'spatial_tokens' width {embedding.spatial_tokens.shape[-1]}")
     if not embedding.tensors():
-        raise EmbeddingFileError(f"{path} holds no embedding tensors")
+        raise EmbeddingFileError(f"{path} holds no embedding tensors; load a file saved by Save Motion Embedding")
     return embedding

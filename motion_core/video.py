@@ -56,14 +56,29 @@ def _natural_key(name: str) -> list:
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name.lower())]
 
 
+MAX_SIZE = 16384      # output width / height: far beyond any video model's
+MAX_INDEX = 1 << 31   # frame numbers, counts and strides
+MAX_FRAMES = 4096     # frames read at once (the node offers up to 128)
+
+
+def _whole(name: str, value, low: int, high: int = MAX_INDEX) -> int:
+    """``value`` as an int in [low, high]; bools, floats (NaN, inf) and strings are refused by name."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or not low <= value <= high:
+        raise VideoReadError(f"{name}={value!r:.60} is not usable: it must be a whole number from {low} to {high}. "
+                             f"Set {name} to such a number.")
+    return int(value)
+
+
 def _check_size(name: str, value: int) -> None:
-    if not isinstance(value, (int, np.integer)) or value <= 0 or value % 64:
+    if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0
+            or value % 64 or value > MAX_SIZE):
         try:
-            nearest = max(64, int(round(float(value) / 64.0)) * 64)
+            nearest = min(MAX_SIZE, max(64, int(round(float(value) / 64.0)) * 64))
         except (TypeError, ValueError, OverflowError):
             nearest = 64
         raise VideoReadError(
-            f"{name}={value!r} is not usable: the output {name} must be a positive multiple of 64. "
+            f"{name}={value!r:.60} is not usable: the output {name} must be a positive multiple of 64 "
+            f"up to {MAX_SIZE}. "
             f"Use {name}={nearest} (the nearest multiple of 64)."
         )
 
@@ -83,10 +98,13 @@ def select_frame_indices(
     [start, end], both ends included; ``stride > 0`` takes every stride-th frame from
     ``start``. Raises VideoReadError (saying both counts) when too few frames are available.
     """
-    if frames < 1:
+    if isinstance(frames, (int, np.integer)) and not isinstance(frames, bool) and frames < 1:
         raise VideoReadError(f"frames={frames} is not usable: at least 1 frame must be asked for. Set frames >= 1.")
-    if stride < 0:
+    if isinstance(stride, (int, np.integer)) and not isinstance(stride, bool) and stride < 0:
         raise VideoReadError(f"stride={stride} is not usable: it must be 0 (spread evenly) or a positive step.")
+    frames, stride = _whole("frames", frames, 1, MAX_FRAMES), _whole("stride", stride, 0)
+    start, end = _whole("start", start, -MAX_INDEX), _whole("end", end, -MAX_INDEX)
+    total = _whole("the frame count", total, -MAX_INDEX)
     if total <= 0:
         raise VideoReadError(f"{source} has no frames, {frames} were asked for: check the file is a valid video.")
     start = max(0, int(start))

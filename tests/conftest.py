@@ -1,15 +1,38 @@
+import os
+
 import pytest
 import torch
 
-from host_support import comfy_path, start_comfy
+from host_support import comfy_path, host_required, start_comfy, tree_state
+
+
+def need_host(reason: str):
+    """Skip for want of the host, or fail where the host is required (MI_REQUIRE_HOST=1, CI's second pass)."""
+    if host_required():
+        pytest.fail(f"MI_REQUIRE_HOST=1 but {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def comfy_nodes():
     """ComfyUI's ``nodes`` module with this pack loaded; skips cleanly without COMFYUI_PATH."""
     if comfy_path() is None:
-        pytest.skip("needs a real ComfyUI: set COMFYUI_PATH to a ComfyUI checkout (see README, 'Tests')")
+        need_host("needs a real ComfyUI: set COMFYUI_PATH to a ComfyUI checkout (see README, 'Development')")
     return start_comfy()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def comfy_tree_untouched():
+    """Tests never write into the ComfyUI tree (CI's copy is read-only): its files are the same at the end."""
+    root = comfy_path()
+    if root is None:
+        yield
+        return
+    before = tree_state(root)
+    yield
+    after = tree_state(root)
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    assert not changed, f"the tests wrote into the ComfyUI tree {root}: {[path for path, _ in changed][:10]}"
 
 
 @pytest.fixture(scope="module")

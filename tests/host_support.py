@@ -35,7 +35,23 @@ _state = {}
 
 def comfy_path() -> str | None:
     path = os.environ.get("COMFYUI_PATH")
-    return path if path and os.path.isdir(os.path.join(path, "comfy")) else None
+    return os.path.abspath(path) if path and os.path.isdir(os.path.join(path, "comfy")) else None
+
+
+def host_required() -> bool:
+    """``MI_REQUIRE_HOST=1`` (CI's pass against ComfyUI): tests that need the host fail instead of skipping."""
+    return os.environ.get("MI_REQUIRE_HOST") == "1"
+
+
+def tree_state(root: str) -> dict[str, tuple[int, int]]:
+    """``relative path -> (size, mtime_ns)`` of every entry under ``root`` (to prove nothing was written there)."""
+    state = {}
+    for folder, dirs, files in os.walk(root):
+        for name in dirs + files:
+            path = os.path.join(folder, name)
+            info = os.lstat(path)
+            state[os.path.relpath(path, root)] = (info.st_size if name in files else 0, info.st_mtime_ns)
+    return state
 
 
 def start_comfy():
@@ -57,8 +73,9 @@ def start_comfy():
     finally:
         sys.argv = argv
     work = tempfile.mkdtemp(prefix="mi_host_")
-    for kind in ("input", "output", "temp"):
+    for kind in ("input", "output", "temp", "user"):
         os.makedirs(os.path.join(work, kind), exist_ok=True)
+    folder_paths.set_user_directory(os.path.join(work, "user"))
     folder_paths.set_input_directory(os.path.join(work, "input"))
     folder_paths.set_output_directory(os.path.join(work, "output"))
     folder_paths.set_temp_directory(os.path.join(work, "temp"))

@@ -1,5 +1,8 @@
 """motion_core without any host: container, init, resampling, objective, loop, debias, attention."""
+import ast
+import glob
 import math
+import os
 import subprocess
 import sys
 
@@ -25,6 +28,26 @@ def test_motion_core_never_imports_comfyui():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'comfy_api', 'folder_paths', 'server', 'nodes')]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def _comfy_api_imports(path):
+    """Every ``comfy_api...`` module a source file imports (``from comfy_api import latest`` included)."""
+    found = []
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read(), path)):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names if alias.name.startswith("comfy_api")]
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("comfy_api"):
+            found += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+    return found
+
+
+def test_nodes_use_the_versioned_node_api_not_latest():
+    """comfy_api.latest is ComfyUI's unstable API; the nodes build on the versioned v0_0_2 (issue 39)."""
+    files = sorted(glob.glob(os.path.join(REPO, "nodes", "**", "*.py"), recursive=True)) + [os.path.join(REPO, "__init__.py")]
+    imports = {os.path.relpath(f, REPO): _comfy_api_imports(f) for f in files}
+    latest = {f: [m for m in found if m.split(".")[:2] == ["comfy_api", "latest"]] for f, found in imports.items()}
+    assert not any(latest.values()), {f: m for f, m in latest.items() if m}
+    assert sum("comfy_api.v0_0_2" in found for found in imports.values()) >= 5, imports
 
 
 def test_init_from_image_embeds_follows_the_paper():

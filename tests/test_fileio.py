@@ -81,3 +81,16 @@ def test_wrong_shape_names_the_field(tmp_path):
     tensors["spatial_tokens"] = torch.zeros(7, 3, 16)
     with pytest.raises(EmbeddingFileError, match="'spatial_tokens'"):
         load_embedding(_rewrite(tmp_path, "frames.safetensors", tensors=tensors))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002, 0o077])
+def test_saved_files_get_the_process_umask_like_comfyuis_outputs(tmp_path, umask):
+    """Not mkstemp's 0600: a shared or containerised ComfyUI must be able to read what was saved."""
+    old = os.umask(umask)
+    try:
+        path = save_numbered(_embedding(), str(tmp_path), "shared")
+        reference = tmp_path / "reference"
+        reference.write_bytes(b"")        # what open() gives any other output under this umask
+    finally:
+        os.umask(old)
+    assert oct(os.stat(path).st_mode & 0o777) == oct(os.stat(reference).st_mode & 0o777) == oct(0o666 & ~umask)

@@ -1,19 +1,22 @@
 // Motion Inversion frontend extension: a live loss curve on "Learn Motion Embedding"
 // (server event "motion_inversion.loss") and a one-line summary on every node of the
 // pack that reports one (ui text sent by the node after it ran).
+// The curve is a widget of its own, so the node's layout gives it a slot of its own: the
+// summary added after the run goes below it instead of being drawn over it.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 
 const PREFIX = "MotionInversion_";
 const LEARN = PREFIX + "LearnMotionEmbedding";
+const CURVE_WIDGET = "loss_curve";
 const CURVE_HEIGHT = 90;
 
-function drawCurve(ctx, node, losses, total) {
-  const width = node.size[0] - 20;
-  const top = node.size[1] - CURVE_HEIGHT - 6;
+function drawCurve(ctx, node, top, width) {
+  const losses = node.__miLosses || [], total = node.__miTotal || losses.length;
+  const left = 15, inner = width - 30;
   ctx.save();
   ctx.fillStyle = "#181818";
-  ctx.fillRect(10, top, width, CURVE_HEIGHT);
+  ctx.fillRect(left, top, inner, CURVE_HEIGHT);
   const values = losses.filter((v) => Number.isFinite(v) && v > 0).map((v) => Math.log10(v));
   if (values.length > 1) {
     const low = Math.min(...values), high = Math.max(...values), span = Math.max(high - low, 1e-6);
@@ -21,8 +24,8 @@ function drawCurve(ctx, node, losses, total) {
     ctx.lineWidth = 1.5;
     ctx.beginPath();
     values.forEach((v, i) => {
-      const x = 10 + (i / Math.max(total - 1, values.length - 1, 1)) * width;
-      const y = top + 4 + ((high - v) / span) * (CURVE_HEIGHT - 8);
+      const x = left + (i / Math.max(total - 1, values.length - 1, 1)) * inner;
+      const y = top + 18 + ((high - v) / span) * (CURVE_HEIGHT - 22);
       i ? ctx.lineTo(x, y) : ctx.moveTo(x, y);
     });
     ctx.stroke();
@@ -30,8 +33,27 @@ function drawCurve(ctx, node, losses, total) {
   ctx.fillStyle = "#ddd";
   ctx.font = "11px sans-serif";
   const last = losses.length ? losses[losses.length - 1].toPrecision(4) : "-";
-  ctx.fillText(`step ${losses.length ? node.__miSteps : 0}/${total}  loss ${last}`, 14, top + 12);
+  ctx.fillText(`step ${losses.length ? node.__miSteps : 0}/${total}  loss ${last}`, left + 4, top + 12);
   ctx.restore();
+}
+
+function fitHeight(node) {
+  const wanted = node.computeSize()[1];
+  if (node.size[1] < wanted) node.setSize([node.size[0], wanted]);
+}
+
+function curveWidget(node) {
+  let widget = node.widgets?.find((w) => w.name === CURVE_WIDGET);
+  if (!widget) {
+    widget = node.addCustomWidget({
+      name: CURVE_WIDGET, type: "motion_inversion_curve", value: null, serialize: false,
+      options: { serialize: false },
+      draw(ctx, drawnNode, width, y) { drawCurve(ctx, drawnNode, y + 4, width); },
+      computeSize(width) { return [width, CURVE_HEIGHT + 8]; },
+    });
+    fitHeight(node);
+  }
+  return widget;
 }
 
 app.registerExtension({
@@ -44,7 +66,7 @@ app.registerExtension({
       node.__miLosses.push(detail.loss);
       node.__miSteps = detail.step;
       node.__miTotal = detail.total;
-      if (node.size[1] < 200) node.setSize([node.size[0], node.size[1] + CURVE_HEIGHT + 10]);
+      curveWidget(node);
       node.setDirtyCanvas(true, false);
     });
   },
@@ -55,20 +77,16 @@ app.registerExtension({
       onExecuted?.apply(this, arguments);
       const text = message?.text?.join("\n");
       if (!text) return;
+      if (nodeData.name === LEARN && this.__miLosses?.length) curveWidget(this);   // the curve keeps its slot above
       let widget = this.widgets?.find((w) => w.name === "summary");
       if (!widget) {
         widget = this.addWidget("text", "summary", "", () => {}, { serialize: false });
+        widget.serialize = false;        // neither in the prompt nor in the saved workflow's widgets_values
         if (widget.inputEl) widget.inputEl.readOnly = true;
       }
       widget.value = text;
+      fitHeight(this);
       this.setDirtyCanvas(true, true);
     };
-    if (nodeData.name === LEARN) {
-      const onDrawForeground = nodeType.prototype.onDrawForeground;
-      nodeType.prototype.onDrawForeground = function (ctx) {
-        onDrawForeground?.apply(this, arguments);
-        if (this.__miLosses?.length && !this.flags?.collapsed) drawCurve(ctx, this, this.__miLosses, this.__miTotal);
-      };
-    }
   },
 });

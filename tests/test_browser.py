@@ -1,0 +1,184 @@
+"""The shipped workflows in ComfyUI's real frontend, in Debian's headless Chromium.
+
+Starts ``main.py`` of the ComfyUI at ``COMFYUI_PATH`` on 127.0.0.1 with this pack as its only
+custom node pack and every folder it writes (input, output, temp, user, models, custom_nodes)
+in a temporary directory (``--base-directory``), then drives the page with
+``tests/browser/run_workflows.mjs`` (playwright-core from ``tests/browser/node_modules``,
+pointed at ``/usr/bin/chromium``; it never downloads a browser). Screenshots go to the
+test's temporary folder and their paths are printed.
+
+Queued from the page, ``toy_reenact.json`` runs with its Learn steps lowered to
+``MI_BROWSER_LEARN_STEPS`` (default 24; the workflow's 150 take many minutes on 2 cores) and
+its sampler steps to 3: enough to see the live curve grow, the summaries and the video.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from host_support import PACK_DIR_NAME, REPO_ROOT, comfy_path
+from workflow_support import FRONTEND_ONLY, WORKFLOW_DIR, workflow_names
+
+BROWSER_DIR = os.path.join(REPO_ROOT, "tests", "browser")
+CHROMIUM = os.environ.get("MI_CHROMIUM", "/usr/bin/chromium")
+LEARN_STEPS = int(os.environ.get("MI_BROWSER_LEARN_STEPS", "24"))
+SAMPLER_STEPS = 3
+TOY = "toy_reenact.json"
+
+
+def _missing_tools() -> str | None:
+    if comfy_path() is None:
+        return "needs a real ComfyUI: set COMFYUI_PATH to a ComfyUI checkout (see README, 'Development')"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium, or set MI_CHROMIUM)"
+    if shutil.which("node") is None:
+        return "needs Node.js (apt-get install nodejs npm)"
+    if not os.path.isdir(os.path.join(BROWSER_DIR, "node_modules", "playwright-core")):
+        return "needs playwright-core: npm ci --prefix tests/browser"
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get(url: str, timeout: float = 10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A ComfyUI server with this pack, on 127.0.0.1; yields ``(url, base directory)``."""
+    from conftest import need_host
+
+    missing = _missing_tools()
+    if missing:
+        need_host(missing)
+    base = tmp_path_factory.mktemp("comfy_server")
+    for name in ("custom_nodes", "input", "output", "temp", "user", "models"):
+        (base / name).mkdir()
+    os.symlink(REPO_ROOT, base / "custom_nodes" / PACK_DIR_NAME)
+    (base / "user" / "default").mkdir()    # screenshots with every node's text, even zoomed out; no tutorial
+    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
+        {"LiteGraph.Canvas.MinFontSizeForLOD": 1, "Comfy.TutorialCompleted": True}))
+    port = _free_port()
+    log_path = base / "server.log"
+    command = [sys.executable, os.path.join(comfy_path(), "main.py"), "--cpu", "--listen", "127.0.0.1",
+               "--port", str(port), "--base-directory", str(base), "--output-directory", str(base / "output"),
+               "--input-directory", str(base / "input"), "--user-directory", str(base / "user"),
+               "--temp-directory", str(base / "temp"), "--database-url", "sqlite:///:memory:",
+               "--disable-auto-launch", "--disable-api-nodes"]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="2")
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=str(base), stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                _get(url + "/api/system_stats", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI did not start (exit {process.poll()}); its log:\n{log_path.read_text()[-4000:]}")
+                time.sleep(1)
+        yield url, base
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_pack_loaded_and_its_workflows_are_templates(server):
+    url, base = server
+    log = (base / "server.log").read_text()
+    assert "IMPORT FAILED" not in log or PACK_DIR_NAME not in log.split("IMPORT FAILED", 1)[1][:300], log[-3000:]
+    templates = _get(url + "/api/workflow_templates")
+    assert sorted(templates.get(PACK_DIR_NAME, [])) == sorted(n[:-5] for n in workflow_names()), templates
+    for name in workflow_names():     # the template browser fetches them from here
+        served = _get(f"{url}/api/workflow_templates/{PACK_DIR_NAME}/{name}")
+        with open(os.path.join(WORKFLOW_DIR, name), encoding="utf-8") as fh:
+            assert served == json.load(fh), name
+    object_info = _get(url + "/api/object_info", timeout=60)
+    for name in workflow_names():
+        with open(os.path.join(WORKFLOW_DIR, name), encoding="utf-8") as fh:
+            types = {n["type"] for n in json.load(fh)["nodes"]} - FRONTEND_ONLY
+        assert types <= set(object_info), (name, sorted(types - set(object_info)))
+
+
+def test_workflows_load_and_toy_runs_in_the_frontend(server, tmp_path, capsys):
+    url, base = server
+    shots = tmp_path / "screenshots"
+    shots.mkdir()
+    config = {"url": url, "chromium": CHROMIUM, "out": str(shots), "profile": str(tmp_path / "chromium-profile"),
+              "result": str(tmp_path / "result.json"),
+              "workflows": [{"name": n, "path": os.path.join(WORKFLOW_DIR, n)} for n in workflow_names()],
+              "run": {"name": TOY, "learnSteps": LEARN_STEPS, "samplerSteps": SAMPLER_STEPS, "timeoutS": 720}}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    started = time.monotonic()
+    done = subprocess.run(["node", os.path.join(BROWSER_DIR, "run_workflows.mjs"), str(tmp_path / "config.json")],
+                          cwd=BROWSER_DIR, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0 and os.path.exists(config["result"]), done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "result.json").read_text())
+    seconds = time.monotonic() - started
+    with capsys.disabled():      # shown whatever pytest's capture setting, as the paths are the point
+        for path in sorted(str(p) for p in shots.glob("*.png")):
+            print(f"\nscreenshot: {path}", end="")
+        print(f"\nbrowser run: {seconds:.0f} s; the toy workflow, queued from the page, ran "
+              f"{(result.get('run') or {}).get('seconds')} s")
+    assert "failure" not in result, result["failure"]
+    assert result["extensionLoaded"], "the pack's web extension (web/motion_inversion.js) was not served"
+    assert result["packErrors"] == [], result["packErrors"]
+    assert result["blocked"] == [] or all("127.0.0.1" not in b for b in result["blocked"])
+
+    for name in workflow_names():
+        with open(os.path.join(WORKFLOW_DIR, name), encoding="utf-8") as fh:
+            listed = sorted((n["id"], n["type"]) for n in json.load(fh)["nodes"])
+        loaded = result["workflows"][name]
+        assert sorted((n["id"], n["type"]) for n in loaded["nodes"]) == listed, name
+        unregistered = [n["type"] for n in loaded["nodes"] if not n["registered"]]
+        assert unregistered == [], f"{name}: missing node types {unregistered}"
+        red = [n for n in loaded["nodes"] if n["hasErrors"] or n["color"] == "#FF0000" or n["bgcolor"] == "#FF0000"]
+        assert red == [], f"{name}: nodes drawn with errors {red}"
+        assert not any("missing node" in d.lower() for d in loaded["dialogs"]), loaded["dialogs"]
+        if name != TOY:     # the SVD workflows offer the checkpoint's download; the toy needs none
+            assert any("svd.safetensors" in d for d in loaded["dialogs"]), loaded["dialogs"]
+        assert os.path.getsize(loaded["screenshot"]) > 10_000
+
+    run = result["run"]
+    assert run["finished"], f"the toy workflow did not finish in time: {run}"
+    assert run["lossesSeen"] > 1 and run["curveSeen"] > 50, f"no live loss curve on the Learn node while it ran: {run}"
+    assert run["losses"] == LEARN_STEPS and run["curveAfter"] > 50
+    assert "MotionEmbedding[" in run["learnSummary"] and f"{LEARN_STEPS} steps" in run["learnSummary"], run["learnSummary"]
+    assert run["scoreSummary"].startswith("Motion Fidelity Score: "), run["scoreSummary"]
+    _no_overlap(run["learnWidgets"], run["learnSize"])
+    (entry,) = run["history"].values()
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    videos = [image for output in entry["outputs"].values() for image in output.get("images", [])
+              if image["filename"].endswith(".webp")]
+    assert videos, entry["outputs"]
+    for video in videos:
+        path = base / "output" / video["subfolder"] / video["filename"]
+        assert path.stat().st_size > 1000, path
+
+
+def _no_overlap(widgets, size):
+    """The Learn node's widgets after the run: the curve and the summary each in a slot of its own."""
+    names = [w["name"] for w in widgets]
+    assert "loss_curve" in names and "summary" in names, names
+    boxes = sorted((w["y"], w["y"] + w["height"], w["name"]) for w in widgets)
+    for (top, bottom, name), (next_top, _next_bottom, next_name) in zip(boxes, boxes[1:]):
+        assert bottom <= next_top + 1, f"{name} ({top}..{bottom}) overlaps {next_name} (from {next_top}): {boxes}"
+    assert boxes[-1][1] <= size[1] + 1, f"{boxes[-1][2]} ends at {boxes[-1][1]}, below the node's bottom {size[1]}"
