@@ -179,16 +179,21 @@ def _tiny_text_embedding(frames=2, width=8):
                            metadata=base_metadata(frames, 8, 8, 1)).trainable_copy("cpu")
 
 
-def test_a_non_finite_step_is_skipped_and_counted_not_fatal():
-    embedding = _tiny_text_embedding()
+def _spoiling_denoiser(embedding, spoil):
+    """A denoiser of the tokens' sum whose output ``spoil(call)`` multiplies (nan, inf or 1);
+    ``seen[call]`` is the tokens' value when call ``call`` (1-based) started."""
     calls, seen = {"n": 0}, {}
 
     def denoiser(noisy, sigma, first):
         calls["n"] += 1
         seen[calls["n"]] = embedding.spatial_tokens.detach().clone()
-        out = noisy * 0 + embedding.spatial_tokens.sum()
-        return out * float("nan") if calls["n"] == 4 else out
+        return (noisy * 0 + embedding.spatial_tokens.sum()) * spoil(calls["n"])
+    return denoiser, seen
 
+
+def test_a_non_finite_step_is_skipped_and_counted_not_fatal():
+    embedding = _tiny_text_embedding()
+    denoiser, seen = _spoiling_denoiser(embedding, lambda call: float("nan") if call == 4 else 1.0)
     result = train_motion_embedding(denoiser, torch.zeros(2, 1, 2, 2), embedding,
                                     TrainSettings(steps=10, augment=AugmentSettings(enabled=False)))
     assert result.completed and result.steps_done == 10 and result.skipped_steps == 1
@@ -199,14 +204,7 @@ def test_a_non_finite_step_is_skipped_and_counted_not_fatal():
 
 def test_non_finite_steps_in_a_row_stop_with_the_last_good_embedding():
     embedding = _tiny_text_embedding()
-    calls, seen = {"n": 0}, {}
-
-    def denoiser(noisy, sigma, first):
-        calls["n"] += 1
-        seen[calls["n"]] = embedding.spatial_tokens.detach().clone()
-        out = noisy * 0 + embedding.spatial_tokens.sum()
-        return out * float("inf") if calls["n"] >= 4 else out
-
+    denoiser, seen = _spoiling_denoiser(embedding, lambda call: float("inf") if call >= 4 else 1.0)
     result = train_motion_embedding(denoiser, torch.zeros(2, 1, 2, 2), embedding,
                                     TrainSettings(steps=50, max_bad_steps=3, augment=AugmentSettings(enabled=False)))
     assert not result.completed and "3 non-finite steps in a row" in result.stopped_reason
