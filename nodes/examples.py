@@ -1,7 +1,8 @@
 """The pack's example inputs, offered in ComfyUI's input folder.
 
 The shipped SVD workflows name an example reference clip and example target images
-(``examples/``, drawn by ``scripts/make_examples.py``). ComfyUI's Load Image lists only the
+(``example_inputs/``, drawn by ``scripts/make_examples.py``; not ``examples/``, a name ComfyUI
+serves workflow templates from, which would hide ``workflows/``). ComfyUI's Load Image lists only the
 input folder, so when ComfyUI loads the pack each example that the input folder lacks is
 copied there. A file of that name already there (the user's, or an earlier copy) is never
 replaced; a missing input folder is created; one that cannot be written is logged and
@@ -17,7 +18,7 @@ import folder_paths
 
 log = logging.getLogger(__name__)
 
-EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples")
+EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "example_inputs")
 
 
 def example_names(source_dir: str = EXAMPLES_DIR) -> list[str]:

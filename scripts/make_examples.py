@@ -1,11 +1,11 @@
 """Draws the pack's example inputs and its icon, procedurally (made by the project, MIT like the rest).
 
-    python scripts/make_examples.py            # rewrites examples/* and icon.png
+    python scripts/make_examples.py            # rewrites example_inputs/* and icon.png
 
-- ``examples/motion_inversion_example_reference.webm``: 14 frames, 1024 x 576, 6 fps, VP9:
+- ``example_inputs/motion_inversion_example_reference.webm``: 14 frames, 1024 x 576, 6 fps, VP9:
   a camera trucking right past a landscape (sky, sun, three ranges of hills and a row of
   trees; nearer layers slide faster, so the motion is a clear pan with parallax).
-- ``examples/motion_inversion_example_target_{1,2,3}.png``: 1024 x 576 still scenes unlike
+- ``example_inputs/motion_inversion_example_target_{1,2,3}.png``: 1024 x 576 still scenes unlike
   the reference (a harbour with a lighthouse, a city at dusk, a snowy forest): the images
   the SVD workflows animate.
 - ``icon.png``: 256 x 256, the Comfy Registry icon (a ball leaving a trail along a curve).
@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-EXAMPLES_DIR = os.path.join(REPO_ROOT, "examples")
+EXAMPLES_DIR = os.path.join(REPO_ROOT, "example_inputs")
 ICON_PATH = os.path.join(REPO_ROOT, "icon.png")
 REFERENCE_NAME = "motion_inversion_example_reference.webm"
 TARGET_NAMES = [f"motion_inversion_example_target_{k}.png" for k in (1, 2, 3)]

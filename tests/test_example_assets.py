@@ -1,4 +1,4 @@
-"""The example inputs in ``examples/`` and the icon are what ``scripts/make_examples.py`` draws."""
+"""The example inputs in ``example_inputs/`` and the icon are what ``scripts/make_examples.py`` draws."""
 import os
 
 import cv2

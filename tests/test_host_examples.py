@@ -1,4 +1,4 @@
-"""The example inputs (``examples/``) inside a real ComfyUI: copied into the input folder when
+"""The example inputs (``example_inputs/``) inside a real ComfyUI: copied into the input folder when
 the pack loads, offered by Load Reference Video and Load Image, readable, and named by the
 shipped SVD workflows; the copy never replaces a user's file."""
 import filecmp

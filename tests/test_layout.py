@@ -88,3 +88,12 @@ def test_no_file_over_600_lines_outside_docs_and_weights():
         if count > MAX_LINES:
             long[path] = count
     assert not long, long
+
+
+def test_only_workflows_uses_one_of_comfyuis_template_folder_names():
+    """ComfyUI 0.3.64 serves a pack's templates from the first existing folder of these names
+    (app/custom_node_manager.py); a second one (an ``examples/`` of input files, say) would take
+    the URL of ``workflows/`` and the template browser could not open our workflows."""
+    template_folders = ["example_workflows", "example", "examples", "workflow", "workflows"]
+    present = [name for name in template_folders if os.path.isdir(os.path.join(ROOT, name))]
+    assert present == ["workflows"], present
