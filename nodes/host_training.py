@@ -8,6 +8,7 @@ which is exactly a denoiser ``D(x; sigma)``.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Callable, Optional
 
@@ -41,7 +42,7 @@ class _TrainingSampler(comfy.samplers.Sampler):
                disable_pbar=False):
         clean = latent_image.float()   # the guider already applied process_latent_in
         sigma_data = float(model_wrap.inner_model.model_sampling.sigma_data)
-        settings = TrainSettings(**{**self.settings.__dict__, "sigma_data": sigma_data})
+        settings = dataclasses.replace(self.settings, sigma_data=sigma_data)
 
         def denoiser(noisy, sigma, first_frame):
             self.frame.latent = self.process_latent_out(first_frame.detach())
@@ -86,7 +87,7 @@ def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], refer
     embedding) on Cancel.
     """
     if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
-        settings = TrainSettings(**{**settings.__dict__, "loss_scale": FLOAT16_LOSS_SCALE})
+        settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)
     with torch.inference_mode(False), torch.enable_grad():
         embedding = initial.trainable_copy(model.load_device)
         positive = make_positive(embedding)
