@@ -63,16 +63,21 @@ def start_comfy():
         sys.path.insert(0, root)
     argv = sys.argv
     sys.argv = [argv[0], "--cpu"]
+    work = tempfile.mkdtemp(prefix="mi_host_")
     try:
         import comfy.options
         comfy.options.enable_args_parsing()
-        import comfy.cli_args  # noqa: F401  (parses --cpu now)
+        import comfy.cli_args  # (parses --cpu now, unless a caller parsed its own flags first)
+        # Importing folder_paths creates <base>/input when it can: base it in the temporary
+        # directory, never in the ComfyUI tree (CI's copy of the tree is writable).
+        if "folder_paths" in sys.modules:
+            raise RuntimeError("start_comfy must import ComfyUI's folder_paths itself (it was imported earlier)")
+        comfy.cli_args.args.base_directory = work
         import utils.install_util  # noqa: F401  (ComfyUI's top-level utils package, before anything shadows it)
         import folder_paths
         import nodes
     finally:
         sys.argv = argv
-    work = tempfile.mkdtemp(prefix="mi_host_")
     for kind in ("input", "output", "temp", "user"):
         os.makedirs(os.path.join(work, kind), exist_ok=True)
     folder_paths.set_user_directory(os.path.join(work, "user"))
