@@ -8,7 +8,6 @@ target free to differ in appearance.
 from __future__ import annotations
 
 import logging
-import math
 
 import torch
 
@@ -18,17 +17,13 @@ import comfy.samplers
 import comfy.utils
 from comfy_api.v0_0_2 import io
 
+from ..motion_core.inversion import blend_noise, euler_inversion_step, inversion_sigmas
 from ..motion_core.resample import resample_frames
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
 from .conditioning import reference_conditioning
 from .model_hooks import context_width, require_svd, with_motion
 
 log = logging.getLogger(__name__)
-
-
-def inversion_sigmas(sigma_target: float, steps: int, sigma_start: float = 0.05) -> torch.Tensor:
-    """Ascending noise levels ``(steps + 1)`` from ``sigma_start`` to ``sigma_target``, log-spaced."""
-    return torch.logspace(math.log10(sigma_start), math.log10(sigma_target), steps + 1)
 
 
 class _InversionSampler(comfy.samplers.Sampler):
@@ -47,7 +42,7 @@ class _InversionSampler(comfy.samplers.Sampler):
             sigma, next_sigma = float(sigmas[i]), float(sigmas[i + 1])
             denoised = model_wrap(x.to(latent_image.dtype), torch.full((frames,), sigma, device=x.device),
                                   **extra_args).float()
-            x = x + (x - denoised) / sigma * (next_sigma - sigma)
+            x = euler_inversion_step(x, denoised, sigma, next_sigma)
             progress.update(1)
         self.noise = (x / float(sigmas[-1])).cpu()    # unit-variance noise that the sampler scales by sigma
         return torch.zeros_like(latent_image)
@@ -68,7 +63,7 @@ class BlendedNoise:
         if inverted.shape[-2:] != latent.shape[-2:]:
             inverted = comfy.utils.common_upscale(inverted, latent.shape[-1], latent.shape[-2], "bilinear", "center")
             inverted = inverted / inverted.std().clamp_min(1e-6)
-        return (math.sqrt(self.prior) * inverted.to(fresh) + math.sqrt(1.0 - self.prior) * fresh)
+        return blend_noise(inverted, fresh, self.prior)
 
 
 @torch.no_grad()                   # an inversion, not training: no autograd graph kept over its steps
