@@ -418,3 +418,30 @@ def test_centring_moves_the_mean_image_embedding_onto_the_tokens_centre_and_reco
     assert after.metadata["image_embedding_shift"] == pytest.approx(float((old_mean - centre).norm()), rel=1e-4)
     assert "--centre-image-embeddings 1" in record["reproduce"]
     assert before.metadata["image_embedding_shift"] == 0.0                     # the default leaves it alone
+
+
+def test_image_conditioning_trains_without_motion_tokens_and_records_it(tmp_path, one_thread):
+    settings = ToyTrainSettings(**{**TINY, "conditioning": "image"})
+    record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
+    assert "--conditioning image" in record["reproduce"]
+    world = toyworld.load_world(str(tmp_path / "toy.safetensors"))
+    assert world.motion_tokens.shape == (0, 1, toyworld.TOKEN_WIDTH)        # no token was trained: none shipped
+    assert world.metadata["settings"]["conditioning"] == "image"
+    with pytest.raises(ValueError, match="conditioning must be 'class_token'.*or 'image'"):
+        train_toy(ToyTrainSettings(**{**TINY, "conditioning": "text"}), str(tmp_path / "x.safetensors"),
+                  str(tmp_path / "x.json"))
+
+
+def test_the_motion_bucket_reaches_the_unet(one_thread):
+    unet, _vae, _encoder = toyworld.build_models(0)
+    latents = torch.randn(2, toyworld.FRAMES, 4, toyworld.LATENT_SIZE, toyworld.LATENT_SIZE)
+    context = torch.randn(2, 1, toyworld.TOKEN_WIDTH)
+    sigma = torch.tensor([2.0, 2.0])
+    with torch.no_grad():
+        default = batched_denoise(unet, latents, sigma, latents[:, 0], context)
+        moving = batched_denoise(unet, latents, sigma, latents[:, 0], context,
+                                 torch.full((2,), float(toyworld.COND_MOTION_BUCKET)))
+        still = batched_denoise(unet, latents, sigma, latents[:, 0], context,
+                                torch.tensor([float(toyworld.STILL_MOTION_BUCKET), 127.0]))
+    assert torch.equal(default, moving)                         # the default bucket is SVD's 127
+    assert not torch.allclose(still[0], moving[0]) and torch.allclose(still[1], moving[1])

@@ -187,3 +187,29 @@ def test_target_images_and_variants():
         assert set(v.shapes) <= set(tc.PALETTES["heldout"]["shapes"])
     assert not torch.equal(tc.render_clip(variants[0]), x)
     assert tc.first_frame_variants(spec, 3, seed=5) == variants
+
+
+def test_scene_weights_favour_kinds_by_object_count_but_keep_every_class():
+    for objects, favoured in ((1, "rotate_cw"), (2, "bounce"), (3, "pan_W")):
+        weights = tc.scene_motion_weights(objects)
+        assert weights.shape == (len(tc.MOTION_CLASSES),) and abs(weights.sum() - 1) < 1e-9
+        assert (weights > 0).all()                                          # a spread: every class possible
+        assert weights[tc.class_index(favoured)] == weights.max()
+        assert weights[tc.class_index("static")] < weights[tc.class_index("translate_E_1")]   # still: the rarest
+    assert tc.scene_motion_weights(1)[tc.class_index("zoom_in")] > tc.scene_motion_weights(3)[tc.class_index("zoom_in")]
+    with pytest.raises(ValueError, match="1..3 objects"):
+        tc.scene_motion_weights(4)
+
+
+def test_scene_draws_follow_the_object_count():
+    rng = np.random.default_rng(0)
+    draws = [tc.draw_scene_motion(rng) for _ in range(3000)]
+    kinds = {objects: [tc.motion_spec(motion).kind for n, motion in draws if n == objects] for objects in (1, 2, 3)}
+    share = lambda objects, kind: kinds[objects].count(kind) / len(kinds[objects])  # noqa: E731
+    assert share(1, "rotate") > 2 * share(3, "rotate") and share(3, "pan") > 2 * share(1, "pan")
+    assert share(2, "bounce") > 2 * share(1, "bounce")
+    assert len({motion for _, motion in draws}) == len(tc.MOTION_CLASSES)   # every class is drawn
+    clips = list(tc.make_scene_dataset(3, seed=4))
+    again = list(tc.make_scene_dataset(3, seed=4))
+    assert [label for _, label in clips] == [label for _, label in again]
+    assert all(torch.equal(a, b) for (a, _), (b, _) in zip(clips, again))

@@ -454,6 +454,43 @@ def make_dataset(n: int, seed: int, frames: int = 8, size: int = 64, palette: st
         yield render_clip(sample_clip_spec(rng, motion, frames, size, None, palette)), class_index(motion)
 
 
+# The SVD-like toy model's training clips: the scene makes some motions likelier, never certain.
+# Per object count, the kinds drawn more often than the others (weight 1): a lone object
+# tends to spin, zoom or circle, a pair to bounce or circle, a crowd to travel or be panned
+# past; ``static`` is drawn half as often. The count is visible in the first frame, so a
+# model sees a scene-dependent distribution with a spread over every class.
+SCENE_KIND_WEIGHTS = {1: {"rotate": 3.0, "zoom": 3.0, "circle": 2.0, "static": 0.5},
+                      2: {"bounce": 3.0, "circle": 2.0, "static": 0.5},
+                      3: {"translate": 2.0, "pan": 3.0, "static": 0.5}}
+
+
+def scene_motion_weights(objects: int) -> np.ndarray:
+    """Probabilities ``(classes)`` of each motion class for a scene of ``objects`` objects (1..3)."""
+    if objects not in SCENE_KIND_WEIGHTS:
+        raise ValueError(f"objects={objects}: a toy clip has 1..3 objects")
+    kinds = SCENE_KIND_WEIGHTS[objects]
+    weights = np.array([kinds.get(motion_spec(name).kind, 1.0) for name in MOTION_CLASSES])
+    return weights / weights.sum()
+
+
+def make_scene_dataset(n: int, seed: int, frames: int = 8, size: int = 64,
+                       palette: str = "train") -> Iterator[tuple[torch.Tensor, int]]:
+    """Yield ``n`` training pairs ``((f h w c) frames, class_index)`` whose motion the scene makes
+    likelier but does not fix: the object count is drawn first (1..3, uniform), then the motion
+    from ``scene_motion_weights`` of that count, then the rest of the scene (``sample_clip_spec``,
+    which also places and sizes objects for the motion, as real scenes hint at theirs)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        objects, motion = draw_scene_motion(rng)
+        yield render_clip(sample_clip_spec(rng, motion, frames, size, objects, palette)), class_index(motion)
+
+
+def draw_scene_motion(rng: np.random.Generator) -> tuple[int, str]:
+    """An object count (1..3, uniform) and a motion class drawn by ``scene_motion_weights`` of it."""
+    objects = int(rng.integers(1, 4))
+    return objects, MOTION_CLASSES[int(rng.choice(len(MOTION_CLASSES), p=scene_motion_weights(objects)))]
+
+
 def make_target_specs(n: int, seed: int, size: int = 64, palette: str = "heldout", motion: str = "static",
                       frames: int = 8) -> list[ClipSpec]:
     """Specs of ``n`` new scenes; objects are placed so that ``motion`` keeps them in frame, so

@@ -10,6 +10,11 @@
    the first frame's image embedding 15 % of the time (``image_token_share``); clips of the
    motions the model draws worst can be drawn more often (``hard_class_weight``). The loss
    also weighs the frame-to-frame changes of the error (``temporal_loss_weight``).
+   ``conditioning="image"`` trains the SVD-like model instead (``toy_svd_like``): no motion
+   token at all, the cross-attention always sees the first frame's image embedding, the
+   motion of each clip is drawn by its scene (``toyclips.make_scene_dataset``) and only the
+   motion bucket says whether it moves (0 still, 127 moving), so the model draws a spread of
+   motions for one image, as SVD does.
 4. Average the last checkpoints' UNet weights and tokens (``average_last``), then write the
    weights and a manifest (sha256, command, steps, final loss, date).
 
@@ -36,8 +41,8 @@ from typing import Callable, Optional
 import torch
 
 from . import toyclips
-from .toyworld import (COND_FPS, COND_MOTION_BUCKET, FRAMES, IMAGE_SIZE, MANIFEST_PATH, SVD_LATENT_SCALE,
-                       TOKEN_WIDTH, WEIGHTS_PATH, ToyWorld, build_models, save_world)
+from .toyworld import (COND_FPS, COND_MOTION_BUCKET, FRAMES, IMAGE_SIZE, MANIFEST_PATH, STILL_MOTION_BUCKET,
+                       SVD_LATENT_SCALE, TOKEN_WIDTH, WEIGHTS_PATH, ToyWorld, build_models, save_world)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +91,11 @@ class ToyTrainSettings:
     #                               optimiser and loss stay float32): 1.1-1.4x faster a step on these CPUs with
     #                               AVX512-BF16, 1.19x over a whole run (`python -m bench.train_step`); 0: float32,
     #                               the shipped recipe
+    conditioning: str = "class_token"   # what the cross-attention sees in training: "class_token", a learned token
+    #                                     per motion class (image embedding ``image_token_share`` of the time; the
+    #                                     shipped toy_svd); "image", SVD's: always the first frame's image embedding,
+    #                                     motions drawn by the scene (``toyclips.make_scene_dataset``), still clips
+    #                                     at motion bucket 0 and moving ones at 127 (toy_svd_like)
     token_noise: float = 0.0      # > 0: add Gaussian noise of this standard deviation per channel (the tokens'
     #                               own is about 1) to every clip's cross-attention tokens, class or image, meant
     #                               to make the UNet ignore directions the tokens do not differ in, which an
@@ -118,7 +128,8 @@ def lr_schedule(optimizer: torch.optim.Optimizer, steps: int, warmup: int,
 def render_dataset(settings: ToyTrainSettings) -> tuple[torch.Tensor, torch.Tensor]:
     """``(n f h w c)`` clips and ``(n)`` class indices, balanced over classes."""
     clips, labels = [], []
-    for frames, label in toyclips.make_dataset(settings.clips, settings.seed, frames=FRAMES, size=IMAGE_SIZE):
+    source = toyclips.make_scene_dataset if settings.conditioning == "image" else toyclips.make_dataset
+    for frames, label in source(settings.clips, settings.seed, frames=FRAMES, size=IMAGE_SIZE):
         clips.append(frames)
         labels.append(label)
     return torch.stack(clips), torch.tensor(labels)
@@ -202,16 +213,19 @@ def image_embeddings(image_encoder, images: torch.Tensor, batch: int = 256) -> t
 
 
 def batched_denoise(unet, noisy: torch.Tensor, sigma: torch.Tensor, first_raw: torch.Tensor,
-                    context: torch.Tensor) -> torch.Tensor:
+                    context: torch.Tensor, motion_bucket: Optional[torch.Tensor] = None) -> torch.Tensor:
     """SVD's EDM preconditioning for a batch of clips.
 
     ``noisy`` ``(b f c h w)`` scaled latents, ``sigma`` ``(b)``, ``first_raw`` ``(b c h w)``
-    unscaled first-frame latents, ``context`` ``(b n d)``. Returns ``(b f c h w)``.
+    unscaled first-frame latents, ``context`` ``(b n d)``, ``motion_bucket`` ``(b)`` (default:
+    ``COND_MOTION_BUCKET`` for every clip). Returns ``(b f c h w)``.
     """
     s = sigma[:, None, None, None, None]
     model_in = noisy / (s ** 2 + 1).sqrt()
     condition = first_raw[:, None].expand(-1, noisy.shape[1], -1, -1, -1)
     added = torch.tensor([[COND_FPS - 1, COND_MOTION_BUCKET, 0.0]]).expand(noisy.shape[0], -1)
+    if motion_bucket is not None:
+        added = torch.cat([added[:, :1], motion_bucket.float()[:, None], added[:, 2:]], dim=1)
     out = unet(torch.cat([model_in, condition], dim=2), 0.25 * sigma.log(), encoder_hidden_states=context,
                added_time_ids=added, return_dict=False)[0]
     return noisy / (s ** 2 + 1) - out * s / (s ** 2 + 1).sqrt()
@@ -267,6 +281,7 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
     history, start = [], time.time()
     average = CheckpointAverage(settings.unet_steps - (settings.average_last - 1) * settings.checkpoint_every)
     weights = clip_weights(labels, settings)
+    image_only, still = settings.conditioning == "image", toyclips.class_index("static")
     for step in range(1, settings.unet_steps + 1):
         if weights is None:
             index = torch.randint(0, latents.shape[0], (settings.unet_batch,), generator=generator)
@@ -276,13 +291,18 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         clean = raw * SVD_LATENT_SCALE
         sigma = torch.exp(settings.log_sigma_mean + settings.log_sigma_std * torch.randn(len(index), generator=generator))
         noisy = clean + sigma[:, None, None, None, None] * torch.randn(clean.shape, generator=generator)
-        use_image = torch.rand(len(index), generator=generator) < settings.image_token_share
         image_context = image_tokens[index][:, None].expand(-1, per_class, -1)    # repeated: as one token
-        context = torch.where(use_image[:, None, None], image_context, tokens[labels[index]])   # (b n d)
+        if image_only:                                   # SVD's conditioning: the image, and the bucket
+            context = image_context
+            bucket = torch.where(labels[index] == still, STILL_MOTION_BUCKET, COND_MOTION_BUCKET)
+        else:
+            use_image = torch.rand(len(index), generator=generator) < settings.image_token_share
+            context = torch.where(use_image[:, None, None], image_context, tokens[labels[index]])   # (b n d)
+            bucket = None
         if settings.token_noise > 0:
             context = context + settings.token_noise * torch.randn(context.shape, generator=generator)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(settings.autocast_bf16)):
-            denoised = batched_denoise(unet, noisy, sigma, raw[:, 0], context).float()
+            denoised = batched_denoise(unet, noisy, sigma, raw[:, 0], context, bucket).float()
         weight = ((sigma ** 2 + 1) / sigma ** 2)[:, None, None, None, None]
         loss = denoising_loss(denoised, clean, weight, settings.temporal_loss_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -292,7 +312,10 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         schedule.step()
         history.append(float(loss.detach()))
         _progress("unet", step, settings.unet_steps, start, history[-1])
-        if step % settings.checkpoint_every == 0:
+        if step % settings.checkpoint_every == 0 and image_only:
+            checkpoint(tokens.detach(), history)
+            average.add(step, unet, tokens.detach())
+        elif step % settings.checkpoint_every == 0:
             unet.eval()
             right, wrong = token_gap(unet, latents[probe_index], labels[probe_index], tokens.detach(), probe)
             log.info("unet step %d: probe loss with the clip's own motion token %.4f, with another class's %.4f",
@@ -305,6 +328,8 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
             break
     unet.eval()
     tokens = average.apply(unet, tokens.detach())
+    if image_only:                                     # no token was trained: the file holds none
+        tokens = tokens[:0]
     return tokens, history, (average.steps if len(average.steps) > 1 else [])
 
 
@@ -453,6 +478,9 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
     ``command``: the command line to record (the CLI passes its own); default, the
     equivalent ``train-toy`` command of ``settings``.
     """
+    if settings.conditioning not in ("class_token", "image"):
+        raise ValueError(f"conditioning must be 'class_token' (the shipped toy_svd) or 'image' (SVD's: the "
+                         f"image embedding only, toy_svd_like); got {settings.conditioning!r}")
     if settings.tokens_per_class < 1:        # checked before the minutes of rendering and VAE training
         raise ValueError(f"tokens_per_class must be 1 or more (1: the shipped recipe); got {settings.tokens_per_class}")
     if not (settings.token_noise >= 0 and math.isfinite(settings.token_noise)):

@@ -38,8 +38,16 @@ LATENT_SIZE = IMAGE_SIZE // VAE_DOWNSCALE
 SVD_LATENT_SCALE = 0.18215      # ComfyUI's SVD latent format (SD1.5 scale factor)
 COND_FPS = 6
 COND_MOTION_BUCKET = 127
-WEIGHTS_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights", "toy_svd.safetensors")
-MANIFEST_PATH = os.path.join(os.path.dirname(WEIGHTS_PATH), "manifest.json")
+STILL_MOTION_BUCKET = 0         # the SVD-like model's bucket for still clips (moving ones: COND_MOTION_BUCKET)
+WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
+WEIGHTS_PATH = os.path.join(WEIGHTS_DIR, "toy_svd.safetensors")
+MANIFEST_PATH = os.path.join(WEIGHTS_DIR, "manifest.json")
+# The SVD-like toy model: cross-attention sees only the first frame's image embedding, as
+# SVD's does; its motion is its own draw given the first frame (``train-toy --conditioning image``)
+SVD_LIKE_WEIGHTS_PATH = os.path.join(WEIGHTS_DIR, "toy_svd_like.safetensors")
+SVD_LIKE_MANIFEST_PATH = os.path.join(WEIGHTS_DIR, "manifest_svd_like.json")
+# Load Toy Video Model's choice -> file
+TOY_MODELS = {"class-token toy (toy_svd)": WEIGHTS_PATH, "SVD-like toy (toy_svd_like)": SVD_LIKE_WEIGHTS_PATH}
 
 UNET_CONFIG = {
     "sample_size": LATENT_SIZE, "in_channels": 8, "out_channels": 4,
