@@ -25,6 +25,7 @@ sampled; ``--min-guidance`` / ``--guidance``) and score:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import statistics
@@ -36,8 +37,9 @@ import torch
 from bench.docfile import replace_section
 from motion_core.toy import toyclips
 from motion_core.toy.toyeval import (TOKEN_STARTS, VARIANTS, ToyLearnSettings, add_sampling_options, animate_batch,
-                                 heldout_reference, learn_variant, score)
-from motion_core.toy.toyworld import FRAMES, IMAGE_SIZE, MANIFEST_PATH, WEIGHTS_PATH, load_world
+                                     heldout_reference, invert_reference, karras_sigmas, learn_variant, score)
+from motion_core.toy.toyworld import (FRAMES, IMAGE_SIZE, MANIFEST_PATH, SVD_LIKE_MANIFEST_PATH, SVD_LIKE_WEIGHTS_PATH,
+                                      WEIGHTS_PATH, load_world)
 
 log = logging.getLogger("bench.quality")
 START_WORDS = {"image": "the reference frames' image embeddings", "zero": "zero"}
@@ -45,7 +47,12 @@ START_WORDS = {"image": "the reference frames' image embeddings", "zero": "zero"
 # learned rows (only for toy references, whose class is known).
 CLASS_TOKEN_ROW = "class_token"
 DEFAULT_MOTIONS = ("translate_E_2", "translate_N_1", "circle_cw", "zoom_in", "rotate_ccw", "pan_W", "bounce")
-DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "quality.md")
+DOCS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+DOC = os.path.join(DOCS_DIR, "quality.md")
+JSON = os.path.join(DOCS_DIR, "quality.json")
+# --model -> (weights, manifest, the doc its measured block goes to)
+MODELS = {"class_token": (WEIGHTS_PATH, MANIFEST_PATH, DOC),
+          "svd_like": (SVD_LIKE_WEIGHTS_PATH, SVD_LIKE_MANIFEST_PATH, os.path.join(DOCS_DIR, "quality_svd_like.md"))}
 
 
 def _mean(values):
@@ -55,7 +62,7 @@ def _mean(values):
 
 def run(args) -> str:
     torch.set_num_threads(args.threads)
-    world = load_world(args.weights)
+    world = load_world(args.weights or MODELS[args.model][0])
     if args.reference:
         from motion_core.toy.demo import _load_targets
         from motion_core.video import read_reference_video
@@ -72,6 +79,9 @@ def run(args) -> str:
         if key == CLASS_TOKEN_ROW and args.reference:
             log.info("skipping the class-token row: an outside reference has no known motion class")
             continue
+        if key == CLASS_TOKEN_ROW and world.motion_tokens.shape[0] == 0:
+            log.info("skipping the class-token row: this model was trained without motion tokens")
+            continue
         variant = VARIANTS.get(key)
         results, seconds, ideal_by_motion, dense_by_motion, mfs_by_motion = [], [], {}, {}, {}
         for r, (motion, reference) in enumerate(references):
@@ -84,16 +94,22 @@ def run(args) -> str:
                 context = world.motion_tokens[toyclips.class_index(motion)][None].expand(len(targets), -1, -1)
             else:
                 embedding, took = learn_variant(world, reference, variant, settings)
+            inverted = None
+            if variant is not None and variant.reference_noise > 0:     # as the Reference Noise node: conditioned
+                started = time.time()                                   # like the Learn run, up to the first sigma
+                inverted = invert_reference(world, reference, karras_sigmas(args.sample_steps)[0], embedding)
+                took += time.time() - started
             seconds.append(took)
             generated = animate_batch(world, targets, embedding, FRAMES, args.sample_steps, seed=r, context=context,
-                                      guidance=args.guidance, min_guidance=args.min_guidance)
+                                      guidance=args.guidance, min_guidance=args.min_guidance, reference_noise=inverted,
+                                      prior=variant.reference_noise if inverted is not None else 0.5)
             for i, (target, clip) in enumerate(zip(targets, generated)):
                 results.append(score(reference, motion, target, clip, None if specs is None else specs[i]))
                 ideal_by_motion.setdefault(motion, []).append(results[-1]["ideal_correct"])
                 dense_by_motion.setdefault(motion, []).append(results[-1]["dense_correct"])
-                mfs_by_motion.setdefault(motion, []).append(results[-1]["motion_fidelity"])
+                mfs_by_motion.setdefault(motion, []).append(results[-1]["motion_fidelity_moving"])
         name = variant.name if variant is not None else "(upper bound) the model's own motion-class token"
-        row = {"name": name, "accuracy": _mean(r["class_correct"] for r in results),
+        row = {"key": key, "name": name, "accuracy": _mean(r["class_correct"] for r in results),
                "dense_accuracy": _mean(r["dense_correct"] for r in results),
                "ideal_accuracy": _mean(r["ideal_correct"] for r in results),
                "mfs": _mean(r["motion_fidelity"] for r in results),
@@ -107,15 +123,51 @@ def run(args) -> str:
                "mfs_by_motion": {motion: _mean(values) for motion, values in mfs_by_motion.items()}}
         log.info("%s", row)
         rows.append(row)
-    lines = ["| method | motion class (KLT flow) | motion class (dense flow) | nearest ideal motion | Motion Fidelity | "
-             "MFS, moving points | MFS, 21-px window | first-frame PSNR (dB) | appearance leakage | learning time (s) |",
+    lines = ["| method | motion class (dense flow) | nearest ideal motion | motion class (KLT flow) | "
+             "Motion Fidelity (moving points) | MFS, all points | MFS, 21-px window | first-frame PSNR (dB) | "
+             "appearance leakage | learning time (s) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        lines.append(f"| {row['name']} | {_percent(row['accuracy'])} | {_percent(row['dense_accuracy'])} | "
-                     f"{_percent(row['ideal_accuracy'])} | {row['mfs']:.3f} | {row['mfs_moving']:.3f} | "
+        lines.append(f"| {row['name']} | {_percent(row['dense_accuracy'])} | {_percent(row['ideal_accuracy'])} | "
+                     f"{_percent(row['accuracy'])} | {row['mfs_moving']:.3f} | {row['mfs']:.3f} | "
                      f"{row['mfs_wide']:.3f} | {row['psnr']:.1f} | "
                      f"{row['leakage']:+.3f} | {row['seconds']:.0f} |")
     return "\n".join(lines), rows, references
+
+
+def json_rows(rows: list[dict], model: str, command: str, args) -> list[dict]:
+    """The rows as ``docs/quality.json`` records them (fractions 0..1; NaN as null)."""
+    def number(value):
+        return None if value != value else round(float(value), 4)
+
+    return [{"name": row["name"], "key": row["key"], "model": model,
+             "dense_flow_accuracy": number(row["dense_accuracy"]), "nearest_ideal_accuracy": number(row["ideal_accuracy"]),
+             "klt_accuracy": number(row["accuracy"]), "mfs_moving": number(row["mfs_moving"]),
+             "mfs_all": number(row["mfs"]), "mfs_wide_window": number(row["mfs_wide"]),
+             "first_frame_psnr_db": number(row["psnr"]), "appearance_leakage": number(row["leakage"]),
+             "learning_seconds": number(row["seconds"]), "clips": row["clips"],
+             "targets_per_reference": args.targets_per_reference, "learning_steps": args.steps,
+             "dense_flow_by_motion": {m: number(v) for m, v in row["dense_by_motion"].items()},
+             "nearest_ideal_by_motion": {m: number(v) for m, v in row["ideal_by_motion"].items()},
+             "command": command, "date": time.strftime("%Y-%m-%d")} for row in rows]
+
+
+def merge_json(path: str, records: list[dict]) -> list[dict]:
+    """Replace the records of the same (model, key) in ``path`` (kept otherwise), written atomically."""
+    kept = []
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as fh:
+            kept = json.load(fh)["rows"]
+    fresh = {(record["model"], record["key"]) for record in records}
+    merged = [record for record in kept if (record["model"], record["key"]) not in fresh] + records
+    merged.sort(key=lambda record: (record["model"], record["name"]))
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as fh:
+        json.dump({"about": "bench.quality rows: accuracies and MFS as fractions; MFS on moving points is the "
+                            "headline; see docs/quality.md", "rows": merged}, fh, indent=1)
+        fh.write("\n")
+    os.replace(partial, path)
+    return merged
 
 
 def learn_settings(args) -> ToyLearnSettings:
@@ -153,12 +205,12 @@ def _percent(value: float) -> str:
 
 
 def motion_breakdown(rows: list[dict]) -> str:
-    """Accuracy per reference motion, nearest ideal / dense flow, and its Motion Fidelity (toy
+    """Accuracy per reference motion, nearest ideal / dense flow, and its moving-points MFS (toy
     references only; "" otherwise): which motions a method transfers, not only how many."""
     motions = [m for m in (rows[0]["ideal_by_motion"] if rows else {}) if m is not None]
     if not motions:
         return ""
-    lines = ["| method (nearest ideal / dense flow, MFS) | " + " | ".join(motions) + " |", "|---" * (len(motions) + 1) + "|"]
+    lines = ["| method (nearest ideal / dense flow, MFS on moving points) | " + " | ".join(motions) + " |", "|---" * (len(motions) + 1) + "|"]
     for row in rows:
         lines.append(f"| {row['name']} | " + " | ".join(
             f"{_percent(row['ideal_by_motion'][m])} / {_percent(row['dense_by_motion'][m])}, "
@@ -184,9 +236,13 @@ def main(argv=None) -> int:
     add_sampling_arguments(parser)
     parser.add_argument("--reference", help="your own reference video instead of the toy ones")
     parser.add_argument("--targets", nargs="*", help="your own target images (with --reference)")
-    parser.add_argument("--weights", default=WEIGHTS_PATH,
-                        help="toy model file to measure (default: the shipped one); other files imply --no-doc")
-    parser.add_argument("--no-doc", action="store_true", help="do not write the measured block of docs/quality.md")
+    parser.add_argument("--model", choices=tuple(MODELS), default="class_token",
+                        help="which shipped toy model: class_token (toy_svd, docs/quality.md) or svd_like "
+                             "(toy_svd_like, docs/quality_svd_like.md)")
+    parser.add_argument("--weights", default="",
+                        help="another toy model file to measure (implies --no-doc and --no-json)")
+    parser.add_argument("--no-doc", action="store_true", help="do not write the model's measured block in docs/")
+    parser.add_argument("--no-json", action="store_true", help="do not merge the rows into docs/quality.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     started = time.time()
@@ -195,11 +251,14 @@ def main(argv=None) -> int:
     print(table)
     if breakdown:
         print("\n" + breakdown)
-    shipped = os.path.abspath(args.weights) == os.path.abspath(WEIGHTS_PATH)       # the doc is the shipped model's
+    shipped = not args.weights                                   # the docs are the shipped models'
+    command = ("python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
+    if not args.no_json and not args.reference and shipped:
+        merge_json(JSON, json_rows(rows, args.model, command, args))
+    _weights, manifest, doc = MODELS[args.model]
     if not args.no_doc and not args.reference and shipped:
-        command = "python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)
-        lines = [f"Measured with `{command.strip()}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
-                 f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
+        lines = [f"Measured with `{command}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
+                 f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(manifest)}`.", "",
                  f"References: held-out palette clips of {', '.join(m for m, _ in references)}; "
                  f"{args.targets_per_reference} held-out target images each; {args.steps} learning steps "
                  f"(learning rate {args.learning_rate:g}, log sigma ~ N({args.log_sigma_mean:g}, "
@@ -209,7 +268,7 @@ def main(argv=None) -> int:
                  f"(frame 0) to {args.guidance:g} (last frame) against the plain model.", "", table]
         if breakdown:
             lines += ["", "Per reference motion:", "", breakdown]
-        replace_section(DOC, "quality", "\n".join(lines))      # the hand-written analysis around it stays
+        replace_section(doc, "quality", "\n".join(lines))      # the hand-written analysis around it stays
     return 0
 
 

@@ -1,4 +1,5 @@
 """The benchmarks' doc writing, the readings and objective-margin benchmarks, on tiny settings."""
+import json
 import os
 
 import pytest
@@ -60,10 +61,25 @@ def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, 
     doc = tmp_path / "quality.md"
     start, end = docfile.markers("quality")
     doc.write_text(f"# Title\n\n{start}\nan old table\n{end}\n\nThe analysis, by hand.\n", encoding="utf-8")
-    monkeypatch.setattr(quality, "DOC", str(doc))
-    assert quality.main(["--motions", "static", "--variants", "class_token", "--targets-per-reference", "1",
+    weights, manifest, _doc = quality.MODELS["class_token"]
+    monkeypatch.setitem(quality.MODELS, "class_token", (weights, manifest, str(doc)))
+    record = tmp_path / "quality.json"
+    record.write_text(json.dumps({"rows": [
+        {"model": "class_token", "key": "class_token", "name": "an older run"},
+        {"model": "svd_like", "key": "no_motion", "name": "another model's row, kept"}]}), encoding="utf-8")
+    monkeypatch.setattr(quality, "JSON", str(record))
+    assert quality.main(["--motions", "static", "--variants", "class_token", "no_motion", "--targets-per-reference", "1",
                          "--sample-steps", "2", "--threads", "1", "--log-sigma-mean", "2.3",
                          "--augment-crop", "0.7", "--token-start", "zero"]) == 0
+    rows = json.loads(record.read_text(encoding="utf-8"))["rows"]
+    assert [(row["model"], row["key"]) for row in rows] == [
+        ("class_token", "class_token"), ("class_token", "no_motion"), ("svd_like", "no_motion")]   # replaced, kept
+    measured = rows[0]
+    assert measured["name"].startswith("(upper bound)") and measured["command"].startswith("python -m bench.quality")
+    for field in ("dense_flow_accuracy", "nearest_ideal_accuracy", "klt_accuracy", "mfs_moving", "mfs_all",
+                  "appearance_leakage", "learning_seconds"):
+        assert field in measured, field
+    assert 0.0 <= measured["dense_flow_accuracy"] <= 1.0 and -1.0 <= measured["mfs_moving"] <= 1.0
     table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| (upper bound)")]
     text = doc.read_text(encoding="utf-8")
     head, block = text.split(start + "\n")

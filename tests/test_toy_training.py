@@ -298,19 +298,21 @@ def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
     from bench import quality
 
     assert quality.main(["--motions", "translate_E_2", "--variants", "class_token", "no_motion", "text_FF_N1",
-                         "--targets-per-reference", "2", "--steps", "2", "--sample-steps", "2", "--threads", "1", "--no-doc"]) == 0
+                         "--targets-per-reference", "2", "--steps", "2", "--sample-steps", "2", "--threads", "1", "--no-doc",
+                         "--no-json"]) == 0
     tables = [block.splitlines() for block in capsys.readouterr().out.split("\n\n") if block.startswith("|")]
     table, breakdown = tables
-    assert table[0].startswith("| method | motion class (KLT flow) | motion class (dense flow) | nearest ideal motion |")
+    assert table[0].startswith("| method | motion class (dense flow) | nearest ideal motion | motion class (KLT flow) | "
+                               "Motion Fidelity (moving points) | MFS, all points |")
     names = [line.split("|")[1].strip() for line in table[2:]]
-    assert all(line.split("|")[4].strip().endswith("%") for line in table[2:])   # toy targets: a nearest-ideal reading
+    assert all(line.split("|")[3].strip().endswith("%") for line in table[2:])   # toy targets: a nearest-ideal reading
     assert names == ["(upper bound) the model's own motion-class token", "no motion input (target's own embedding)",
                      "motion-text F'=F+1, N=1"]
-    assert breakdown[0] == "| method (nearest ideal / dense flow, MFS) | translate_E_2 |"
+    assert breakdown[0] == "| method (nearest ideal / dense flow, MFS on moving points) | translate_E_2 |"
     assert [line.split("|")[1].strip() for line in breakdown[2:]] == names
-    # one motion: its column is the row's overall nearest-ideal / dense-flow figures and its MFS
+    # one motion: its column is the row's overall nearest-ideal / dense-flow figures and its moving-points MFS
     assert [line.split("|")[2].strip() for line in breakdown[2:]] == [
-        f"{line.split('|')[4].strip()} / {line.split('|')[3].strip()}, {line.split('|')[5].strip()}" for line in table[2:]]
+        f"{line.split('|')[3].strip()} / {line.split('|')[2].strip()}, {line.split('|')[5].strip()}" for line in table[2:]]
 
 
 def test_guided_animation_with_zero_embedding_equals_plain_and_leaves_the_unet_unpatched(one_thread):

@@ -18,8 +18,10 @@ import torch
 from .. import metrics
 from ..augment import AugmentSettings
 from ..debias import debias
-from ..diffusers_svd import init_embedding, install_motion, learn_motion
+from ..diffusers_svd import init_embedding, install_motion, learn_motion, temporal_layer_layout
 from ..embedding import MotionEmbedding
+from ..inversion import blend_noise, euler_inversion_step, inversion_sigmas
+from ..layers import PRESET_ALL, select_layers
 from ..resample import downscale_frames
 from ..training import TrainSettings
 from . import readings, toyclips
@@ -35,8 +37,12 @@ class Variant:
     per_frame_tokens: bool = True      # F' = F + 1 (True) or F' = 1: one token set shared by all
     temporal: bool = False             # Motion Embeddings in the temporal self-attention
     values: bool = True                # with value embeddings
-    debias: str = "none"               # value debias at inference
+    debias: str = "none"               # value debias at inference ("drop": values dropped, camera motion)
     learn: bool = True                 # False: no motion input (the target's own image embedding)
+    layers: str = "all"                # temporal layers: a preset of ``layers.select_layers`` or "lowest", the
+    #                                    lowest-resolution levels (where SVD's widest, 1280-channel, ones sit; the
+    #                                    toy models' levels are all 64 wide, so there "widest" is "all")
+    reference_noise: float = 0.0       # > 0: sample from Reference Noise with this prior (Motion Inversion: 0.5)
 
 
 VARIANTS = {
@@ -50,6 +56,20 @@ VARIANTS = {
     "qkv_difference": Variant("query-key + value, difference", temporal=True, debias="difference"),
     "qkv_normalize": Variant("query-key + value, normalize", temporal=True, debias="normalize"),
     "both": Variant("both representations", 5, temporal=True, debias="difference"),
+    # Motion Inversion as its code runs: sampling from Reference Noise (prior 0.5), and its controls
+    "reference_noise": Variant("Reference Noise alone (prior 0.5, no embedding)", learn=False, reference_noise=0.5),
+    "mi_difference": Variant("MI: query-key + value, difference, Reference Noise", temporal=True,
+                             debias="difference", reference_noise=0.5, layers="widest"),
+    "mi_none": Variant("MI: query-key + value, no debias, Reference Noise", temporal=True, reference_noise=0.5,
+                       layers="widest"),
+    "mi_lowest_difference": Variant("MI: query-key + value on the lowest-resolution levels, difference, "
+                                    "Reference Noise", temporal=True, debias="difference", reference_noise=0.5,
+                                    layers="lowest"),
+    "mi_qk_only": Variant("MI: query-key only, Reference Noise", temporal=True, values=False, reference_noise=0.5,
+                          layers="widest"),
+    "mi_values_dropped": Variant("MI: values dropped (camera motion), Reference Noise", temporal=True,
+                                 debias="drop", reference_noise=0.5, layers="widest"),
+    "text_FF_N5_rn": Variant("motion-text F'=F+1, N=5, Reference Noise", 5, reference_noise=0.5),
 }
 
 
@@ -98,7 +118,8 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
     embedding = init_embedding(world.unet, frames, latent_h, latent_w, tokens_per_frame=variant.tokens_per_frame,
                                temporal=variant.temporal, with_values=variant.values,
                                image_embeds=image_embeds if settings.token_start == "image" else None,
-                               seed=settings.seed, vae_factor=4).trainable_copy("cpu")
+                               seed=settings.seed, vae_factor=4,
+                               layers=variant_layers(world, variant, latent_h, latent_w)).trainable_copy("cpu")
     if variant.tokens_per_frame:
         embedding.metadata["init"] = "clip_image_embeds" if settings.token_start == "image" else "zero"
     if variant.tokens_per_frame and not variant.per_frame_tokens:
@@ -120,6 +141,42 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
     if variant.debias != "none" and learned.value_embedding:
         learned = debias(learned, variant.debias)
     return learned, time.time() - started
+
+
+def variant_layers(world: ToyWorld, variant: Variant, latent_h: int, latent_w: int) -> Optional[dict[str, dict]]:
+    """The temporal layers ``variant`` learns on (None: every one; also for motion text alone)."""
+    if not variant.temporal or variant.layers == PRESET_ALL:
+        return None
+    layout = temporal_layer_layout(world.unet, latent_h, latent_w)
+    if variant.layers == "lowest":
+        lowest = min(layer["height"] * layer["width"] for layer in layout.values())
+        return {name: layer for name, layer in layout.items() if layer["height"] * layer["width"] == lowest}
+    return select_layers(layout, variant.layers)
+
+
+@torch.no_grad()
+def invert_reference(world: ToyWorld, reference: torch.Tensor, sigma_target: float,
+                     embedding: Optional[MotionEmbedding] = None, steps: int = 8) -> torch.Tensor:
+    """Reference Noise's inverted noise ``(f c h w)``, unit variance: ``reference`` ``(f h w c)``
+    encoded and carried along the toy model's ODE (Euler, ``steps``, conditioned on its own
+    first frame and image embedding, with ``embedding`` installed when given, as the Learn run
+    was) from sigma 0.05 up to ``sigma_target``, as the Reference Noise node does."""
+    from .toytrain import batched_denoise
+
+    raw = world.encode(reference)                                           # (f c h w), raw
+    x = (raw * SVD_LATENT_SCALE)[None]                                      # (1 f c h w)
+    context = world.image_embeds(reference[:1])[:, None]                    # (1 1 d)
+    sigmas = inversion_sigmas(sigma_target, steps).tolist()
+    install = install_motion(world.unet, embedding, raw.shape[-2], raw.shape[-1], frames=raw.shape[0]) \
+        if embedding is not None else None
+    try:
+        for sigma, next_sigma in zip(sigmas[:-1], sigmas[1:]):
+            denoised = batched_denoise(world.unet, x, torch.full((1,), sigma), raw[:1], context)
+            x = euler_inversion_step(x, denoised, sigma, next_sigma)
+    finally:
+        if install is not None:
+            install.remove()
+    return x[0] / sigmas[-1]
 
 
 # Sampling defaults of the demo and the benchmark: guidance rising over the frames, as SVD is
@@ -147,7 +204,8 @@ def karras_sigmas(steps: int, sigma_min: float = 0.02, sigma_max: float = 40.0, 
 def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Optional[MotionEmbedding], frames: int,
                   steps: int = 16, seed: int = 0, context: Optional[torch.Tensor] = None,
                   guidance: float = 1.0, min_guidance: Optional[float] = None,
-                  progress: Optional[Callable[[int, int], None]] = None) -> torch.Tensor:
+                  progress: Optional[Callable[[int, int], None]] = None,
+                  reference_noise: Optional[torch.Tensor] = None, prior: float = 0.5) -> torch.Tensor:
     """Animate first images ``(n h w c)`` into ``(n f h w c)`` with the learned motion (or none).
 
     One UNet call per step for all clips (CPU throughput); the learned tensors are shared
@@ -160,6 +218,8 @@ def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Option
     to ``guidance`` (last frame), as SVD is sampled (ComfyUI's VideoLinearCFGGuidance): the
     first frame, which the conditioning image already fixes, is not pushed; None: constant.
     ``progress(step, steps)`` is called after each sampling step.
+    ``reference_noise`` ``(f c h w)``: start every clip from it blended with the seeded fresh
+    noise (``blend_noise``, ``prior``), as the Reference Noise node does.
     """
     from .toytrain import batched_denoise
 
@@ -171,7 +231,10 @@ def animate_batch(world: ToyWorld, first_images: torch.Tensor, embedding: Option
     context = plain_context if context is None else context
     generator = torch.Generator().manual_seed(seed)
     sigmas = karras_sigmas(steps)
-    x = torch.randn((first_images.shape[0], frames, *first_raw.shape[1:]), generator=generator) * sigmas[0]
+    x = torch.randn((first_images.shape[0], frames, *first_raw.shape[1:]), generator=generator)
+    if reference_noise is not None:
+        x = blend_noise(reference_noise[None], x, prior)
+    x = x * sigmas[0]
     install = install_motion(world.unet, embedding, first_raw.shape[-2], first_raw.shape[-1], frames=frames) \
         if embedding is not None else None     # once per run; guided runs lift it for each plain pass (~15 ms)
     try:
