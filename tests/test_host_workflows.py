@@ -463,7 +463,7 @@ def test_toy_workflow_runs_in_comfyui_executor_without_downloads(comfy_nodes):
     (new_video,) = _files(videos) - before
     assert _webp_frames(new_video) == (8, (64, 64))
     (score_node,) = _nodes_of(prompt, PACK + "MotionFidelityScore")
-    assert "Motion Fidelity Score" in executor.history_result["outputs"][score_node]["text"][0]
+    assert "Motion Fidelity Score (moving points)" in executor.history_result["outputs"][score_node]["text"][0]
 
 
 def test_learn_refuses_a_clip_vision_of_the_wrong_width(comfy_nodes):

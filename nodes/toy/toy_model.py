@@ -36,10 +36,17 @@ from ..common import CATEGORY, NODE_PREFIX
 log = logging.getLogger(__name__)
 
 
-def weights_path(weights: str = "") -> str:
-    """The file to load: ``weights`` when given (``~`` expanded), else the shipped file."""
+DEFAULT_TOY_MODEL = next(iter(toyworld.TOY_MODELS))
+
+
+def weights_path(weights: str = "", model: str = DEFAULT_TOY_MODEL) -> str:
+    """The file to load: ``weights`` when given (``~`` expanded), else the shipped file of ``model``."""
     weights = (weights or "").strip()
-    return os.path.abspath(os.path.expanduser(weights)) if weights else toyworld.WEIGHTS_PATH
+    if weights:
+        return os.path.abspath(os.path.expanduser(weights))
+    if model not in toyworld.TOY_MODELS:
+        raise ValueError(f"Load Toy Video Model: unknown model {model!r}; choose one of {list(toyworld.TOY_MODELS)}")
+    return toyworld.TOY_MODELS[model]
 
 
 def _missing_weights_message(path: str) -> str:
@@ -181,9 +188,16 @@ class LoadToyVideoModel(io.ComfyNode):
                         "8x8 latent output. Its CLIP_VISION is a toy image encoder, not CLIP: it only feeds SVD "
                         "conditioning and Learn Motion Embedding.",
             inputs=[
+                io.Combo.Input("model", options=list(toyworld.TOY_MODELS), default=DEFAULT_TOY_MODEL,
+                               tooltip="Which shipped toy model. class-token toy: trained with a learned "
+                                       "cross-attention token per motion class, so motion-text inversion has "
+                                       "tokens to find. SVD-like toy: trained as SVD is, its cross-attention only "
+                                       "ever saw the first frame's image embedding and it draws its own motion "
+                                       "for an image (a spread over seeds); the fairer bench for Motion "
+                                       "Embeddings. Both measured in the pack's docs/quality.md."),
                 io.String.Input("weights", default="", optional=True,
-                                tooltip="Path of a toy_svd.safetensors file; empty = the file shipped with the pack "
-                                        "(motion_core/toy/weights/toy_svd.safetensors)."),
+                                tooltip="Path of a toy model .safetensors file (from `python -m motion_core "
+                                        "train-toy`); empty = the shipped file of `model`."),
             ],
             outputs=[
                 io.Model.Output(display_name="model",
@@ -198,10 +212,10 @@ class LoadToyVideoModel(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, weights: str = "", **_kwargs):
-        path = weights_path(weights)
+    def fingerprint_inputs(cls, model: str = DEFAULT_TOY_MODEL, weights: str = "", **_kwargs):
+        path = weights_path(weights, model)
         return f"{path}:{os.path.getmtime(path)}" if os.path.isfile(path) else path
 
     @classmethod
-    def execute(cls, weights: str = "") -> io.NodeOutput:
-        return io.NodeOutput(*load_toy_models(weights_path(weights)))
+    def execute(cls, model: str = DEFAULT_TOY_MODEL, weights: str = "") -> io.NodeOutput:
+        return io.NodeOutput(*load_toy_models(weights_path(weights, model)))
