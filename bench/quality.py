@@ -153,14 +153,18 @@ def json_rows(rows: list[dict], model: str, command: str, args) -> list[dict]:
 
 
 def merge_json(path: str, records: list[dict]) -> list[dict]:
-    """Replace the records of the same (model, key) in ``path`` (kept otherwise), written atomically."""
+    """Replace the records of the same model, row and learning steps in ``path`` (others kept),
+    written atomically."""
+    def identity(record):
+        return record["model"], record["key"], record.get("learning_steps")
+
     kept = []
     if os.path.exists(path):
         with open(path, encoding="utf-8") as fh:
             kept = json.load(fh)["rows"]
-    fresh = {(record["model"], record["key"]) for record in records}
-    merged = [record for record in kept if (record["model"], record["key"]) not in fresh] + records
-    merged.sort(key=lambda record: (record["model"], record["name"]))
+    fresh = {identity(record) for record in records}
+    merged = [record for record in kept if identity(record) not in fresh] + records
+    merged.sort(key=lambda record: (record["model"], record["name"], record.get("learning_steps") or 0))
     partial = path + ".partial"
     with open(partial, "w", encoding="utf-8") as fh:
         json.dump({"about": "bench.quality rows: accuracies and MFS as fractions; MFS on moving points is the "

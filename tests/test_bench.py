@@ -65,8 +65,9 @@ def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, 
     monkeypatch.setitem(quality.MODELS, "class_token", (weights, manifest, str(doc)))
     record = tmp_path / "quality.json"
     record.write_text(json.dumps({"rows": [
-        {"model": "class_token", "key": "class_token", "name": "an older run"},
-        {"model": "svd_like", "key": "no_motion", "name": "another model's row, kept"}]}), encoding="utf-8")
+        {"model": "class_token", "key": "class_token", "name": "an older run", "learning_steps": 150},
+        {"model": "svd_like", "key": "no_motion", "name": "another model's row, kept", "learning_steps": 150}]}),
+        encoding="utf-8")
     monkeypatch.setattr(quality, "JSON", str(record))
     assert quality.main(["--motions", "static", "--variants", "class_token", "no_motion", "--targets-per-reference", "1",
                          "--sample-steps", "2", "--threads", "1", "--log-sigma-mean", "2.3",

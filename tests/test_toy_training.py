@@ -297,7 +297,7 @@ def test_token_gap_tells_apart_distinct_from_identical_tokens(one_thread):
 def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
     from bench import quality
 
-    assert quality.main(["--motions", "translate_E_2", "--variants", "class_token", "no_motion", "text_FF_N1",
+    assert quality.main(["--motions", "translate_E_2", "--variants", "class_token", "no_motion", "text_FF_N1", "mi_difference",
                          "--targets-per-reference", "2", "--steps", "2", "--sample-steps", "2", "--threads", "1", "--no-doc",
                          "--no-json"]) == 0
     tables = [block.splitlines() for block in capsys.readouterr().out.split("\n\n") if block.startswith("|")]
@@ -307,7 +307,7 @@ def test_quality_benchmark_prints_every_requested_row(one_thread, capsys):
     names = [line.split("|")[1].strip() for line in table[2:]]
     assert all(line.split("|")[3].strip().endswith("%") for line in table[2:])   # toy targets: a nearest-ideal reading
     assert names == ["(upper bound) the model's own motion-class token", "no motion input (target's own embedding)",
-                     "motion-text F'=F+1, N=1"]
+                     "motion-text F'=F+1, N=1", "MI: query-key + value, difference, Reference Noise"]
     assert breakdown[0] == "| method (nearest ideal / dense flow, MFS on moving points) | translate_E_2 |"
     assert [line.split("|")[1].strip() for line in breakdown[2:]] == names
     # one motion: its column is the row's overall nearest-ideal / dense-flow figures and its moving-points MFS

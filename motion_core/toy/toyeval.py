@@ -22,6 +22,7 @@ from ..diffusers_svd import init_embedding, install_motion, learn_motion, tempor
 from ..embedding import MotionEmbedding
 from ..inversion import blend_noise, euler_inversion_step, inversion_sigmas
 from ..layers import PRESET_ALL, select_layers
+from ..objectives import LOSS_APPEARANCE_DEBIASED, LOSS_EDM
 from ..resample import downscale_frames
 from ..training import TrainSettings
 from . import readings, toyclips
@@ -43,6 +44,16 @@ class Variant:
     #                                    lowest-resolution levels (where SVD's widest, 1280-channel, ones sit; the
     #                                    toy models' levels are all 64 wide, so there "widest" is "all")
     reference_noise: float = 0.0       # > 0: sample from Reference Noise with this prior (Motion Inversion: 0.5)
+    loss: str = LOSS_EDM               # the learning objective (Motion Inversion: appearance_debiased, as the
+    #                                    shipped Motion Embeddings workflow)
+
+
+def _mi(name: str, **changes) -> "Variant":
+    """A row of Motion Inversion as its code runs: query-key + value Motion Embeddings on the
+    widest temporal layers, learned with MotionDirector's appearance-debiased loss, sampled
+    from Reference Noise (prior 0.5); ``changes`` override."""
+    settings = dict(temporal=True, layers="widest", loss=LOSS_APPEARANCE_DEBIASED, reference_noise=0.5)
+    return Variant(name, **{**settings, **changes})
 
 
 VARIANTS = {
@@ -56,19 +67,16 @@ VARIANTS = {
     "qkv_difference": Variant("query-key + value, difference", temporal=True, debias="difference"),
     "qkv_normalize": Variant("query-key + value, normalize", temporal=True, debias="normalize"),
     "both": Variant("both representations", 5, temporal=True, debias="difference"),
-    # Motion Inversion as its code runs: sampling from Reference Noise (prior 0.5), and its controls
+    # Motion Inversion as its code runs (``_mi``), and the control: Reference Noise without an embedding
     "reference_noise": Variant("Reference Noise alone (prior 0.5, no embedding)", learn=False, reference_noise=0.5),
-    "mi_difference": Variant("MI: query-key + value, difference, Reference Noise", temporal=True,
-                             debias="difference", reference_noise=0.5, layers="widest"),
-    "mi_none": Variant("MI: query-key + value, no debias, Reference Noise", temporal=True, reference_noise=0.5,
-                       layers="widest"),
-    "mi_lowest_difference": Variant("MI: query-key + value on the lowest-resolution levels, difference, "
-                                    "Reference Noise", temporal=True, debias="difference", reference_noise=0.5,
-                                    layers="lowest"),
-    "mi_qk_only": Variant("MI: query-key only, Reference Noise", temporal=True, values=False, reference_noise=0.5,
-                          layers="widest"),
-    "mi_values_dropped": Variant("MI: values dropped (camera motion), Reference Noise", temporal=True,
-                                 debias="drop", reference_noise=0.5, layers="widest"),
+    "mi_difference": _mi("MI: query-key + value, difference, Reference Noise", debias="difference"),
+    "mi_none": _mi("MI: query-key + value, no debias, Reference Noise"),
+    "mi_difference_fresh": _mi("MI: query-key + value, difference, fresh noise", debias="difference",
+                               reference_noise=0.0),
+    "mi_lowest_difference": _mi("MI: query-key + value on the lowest-resolution levels, difference, Reference Noise",
+                                debias="difference", layers="lowest"),
+    "mi_qk_only": _mi("MI: query-key only, Reference Noise", values=False),
+    "mi_values_dropped": _mi("MI: values dropped (camera motion), Reference Noise", debias="drop"),
     "text_FF_N5_rn": Variant("motion-text F'=F+1, N=5, Reference Noise", 5, reference_noise=0.5),
 }
 
@@ -132,7 +140,7 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
             progress(step, total, loss)
 
     train = TrainSettings(steps=settings.steps, learning_rate=settings.learning_rate, seed=settings.seed,
-                          log_sigma_mean=settings.log_sigma_mean, log_sigma_std=settings.log_sigma_std,
+                          log_sigma_mean=settings.log_sigma_mean, log_sigma_std=settings.log_sigma_std, loss=variant.loss,
                           augment=AugmentSettings(min_crop_scale=settings.augment_crop,
                                                   color_jitter=settings.augment_colour))
     result = learn_motion(world.unet, lambda clip: world.encode(clip) * SVD_LATENT_SCALE, reference, embedding, train,
