@@ -233,3 +233,27 @@ def test_clip_error_benchmark_samples_every_row_from_the_reference_frame(one_thr
     for row in rows:
         assert float(row[2]) > 0 and float(row[3]) > 0 and row[4] in ("0 of 1", "1 of 1")
     assert rows[0][5].strip(" |") in ("yes", "**no**") and all(row[5].strip(" |") == "" for row in rows[1:])
+
+
+def test_spread_counts_distinct_classes_still_clips_and_the_top_share():
+    from bench.toy_spread import spread
+
+    figures = spread([["pan_W", "pan_W", "static", "bounce"], ["zoom_in", "zoom_in", "zoom_in", "zoom_in"]])
+    assert figures["distinct"] == 2.0 and figures["still"] == 1 / 8
+    assert figures["top_share"] == (0.5 + 1.0) / 2 and figures["classes_seen"] == 4
+    assert figures["histogram"][0] == ("zoom_in", 4)
+
+
+def test_toy_spread_benchmark_prints_both_readings_and_writes_its_block(one_thread, capsys, tmp_path, monkeypatch):
+    from bench import quality, toy_spread
+
+    doc = tmp_path / "quality_svd_like.md"
+    weights, manifest, _doc = quality.MODELS["class_token"]
+    monkeypatch.setitem(quality.MODELS, "class_token", (weights, manifest, str(doc)))
+    assert toy_spread.main(["--model", "class_token", "--images", "2", "--seeds", "2", "--sample-steps", "2",
+                            "--threads", "1"]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("|")]
+    assert [line.split("|")[1].strip() for line in table[2:]] == ["dense flow", "nearest ideal"]
+    assert all(" of 2 |" in line for line in table[2:])
+    text = doc.read_text(encoding="utf-8")
+    assert docfile.markers("toy_spread")[0] in text and table[2] in text and "2 held-out first frames x 2 seeds" in text

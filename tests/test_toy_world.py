@@ -9,14 +9,22 @@ from motion_core.toy import toyclips, toyworld
 from motion_core.toy.toytrain import sha256
 
 
-def test_weights_match_manifest():
-    with open(toyworld.MANIFEST_PATH, encoding="utf-8") as fh:
-        manifest = json.load(fh)
-    assert manifest["file"] == os.path.basename(toyworld.WEIGHTS_PATH)
-    assert sha256(toyworld.WEIGHTS_PATH) == manifest["sha256"]
-    assert os.path.getsize(toyworld.WEIGHTS_PATH) == manifest["bytes"]
-    for key in ("command", "unet_steps", "final_unet_loss_mean_last_100", "date", "seed"):
-        assert key in manifest, key
+@pytest.mark.parametrize("weights,manifest", [(toyworld.WEIGHTS_PATH, toyworld.MANIFEST_PATH),
+                                               (toyworld.SVD_LIKE_WEIGHTS_PATH, toyworld.SVD_LIKE_MANIFEST_PATH)])
+def test_weights_match_manifest(weights, manifest):
+    with open(manifest, encoding="utf-8") as fh:
+        record = json.load(fh)
+    assert record["file"] == os.path.basename(weights)
+    assert sha256(weights) == record["sha256"]
+    assert os.path.getsize(weights) == record["bytes"]
+    for key in ("command", "reproduce", "unet_steps", "final_unet_loss_mean_last_100", "date", "seed"):
+        assert key in record, key
+
+
+def test_the_svd_like_model_has_no_motion_tokens_and_was_trained_on_images_alone():
+    _parts, tokens, metadata = toyworld.load_state(toyworld.SVD_LIKE_WEIGHTS_PATH)
+    assert tokens.shape[0] == 0 and metadata["settings"]["conditioning"] == "image"
+    assert "--conditioning image" in metadata["reproduce"]
 
 
 @pytest.fixture(scope="module")
