@@ -321,7 +321,7 @@ def test_the_model_choice_loads_each_shipped_file(comfy_nodes):
     toyworld = pack_module("motion_core.toy.toyworld")
     node = comfy_nodes.NODE_CLASS_MAPPINGS["MotionInversion_LoadToyVideoModel"]
     options = node.GET_NODE_INFO_V1()["input"]["required"]["model"]
-    assert options[0] == list(toyworld.TOY_MODELS) and options[1]["default"] == "class-token toy (toy_svd)"
+    assert options[1]["options"] == list(toyworld.TOY_MODELS) and options[1]["default"] == "class-token toy (toy_svd)"
     fingerprints = {node.fingerprint_inputs(model=model) for model in toyworld.TOY_MODELS}
     assert len(fingerprints) == 2                                         # two files
     for model, path in toyworld.TOY_MODELS.items():
