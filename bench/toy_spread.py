@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import os
 import statistics
 import sys
 import time
@@ -29,6 +30,7 @@ from motion_core.toy.toyeval import animate_batch, nearest_ideal_motion
 from motion_core.toy.toyworld import FRAMES, load_world
 
 log = logging.getLogger("bench.toy_spread")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def spread(readings: list[list[str]]) -> dict:
@@ -79,7 +81,7 @@ def main(argv=None) -> int:
     if not args.no_doc:
         command = ("python -m bench.toy_spread " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
         body = [f"Measured with `{command}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "
-                f"{time.time() - started:.0f} s; toy model per `{manifest.split('/motion_core/')[-1]}`; "
+                f"{time.time() - started:.0f} s; toy model per `{os.path.relpath(manifest, REPO_ROOT)}`; "
                 f"{args.images} held-out first frames x {args.seeds} seeds, no motion input, "
                 f"{args.sample_steps} Euler steps.", "", table, "", "Classes read over all clips:", ""]
         body += [f"- {line}" for line in tallies]
