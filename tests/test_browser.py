@@ -162,7 +162,7 @@ def test_workflows_load_and_toy_runs_in_the_frontend(server, tmp_path, capsys):
     assert run["lossesSeen"] > 1 and run["curveSeen"] > 50, f"no live loss curve on the Learn node while it ran: {run}"
     assert run["losses"] == LEARN_STEPS and run["curveAfter"] > 50
     assert "MotionEmbedding[" in run["learnSummary"] and f"{LEARN_STEPS} steps" in run["learnSummary"], run["learnSummary"]
-    assert run["scoreSummary"].startswith("Motion Fidelity Score: "), run["scoreSummary"]
+    assert run["scoreSummary"].startswith("Motion Fidelity Score (moving points): "), run["scoreSummary"]
     _no_overlap(run["learnWidgets"], run["learnSize"])
     (entry,) = run["history"].values()
     assert entry["status"]["status_str"] == "success", entry["status"]

@@ -312,21 +312,21 @@ def test_missing_weights_name_the_path_and_the_fix(comfy_nodes, tmp_path, monkey
     for model in toyworld.TOY_MODELS:
         monkeypatch.setitem(toyworld.TOY_MODELS, model, str(tmp_path / "shipped.safetensors"))
         with pytest.raises(FileNotFoundError, match=r"shipped\.safetensors"):
-            node.execute(model=model)
-    with pytest.raises(ValueError, match="unknown model 'toy_svd'; choose one of"):
-        node.execute(model="toy_svd")
+            node.execute(toy_model=model)
+    with pytest.raises(ValueError, match="unknown toy_model 'toy_svd'; choose one of"):
+        node.execute(toy_model="toy_svd")
 
 
 def test_the_model_choice_loads_each_shipped_file(comfy_nodes):
     toyworld = pack_module("motion_core.toy.toyworld")
     node = comfy_nodes.NODE_CLASS_MAPPINGS["MotionInversion_LoadToyVideoModel"]
-    options = node.GET_NODE_INFO_V1()["input"]["required"]["model"]
+    options = node.GET_NODE_INFO_V1()["input"]["required"]["toy_model"]
     assert options[1]["options"] == list(toyworld.TOY_MODELS) and options[1]["default"] == "class-token toy (toy_svd)"
-    fingerprints = {node.fingerprint_inputs(model=model) for model in toyworld.TOY_MODELS}
+    fingerprints = {node.fingerprint_inputs(toy_model=model) for model in toyworld.TOY_MODELS}
     assert len(fingerprints) == 2                                         # two files
     for model, path in toyworld.TOY_MODELS.items():
         assert os.path.isfile(path), path                                 # both ship with the pack
-        patcher, clip_vision, vae = node.execute(model=model).result
+        patcher, clip_vision, vae = node.execute(toy_model=model).result
         assert patcher.model.diffusion_model is not None and vae is not None and clip_vision is not None
 
 

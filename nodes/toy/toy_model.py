@@ -39,14 +39,15 @@ log = logging.getLogger(__name__)
 DEFAULT_TOY_MODEL = next(iter(toyworld.TOY_MODELS))
 
 
-def weights_path(weights: str = "", model: str = DEFAULT_TOY_MODEL) -> str:
-    """The file to load: ``weights`` when given (``~`` expanded), else the shipped file of ``model``."""
+def weights_path(weights: str = "", toy_model: str = DEFAULT_TOY_MODEL) -> str:
+    """The file to load: ``weights`` when given (``~`` expanded), else the shipped file of ``toy_model``."""
     weights = (weights or "").strip()
     if weights:
         return os.path.abspath(os.path.expanduser(weights))
-    if model not in toyworld.TOY_MODELS:
-        raise ValueError(f"Load Toy Video Model: unknown model {model!r}; choose one of {list(toyworld.TOY_MODELS)}")
-    return toyworld.TOY_MODELS[model]
+    if toy_model not in toyworld.TOY_MODELS:
+        raise ValueError(f"Load Toy Video Model: unknown toy_model {toy_model!r}; choose one of "
+                         f"{list(toyworld.TOY_MODELS)}")
+    return toyworld.TOY_MODELS[toy_model]
 
 
 def _missing_weights_message(path: str) -> str:
@@ -188,7 +189,7 @@ class LoadToyVideoModel(io.ComfyNode):
                         "8x8 latent output. Its CLIP_VISION is a toy image encoder, not CLIP: it only feeds SVD "
                         "conditioning and Learn Motion Embedding.",
             inputs=[
-                io.Combo.Input("model", options=list(toyworld.TOY_MODELS), default=DEFAULT_TOY_MODEL,
+                io.Combo.Input("toy_model", options=list(toyworld.TOY_MODELS), default=DEFAULT_TOY_MODEL,
                                tooltip="Which shipped toy model. class-token toy: trained with a learned "
                                        "cross-attention token per motion class, so motion-text inversion has "
                                        "tokens to find. SVD-like toy: trained as SVD is, its cross-attention only "
@@ -197,7 +198,7 @@ class LoadToyVideoModel(io.ComfyNode):
                                        "Embeddings. Both measured in the pack's docs/quality.md."),
                 io.String.Input("weights", default="", optional=True,
                                 tooltip="Path of a toy model .safetensors file (from `python -m motion_core "
-                                        "train-toy`); empty = the shipped file of `model`."),
+                                        "train-toy`); empty = the shipped file of `toy_model`."),
             ],
             outputs=[
                 io.Model.Output(display_name="model",
@@ -212,10 +213,10 @@ class LoadToyVideoModel(io.ComfyNode):
         )
 
     @classmethod
-    def fingerprint_inputs(cls, model: str = DEFAULT_TOY_MODEL, weights: str = "", **_kwargs):
-        path = weights_path(weights, model)
+    def fingerprint_inputs(cls, toy_model: str = DEFAULT_TOY_MODEL, weights: str = "", **_kwargs):
+        path = weights_path(weights, toy_model)
         return f"{path}:{os.path.getmtime(path)}" if os.path.isfile(path) else path
 
     @classmethod
-    def execute(cls, model: str = DEFAULT_TOY_MODEL, weights: str = "") -> io.NodeOutput:
-        return io.NodeOutput(*load_toy_models(weights_path(weights, model)))
+    def execute(cls, toy_model: str = DEFAULT_TOY_MODEL, weights: str = "") -> io.NodeOutput:
+        return io.NodeOutput(*load_toy_models(weights_path(weights, toy_model)))
