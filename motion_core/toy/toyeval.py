@@ -77,7 +77,6 @@ VARIANTS = {
                                 debias="difference", layers="lowest"),
     "mi_qk_only": _mi("MI: query-key only, Reference Noise", values=False),
     "mi_values_dropped": _mi("MI: values dropped (camera motion), Reference Noise", debias="drop"),
-    "text_FF_N5_rn": Variant("motion-text F'=F+1, N=5, Reference Noise", 5, reference_noise=0.5),
 }
 
 

@@ -312,15 +312,13 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         schedule.step()
         history.append(float(loss.detach()))
         _progress("unet", step, settings.unet_steps, start, history[-1])
-        if step % settings.checkpoint_every == 0 and image_only:
-            checkpoint(tokens.detach(), history)
-            average.add(step, unet, tokens.detach())
-        elif step % settings.checkpoint_every == 0:
-            unet.eval()
-            right, wrong = token_gap(unet, latents[probe_index], labels[probe_index], tokens.detach(), probe)
-            log.info("unet step %d: probe loss with the clip's own motion token %.4f, with another class's %.4f",
-                     step, right, wrong)
-            unet.train()
+        if step % settings.checkpoint_every == 0:
+            if not image_only:                       # the token probe: only where tokens are trained
+                unet.eval()
+                right, wrong = token_gap(unet, latents[probe_index], labels[probe_index], tokens.detach(), probe)
+                log.info("unet step %d: probe loss with the clip's own motion token %.4f, with another class's %.4f",
+                         step, right, wrong)
+                unet.train()
             checkpoint(tokens.detach(), history)
             average.add(step, unet, tokens.detach())
         if settings.minutes and time.time() - start > 60 * settings.minutes:
