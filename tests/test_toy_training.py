@@ -432,6 +432,14 @@ def test_image_conditioning_trains_without_motion_tokens_and_records_it(tmp_path
     with pytest.raises(ValueError, match="conditioning must be 'class_token'.*or 'image'"):
         train_toy(ToyTrainSettings(**{**TINY, "conditioning": "text"}), str(tmp_path / "x.safetensors"),
                   str(tmp_path / "x.json"))
+    further = train_toy(ToyTrainSettings(**{**TINY, "conditioning": "image", "unet_lr": 1e-5},
+                                         init_weights=str(tmp_path / "toy.safetensors")),
+                        str(tmp_path / "further.safetensors"), str(tmp_path / "further.json"))   # a further stage
+    assert further["starts_from"]["sha256"] == record["sha256"]
+    assert toyworld.load_world(str(tmp_path / "further.safetensors")).motion_tokens.shape[0] == 0
+    with pytest.raises(ValueError, match="has tokens for 0 motion classes"):   # class tokens cannot start from none
+        train_toy(ToyTrainSettings(**TINY, init_weights=str(tmp_path / "toy.safetensors")),
+                  str(tmp_path / "y.safetensors"), str(tmp_path / "y.json"))
 
 
 def test_the_motion_bucket_reaches_the_unet(one_thread):

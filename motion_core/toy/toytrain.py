@@ -419,7 +419,8 @@ def _previous_stage(settings: ToyTrainSettings) -> dict:
         raise ValueError(f"init_weights {path!r} has {world.motion_tokens.shape[1]} token(s) per class, the "
                          f"settings {settings.tokens_per_class}; pass --tokens-per-class "
                          f"{world.motion_tokens.shape[1]}")
-    if world.motion_tokens.shape[0] != len(toyclips.MOTION_CLASSES):
+    image_stage = settings.conditioning == "image" and world.motion_tokens.shape[0] == 0   # an SVD-like file
+    if not image_stage and world.motion_tokens.shape[0] != len(toyclips.MOTION_CLASSES):
         raise ValueError(f"init_weights {path!r} has tokens for {world.motion_tokens.shape[0]} motion classes, "
                          f"the clip generator {len(toyclips.MOTION_CLASSES)}; it was trained on other classes")
     stage = {"file": os.path.basename(path), "sha256": sha256(path), "minutes": world.metadata.get("minutes"),
@@ -504,7 +505,7 @@ def train_toy(settings: ToyTrainSettings, path: str = WEIGHTS_PATH, manifest: st
         unet.requires_grad_(True)
         vae_final_loss = world.metadata.get("vae_final_loss", float("nan"))      # that stage's VAE, unchanged
         scale = world.metadata.get("latent_rescale", 1.0)
-        initial_tokens = world.motion_tokens
+        initial_tokens = world.motion_tokens if len(world.motion_tokens) else None   # an SVD-like file has none
     image_shift = 0.0
     if settings.centre_image_embeddings:
         centre = initial_tokens.mean(dim=(0, 1)) if initial_tokens is not None else torch.zeros(TOKEN_WIDTH)
