@@ -40,6 +40,7 @@ from motion_core.toy.toyeval import (TOKEN_STARTS, VARIANTS, ToyLearnSettings, a
                                      heldout_reference, invert_reference, karras_sigmas, learn_variant, score)
 from motion_core.toy.toyworld import (FRAMES, IMAGE_SIZE, MANIFEST_PATH, SVD_LIKE_MANIFEST_PATH, SVD_LIKE_WEIGHTS_PATH,
                                       WEIGHTS_PATH, load_world)
+from motion_core.toy.toytrain import sha256
 
 log = logging.getLogger("bench.quality")
 START_WORDS = {"image": "the reference frames' image embeddings", "zero": "zero"}
@@ -135,12 +136,13 @@ def run(args) -> str:
     return "\n".join(lines), rows, references
 
 
-def json_rows(rows: list[dict], model: str, command: str, args) -> list[dict]:
-    """The rows as ``docs/quality.json`` records them (fractions 0..1; NaN as null)."""
+def json_rows(rows: list[dict], model: str, command: str, args, weights_sha256: str) -> list[dict]:
+    """The rows as ``docs/quality.json`` records them (fractions 0..1; NaN as null), each with
+    the sha256 of the model file they were measured on."""
     def number(value):
         return None if value != value else round(float(value), 4)
 
-    return [{"name": row["name"], "key": row["key"], "model": model,
+    return [{"name": row["name"], "key": row["key"], "model": model, "weights_sha256": weights_sha256,
              "dense_flow_accuracy": number(row["dense_accuracy"]), "nearest_ideal_accuracy": number(row["ideal_accuracy"]),
              "klt_accuracy": number(row["accuracy"]), "mfs_moving": number(row["mfs_moving"]),
              "mfs_all": number(row["mfs"]), "mfs_wide_window": number(row["mfs_wide"]),
@@ -154,7 +156,8 @@ def json_rows(rows: list[dict], model: str, command: str, args) -> list[dict]:
 
 def merge_json(path: str, records: list[dict]) -> list[dict]:
     """Replace the records of the same model, row and learning steps in ``path`` (others kept),
-    written atomically."""
+    written atomically. Records of the same model measured on another file of it (another
+    ``weights_sha256``: the model was retrained) are dropped: they no longer describe it."""
     def identity(record):
         return record["model"], record["key"], record.get("learning_steps")
 
@@ -163,7 +166,13 @@ def merge_json(path: str, records: list[dict]) -> list[dict]:
         with open(path, encoding="utf-8") as fh:
             kept = json.load(fh)["rows"]
     fresh = {identity(record) for record in records}
-    merged = [record for record in kept if identity(record) not in fresh] + records
+    current = {record["model"]: record.get("weights_sha256") for record in records}
+    stale = [record for record in kept if record["model"] in current
+             and record.get("weights_sha256") != current[record["model"]]]
+    for record in stale:
+        log.info("dropping %s / %s from %s: measured on another file of that model", record["model"],
+                 record["key"], os.path.basename(path))
+    merged = [record for record in kept if identity(record) not in fresh and record not in stale] + records
     merged.sort(key=lambda record: (record["model"], record["name"], record.get("learning_steps") or 0))
     partial = path + ".partial"
     with open(partial, "w", encoding="utf-8") as fh:
@@ -258,7 +267,7 @@ def main(argv=None) -> int:
     shipped = not args.weights                                   # the docs are the shipped models'
     command = ("python -m bench.quality " + " ".join(sys.argv[1:] if argv is None else argv)).strip()
     if not args.no_json and not args.reference and shipped:
-        merge_json(JSON, json_rows(rows, args.model, command, args))
+        merge_json(JSON, json_rows(rows, args.model, command, args, sha256(MODELS[args.model][0])))
     _weights, manifest, doc = MODELS[args.model]
     if not args.no_doc and not args.reference and shipped:
         lines = [f"Measured with `{command}` on {time.strftime('%Y-%m-%d')}, CPU ({args.threads} threads), "

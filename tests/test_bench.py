@@ -64,18 +64,28 @@ def test_quality_benchmark_updates_its_block_and_keeps_the_analysis(one_thread, 
     weights, manifest, _doc = quality.MODELS["class_token"]
     monkeypatch.setitem(quality.MODELS, "class_token", (weights, manifest, str(doc)))
     record = tmp_path / "quality.json"
+    from motion_core.toy.toytrain import sha256
+    shipped = sha256(weights)
     record.write_text(json.dumps({"rows": [
-        {"model": "class_token", "key": "class_token", "name": "an older run", "learning_steps": 150},
-        {"model": "svd_like", "key": "no_motion", "name": "another model's row, kept", "learning_steps": 150}]}),
+        {"model": "class_token", "key": "class_token", "name": "an older run", "learning_steps": 150,
+         "weights_sha256": shipped},
+        {"model": "class_token", "key": "mi_none", "name": "same file's row, kept", "learning_steps": 150,
+         "weights_sha256": shipped},
+        {"model": "class_token", "key": "mi_qk_only", "name": "a retrained file's row, dropped", "learning_steps": 150,
+         "weights_sha256": "0" * 64},
+        {"model": "svd_like", "key": "no_motion", "name": "another model's row, kept", "learning_steps": 150,
+         "weights_sha256": "1" * 64}]}),
         encoding="utf-8")
     monkeypatch.setattr(quality, "JSON", str(record))
     assert quality.main(["--motions", "static", "--variants", "class_token", "no_motion", "--targets-per-reference", "1",
                          "--sample-steps", "2", "--threads", "1", "--log-sigma-mean", "2.3",
                          "--augment-crop", "0.7", "--token-start", "zero"]) == 0
     rows = json.loads(record.read_text(encoding="utf-8"))["rows"]
-    assert [(row["model"], row["key"]) for row in rows] == [
-        ("class_token", "class_token"), ("class_token", "no_motion"), ("svd_like", "no_motion")]   # replaced, kept
+    assert [(row["model"], row["key"]) for row in rows] == [          # replaced, kept; the retrained file's dropped
+        ("class_token", "class_token"), ("class_token", "no_motion"), ("class_token", "mi_none"),
+        ("svd_like", "no_motion")]
     measured = rows[0]
+    assert measured["weights_sha256"] == shipped and rows[1]["weights_sha256"] == shipped
     assert measured["name"].startswith("(upper bound)") and measured["command"].startswith("python -m bench.quality")
     for field in ("dense_flow_accuracy", "nearest_ideal_accuracy", "klt_accuracy", "mfs_moving", "mfs_all",
                   "appearance_leakage", "learning_seconds"):

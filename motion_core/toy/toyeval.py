@@ -73,8 +73,11 @@ VARIANTS = {
     "mi_none": _mi("MI: query-key + value, no debias, Reference Noise"),
     "mi_difference_fresh": _mi("MI: query-key + value, difference, fresh noise", debias="difference",
                                reference_noise=0.0),
+    "mi_none_fresh": _mi("MI: query-key + value, no debias, fresh noise", reference_noise=0.0),
     "mi_lowest_difference": _mi("MI: query-key + value on the lowest-resolution levels, difference, Reference Noise",
                                 debias="difference", layers="lowest"),
+    "mi_lowest_none": _mi("MI: query-key + value on the lowest-resolution levels, no debias, Reference Noise",
+                          layers="lowest"),
     "mi_qk_only": _mi("MI: query-key only, Reference Noise", values=False),
     "mi_values_dropped": _mi("MI: values dropped (camera motion), Reference Noise", debias="drop"),
 }
