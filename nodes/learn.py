@@ -92,7 +92,7 @@ class LearnMotionEmbedding(io.ComfyNode):
                                        "embeddings in the temporal self-attention (use Debias, Apply Motion and "
                                        "Reference Noise, as motion_embeddings_svd.json does); both: learned jointly. "
                                        "On the SVD-like toy model (image embedding only, as SVD) motion_text moved "
-                                       "73% of targets by nearest ideal, temporal 43-53%, both 60% "
+                                       "73% of targets by nearest ideal, temporal 40-67%, both 60% "
                                        "(docs/quality_svd_like.md)."),
                 io.Int.Input("tokens_per_frame", default=5, min=1, max=77,
                              tooltip="Motion-text tokens per frame (N). The paper uses 5."),
@@ -122,9 +122,9 @@ class LearnMotionEmbedding(io.ComfyNode):
                                tooltip="Temporal layers that get embeddings: widest (default: the 1280-channel, "
                                        "lowest-resolution levels, as Motion Inversion's code), all (16 on SVD), or "
                                        "explicit (list below). On the SVD-like toy model the lowest-resolution levels "
-                                       "alone moved targets better than every level (nearest ideal 53% vs 43%, "
-                                       "moving-points Motion Fidelity 0.51 vs 0.37; docs/quality_svd_like.md), "
-                                       "and they cost less memory."),
+                                       "alone moved targets at least as well as every level (with difference: nearest "
+                                       "ideal 67% both, dense flow 60% vs 57%, moving-points Motion Fidelity 0.54 "
+                                       "vs 0.49; docs/quality_svd_like.md), and they cost less memory."),
                 io.String.Input("explicit_layers", default="", optional=True,
                                 tooltip="For layers = explicit: comma-separated layer numbers, e.g. 0, 1, 14, 15."),
                 io.Boolean.Input("activation_checkpointing", default=True, optional=True,

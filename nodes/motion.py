@@ -28,11 +28,11 @@ class DebiasValueEmbedding(io.ComfyNode):
                 io.Combo.Input("mode", options=list(DEBIAS_MODES), default=DIFFERENCE,
                                tooltip="difference (eq. 5, the paper's and the default), normalize, none, or drop "
                                        "the value embeddings (camera motion). Measured on the SVD-like toy model "
-                                       "(docs/quality_svd_like.md, Motion Inversion's recipe): difference and none "
-                                       "move targets alike by nearest ideal motion (43% both) and moving-points "
-                                       "Motion Fidelity (0.37 / 0.36), none reads more by dense flow (77% vs 63%), "
-                                       "difference keeps less of the reference's look (leakage -0.118 vs -0.081); "
-                                       "drop moved the toy's objects far less (30%)."),
+                                       "(docs/quality_svd_like.md, Motion Inversion's recipe): difference moved more "
+                                       "targets' objects in the reference's motion than none (nearest ideal 67% vs "
+                                       "40%) and kept less of the reference's look (leakage -0.132 vs -0.090); none "
+                                       "reads more by dense flow (77% vs 57%): the reference's flow carried over the "
+                                       "whole frame. drop moved the toy's objects less (43%)."),
             ],
             outputs=[MotionEmbeddingSocket.Output(display_name="motion_embedding", tooltip="The debiased copy.")],
         )

@@ -105,9 +105,9 @@ class ReferenceNoise(io.ComfyNode):
                 io.Float.Input("prior", default=0.5, min=0.0, max=1.0, step=0.01,
                                tooltip="Share of inverted noise: 0 = fresh noise only, 1 = inverted only (paper: "
                                        "0.5). Measured at 0.5 on the SVD-like toy model with Motion Embeddings "
-                                       "(docs/quality_svd_like.md): 63% / 43% of targets in the reference's motion "
-                                       "(dense flow / nearest ideal) against 40% / 40% from fresh noise; the noise "
-                                       "alone, without an embedding, 27% / 27%."),
+                                       "(docs/quality_svd_like.md): 57% / 67% of targets in the reference's motion "
+                                       "(dense flow / nearest ideal) against 43% / 57% from fresh noise; the noise "
+                                       "alone, without an embedding, 23% / 23%."),
                 io.Int.Input("inversion_steps", default=8, min=1, max=100,
                              tooltip="Euler steps of the inversion; more is closer to the true ODE, and slower."),
                 io.Int.Input("seed", default=0, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
