@@ -201,7 +201,9 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
         try:
             if callback is not None:
                 callback(step + 1, settings.steps, value)
-        except Exception as exc:  # Cancel from the host: hand back what we have
+        # Cancel from the host: hand back what we have. ComfyUI 0.33's interrupt derives from
+        # BaseException (0.3.64's from Exception), so that nothing catches it by accident.
+        except BaseException as exc:
             raise TrainingInterrupted(_finish(embedding, history, step + 1, skipped, settings,
                                               f"interrupted at step {step + 1}"), exc) from exc
     return _finish(embedding, history, settings.steps, skipped, settings, None)

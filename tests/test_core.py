@@ -233,10 +233,15 @@ def test_float16_loss_scaling_skips_overflowing_steps_and_learns():
     assert result.loss_history[-1] < result.loss_history[0]
 
 
-def test_interrupt_carries_the_last_good_result():
+class _HostInterrupt(BaseException):
+    """Like ComfyUI 0.33's InterruptProcessingException: a BaseException, not an Exception."""
+
+
+@pytest.mark.parametrize("cancel_error", [KeyError("cancelled"), _HostInterrupt()])
+def test_interrupt_carries_the_last_good_result(cancel_error):
     def cancel(step, total, loss):
         if step == 3:
-            raise KeyError("cancelled")
+            raise cancel_error
 
     spatial, temporal = init_motion_text(4, 4, None, token_width=16)
     embedding = MotionEmbedding(spatial_tokens=spatial, temporal_tokens=temporal,
@@ -244,7 +249,7 @@ def test_interrupt_carries_the_last_good_result():
     with pytest.raises(TrainingInterrupted) as stop:
         train_motion_embedding(ToyDenoiser(embedding), torch.zeros(4, 4, 4, 4), embedding,
                                TrainSettings(steps=10, augment=AugmentSettings(enabled=False)), cancel)
-    assert stop.value.result.steps_done == 3 and isinstance(stop.value.cause, KeyError)
+    assert stop.value.result.steps_done == 3 and stop.value.cause is cancel_error
     assert torch.equal(stop.value.result.embedding.spatial_tokens, embedding.spatial_tokens.detach())
 
 
