@@ -8,9 +8,10 @@ which is exactly a denoiser ``D(x; sigma)``.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -61,6 +62,26 @@ class _TrainingSampler(comfy.samplers.Sampler):
         return torch.zeros_like(latent_image)
 
 
+@contextlib.contextmanager
+def host_training_mode() -> Iterator[bool]:
+    """Tell ComfyUI that a model is being trained, for the length of the ``with`` block.
+
+    ComfyUI 0.33 has a flag, ``comfy.model_management.in_training``, that its own trainer
+    sets: while it is False, RoPE and quantised linears run through comfy_kitchen kernels
+    that have no backward. 0.3.64 has no flag and no such kernels. Yields whether the host
+    has the flag; the old value comes back afterwards, also after an error or a Cancel.
+    """
+    if not hasattr(comfy.model_management, "in_training"):
+        yield False
+        return
+    previous = comfy.model_management.in_training
+    comfy.model_management.in_training = True
+    try:
+        yield True
+    finally:
+        comfy.model_management.in_training = previous
+
+
 def compute_dtype(model) -> torch.dtype:
     """The dtype the UNet computes in (its weight dtype, or the manual-cast dtype ComfyUI chose)."""
     return getattr(model.model, "manual_cast_dtype", None) or model.model_dtype()
@@ -83,12 +104,12 @@ def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], refer
     ComfyUI loaded it in, with dynamic loss scaling when that is float16.
     ``checkpointing``: recompute each UNet block in the backward pass instead of keeping
     its activations (:func:`model_hooks.with_recompute`), undone when learning ends,
-    also after an error or a Cancel. Raises ``TrainingInterrupted`` (with the last good
+    also after an error or a Cancel, as is :func:`host_training_mode`. Raises ``TrainingInterrupted`` (with the last good
     embedding) on Cancel.
     """
     if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
         settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)
-    with torch.inference_mode(False), torch.enable_grad():
+    with torch.inference_mode(False), torch.enable_grad(), host_training_mode():
         embedding = initial.trainable_copy(model.load_device)
         positive = make_positive(embedding)
         patched = trainable_clone(model)

@@ -9,6 +9,9 @@ FRAMES, HEIGHT, WIDTH = 4, 64, 64   # latent 8x8
 # difference (D - x0) the learned tensors' gradients differ from float32's by up to this much:
 BFLOAT16_GRADIENT_TOLERANCE = 0.15  # relative L2 difference, bfloat16 vs float32
 BFLOAT16_GRADIENT_COSINE = 0.99     # and they point the same way
+# float8 e4m3 weights (3 mantissa bits, about 6% per weight) change the model itself, not only
+# the arithmetic: the first gradients still point the same way as float32's, roughly.
+FLOAT8_GRADIENT_COSINE = 0.8
 
 
 def _reference_frames():
@@ -19,16 +22,24 @@ def _reference_frames():
     return frames
 
 
-def _loaded_model(dtype=torch.float32, seed=0):
-    """The tiny SVD as ComfyUI's loader makes it: weights are inference tensors (optionally in ``dtype``)."""
+def _loaded_model(dtype=torch.float32, seed=0, manual_cast=False):
+    """The tiny SVD as ComfyUI's loader makes it: weights are inference tensors (optionally in ``dtype``).
+
+    ``manual_cast``: choose the compute dtype as UNETLoader does for its ``weight_dtype``
+    (``load_diffusion_model_state_dict``: weights stay in ``dtype``, layers cast them to the
+    compute dtype ``unet_manual_cast`` picks for the device; float32 for float8 on the CPU).
+    """
     import comfy.model_base
+    import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
     initialised = build_tiny_svd(seed)
     config = comfy.supported_models.SVD_img2vid(dict(TINY_SVD_UNET))
     config.unet_config["num_head_channels"] = 16
-    config.set_inference_dtype(dtype, None)
+    cast = (comfy.model_management.unet_manual_cast(dtype, torch.device("cpu"), config.supported_inference_dtypes)
+            if manual_cast else None)
+    config.set_inference_dtype(dtype, cast)
     with torch.inference_mode():
         model = comfy.model_base.SVD_img2vid(config, device=torch.device("cpu"))
         model.load_state_dict(initialised.model.state_dict())
@@ -154,6 +165,32 @@ def test_float16_model_learns_with_loss_scaling(comfy_nodes):
     training = embedding.metadata["training"]
     assert training["loss_scale"] == 2.0 ** 16 and embedding.spatial_tokens.dtype == torch.float32
     assert embedding.all_finite() and training["steps_done"] == 3
+
+
+def test_float8_weights_learn(comfy_nodes):
+    """UNETLoader's ``weight_dtype`` fp8_e4m3fn: float8 weights, cast per layer; learning still works.
+
+    On ComfyUI 0.33 this needs ``in_training`` while learning (quantised paths have no backward).
+    """
+    import comfy.model_management
+
+    model = _loaded_model(torch.float8_e4m3fn, manual_cast=True)
+    weights = {p.dtype for p in model.model.diffusion_model.parameters()}
+    assert torch.float8_e4m3fn in weights and model.model.manual_cast_dtype == torch.float32
+    flags = []
+    low = _first_gradients(model, "both", True,
+                           during=lambda: flags.append(getattr(comfy.model_management, "in_training", None)))
+    assert flags == ([True] if hasattr(comfy.model_management, "in_training") else [None])
+    full = _first_gradients(_loaded_model(torch.float32), "both", True)
+    assert all(bool(torch.isfinite(g).all()) for g in low) and all(float(g.abs().max()) > 0 for g in low)
+    dot = sum(float((a * b).sum()) for a, b in zip(full, low))
+    cosine = dot / (sum(float(a.pow(2).sum()) for a in full) * sum(float(b.pow(2).sum()) for b in low)) ** 0.5
+    assert cosine > FLOAT8_GRADIENT_COSINE, cosine
+    learn = comfy_nodes.NODE_CLASS_MAPPINGS["MotionInversion_LearnMotionEmbedding"]
+    with torch.inference_mode():
+        embedding = learn.execute(**_learn_args(model, "both", steps=3)).result[0]
+    history = embedding.metadata["loss_history"]
+    assert embedding.all_finite() and embedding.metadata["training"]["steps_done"] == 3 and len(history) == 3
 
 
 def test_learn_shows_its_memory_plan(comfy_nodes):
