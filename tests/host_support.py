@@ -99,6 +99,24 @@ def start_comfy():
     return nodes
 
 
+def prompt_executor(server):
+    """ComfyUI's ``PromptExecutor`` with its classic cache, on every host version we test.
+
+    This is the harness's one place that follows the host's version where interfaces differ:
+    0.3.64 builds it as ``PromptExecutor(server, cache_type=False, cache_size=None)``; 0.33
+    takes ``cache_args`` instead and reads ``cache_args["ram"]`` / ``["ram_inactive"]`` (RAM
+    headroom in GB) in every ``execute``, so it must be a dict (main.py always passes one).
+    """
+    import inspect
+
+    import execution
+
+    if "cache_args" in inspect.signature(execution.PromptExecutor).parameters:
+        return execution.PromptExecutor(server, cache_type=execution.CacheType.CLASSIC,
+                                        cache_args={"lru": 0, "ram": 0.0, "ram_inactive": 0.0})
+    return execution.PromptExecutor(server)
+
+
 def work_dir() -> str:
     return _state["work"]
 

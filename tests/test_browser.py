@@ -30,6 +30,9 @@ CHROMIUM = os.environ.get("MI_CHROMIUM", "/usr/bin/chromium")
 LEARN_STEPS = int(os.environ.get("MI_BROWSER_LEARN_STEPS", "24"))
 SAMPLER_STEPS = 3
 TOY = "toy_reenact.json"
+# Files the shipped workflows name that the test server lacks: SVD's checkpoint (a download) and
+# the embedding reenact_svd.json saves for apply_saved_motion.json.
+MISSING_HERE = {"ckpt_name=svd.safetensors", "embedding=motion_00001.safetensors"}
 
 
 def _missing_tools() -> str | None:
@@ -145,13 +148,22 @@ def test_workflows_load_and_toy_runs_in_the_frontend(server, tmp_path, capsys):
 
     for name in workflow_names():
         with open(os.path.join(WORKFLOW_DIR, name), encoding="utf-8") as fh:
-            listed = sorted((n["id"], n["type"]) for n in json.load(fh)["nodes"])
+            listed = sorted((str(n["id"]), n["type"]) for n in json.load(fh)["nodes"])
         loaded = result["workflows"][name]
-        assert sorted((n["id"], n["type"]) for n in loaded["nodes"]) == listed, name
+        # ids by value: frontend 1.2x reports them as numbers, 1.49 as strings
+        assert sorted((str(n["id"]), n["type"]) for n in loaded["nodes"]) == listed, name
         unregistered = [n["type"] for n in loaded["nodes"] if not n["registered"]]
         assert unregistered == [], f"{name}: missing node types {unregistered}"
         red = [n for n in loaded["nodes"] if n["hasErrors"] or n["color"] == "#FF0000" or n["bgcolor"] == "#FF0000"]
-        assert red == [], f"{name}: nodes drawn with errors {red}"
+        # Frontend 1.49 marks a node whose file is missing (the SVD checkpoint to download, an
+        # embedding still to learn) as it loads; 1.27 waits for Run. Any other error is a bug,
+        # and the toy workflow, whose files the pack ships, has none.
+        unexplained = [n for n in red if not n["missing"] or not n["hasErrors"]]
+        assert unexplained == [], f"{name}: nodes drawn with errors {unexplained}"
+        if name == TOY:
+            assert red == [] and not any(n["missing"] for n in loaded["nodes"]), loaded["nodes"]
+        missing = {value for n in loaded["nodes"] for value in n["missing"]}
+        assert missing <= MISSING_HERE, f"{name}: the server lacks {missing - MISSING_HERE}"
         assert not any("missing node" in d.lower() for d in loaded["dialogs"]), loaded["dialogs"]
         if name != TOY:     # the SVD workflows offer the checkpoint's download; the toy needs none
             assert any("svd.safetensors" in d for d in loaded["dialogs"]), loaded["dialogs"]

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from host_support import build_tiny_svd, build_tiny_vae, pack_module, work_dir
+from host_support import build_tiny_svd, build_tiny_vae, pack_module, prompt_executor, work_dir
 from workflow_support import (FRONTEND_ONLY, check_links, check_slots, check_values, load_workflow, set_inputs,
                               widget_index, workflow_names, workflow_to_api_prompt)
 
@@ -364,11 +364,9 @@ def tiny_loader(comfy_nodes, monkeypatch):
 
 
 def _run(comfy_nodes, prompt):
-    import execution
-
     outputs = _validate(prompt)
     assert set(outputs) == _output_nodes(comfy_nodes, prompt)
-    executor = execution.PromptExecutor(_Server())
+    executor = prompt_executor(_Server())
     executor.execute(prompt, "workflow-test", {}, outputs)
     errors = [{k: data[k] for k in ("node_type", "exception_message", "traceback")}
               for event, data in executor.status_messages if event == "execution_error"]

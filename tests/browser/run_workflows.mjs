@@ -108,9 +108,25 @@ try {
     const found = await page.evaluate(() => window.app.graph.nodes.map((n) => ({
       id: n.id, type: n.type, hasErrors: !!n.has_errors, registered: n.constructor?.type === n.type
         || n.constructor?.comfyClass === n.type, color: n.color || null, bgcolor: n.bgcolor || null,
+      // combo values the server does not offer: files this ComfyUI lacks (a model to download,
+      // an embedding still to learn); frontend 1.49 marks such nodes with errors on load
+      missing: (n.widgets || []).filter((w) => Array.isArray(w.options?.values) && !w.options.values.includes(w.value))
+        .map((w) => `${w.name}=${w.value}`),
     })));
     const shownDialogs = await dialogs();
     await closeDialogs();
+    // Frontend 1.49 reports missing files in an error toast whose "View details" opens a panel
+    // (1.27 opens a Missing Models dialog): read what that panel tells the user.
+    const details = page.getByRole("button", { name: "View details" }).first();
+    if (await details.count() && await details.isVisible()) {
+      await details.click({ timeout: 5000 }).catch(() => {});
+      await page.waitForTimeout(800);
+      await page.screenshot({ path: join(config.out, `details_${workflow.name.replace(/\.json$/, "")}.png`) });
+      shownDialogs.push(await page.evaluate(() => document.body.innerText.split("\n")
+        .filter((line) => /safetensors|missing|download/i.test(line)).join("\n").slice(0, 600)));
+      await page.keyboard.press("Escape");
+      await closeDialogs();
+    }
     await fitView();
     const shot = join(config.out, `workflow_${workflow.name.replace(/\.json$/, "")}.png`);
     await page.screenshot({ path: shot });
