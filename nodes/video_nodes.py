@@ -11,13 +11,28 @@ from ..motion_core.video import (IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoReadEr
 from .common import CATEGORY, NODE_PREFIX
 
 
+def _host_accepts(root: str, path: str) -> bool:
+    """Whether this ComfyUI opens ``path`` from its input folder ``root``.
+
+    ComfyUI 0.33 refuses an input that resolves outside the folder (a link to a clip kept
+    elsewhere, or ``..``) with "Invalid file path"; 0.3.64 has no such check and opens it.
+    """
+    within = getattr(folder_paths, "is_within_directory", None)
+    return within is None or within(root, path)
+
+
 def _input_choices() -> list[str]:
-    """Video/animation files in ComfyUI's input folder, plus sub-folders holding images."""
+    """Video/animation files in ComfyUI's input folder, plus sub-folders holding images.
+
+    Links that this ComfyUI would refuse to open are left out of the list.
+    """
     root = folder_paths.get_input_directory()
     choices = []
     if os.path.isdir(root):
         for name in sorted(os.listdir(root)):
             path = os.path.join(root, name)
+            if not _host_accepts(root, path):
+                continue
             if os.path.isfile(path) and name.lower().endswith(VIDEO_EXTENSIONS):
                 choices.append(name)
             elif os.path.isdir(path) and any(f.lower().endswith(IMAGE_EXTENSIONS) for f in os.listdir(path)):
@@ -25,8 +40,21 @@ def _input_choices() -> list[str]:
     return choices
 
 
+class InputOutsideFolder(ValueError):
+    pass
+
+
 def _resolve(video: str) -> str:
-    return folder_paths.get_annotated_filepath(video.rstrip("/")) if video else ""
+    """The clip's path; :class:`InputOutsideFolder` where this ComfyUI refuses it (see :func:`_host_accepts`)."""
+    if not video:
+        return ""
+    try:
+        return folder_paths.get_annotated_filepath(video.rstrip("/"))
+    except ValueError as exc:
+        raise InputOutsideFolder(
+            f"ComfyUI refuses the reference video {video!r} ({exc}): it resolves outside ComfyUI's input "
+            "folder (a link to a file or folder elsewhere, or '..'). Copy the clip into the input folder, "
+            "or upload it.") from exc
 
 
 class LoadReferenceVideo(io.ComfyNode):
@@ -73,10 +101,9 @@ class LoadReferenceVideo(io.ComfyNode):
                 return f"{name} is {value}; it must be between {low} and {high}"
         if not video:
             return "no reference video chosen: upload one or put it in ComfyUI's input folder"
-        path = _resolve(video)
         try:
-            total, _fps = probe_video(path)
-        except VideoReadError as exc:
+            total, _fps = probe_video(_resolve(video))
+        except (VideoReadError, InputOutsideFolder) as exc:
             return str(exc)
         try:
             select_frame_indices(total, frames, start_frame, end_frame, stride, source=f"The reference video {video!r}")
@@ -86,7 +113,10 @@ class LoadReferenceVideo(io.ComfyNode):
 
     @classmethod
     def fingerprint_inputs(cls, video, **_kwargs):
-        path = _resolve(video)
+        try:
+            path = _resolve(video)
+        except InputOutsideFolder:
+            return ""                     # validate_inputs says what is wrong
         return os.path.getmtime(path) if os.path.exists(path) else ""
 
     @classmethod

@@ -102,3 +102,29 @@ def test_a_failed_copy_leaves_no_partial_file(tmp_path, examples, monkeypatch, c
     with caplog.at_level(logging.WARNING):
         assert examples.copy_examples(str(tmp_path)) == []
     assert os.listdir(tmp_path) == [] and "disk full" in caplog.text
+
+
+def test_a_link_out_of_the_input_folder_is_offered_only_where_comfyui_opens_it(comfy_nodes, tmp_path):
+    """0.33 refuses inputs that resolve outside the input folder; 0.3.64 opens them. The pack follows its host."""
+    import folder_paths
+
+    source = os.path.join(pack_module("nodes.examples").EXAMPLES_DIR, "motion_inversion_example_reference.webm")
+    outside = tmp_path / "clip_kept_elsewhere.webm"
+    outside.write_bytes(open(source, "rb").read())
+    link = os.path.join(folder_paths.get_input_directory(), "linked_reference.webm")
+    os.symlink(outside, link)
+    node = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "LoadReferenceVideo"]
+    try:
+        offered = "linked_reference.webm" in node.INPUT_TYPES()["required"]["video"][1]["options"]
+        verdict = node.validate_inputs("linked_reference.webm", 14, 0, -1, 0)
+        host_refuses = hasattr(folder_paths, "is_within_directory")
+        if host_refuses:
+            assert not offered
+            assert "outside ComfyUI's input folder" in verdict and "Copy the clip" in verdict, verdict
+            assert node.fingerprint_inputs("linked_reference.webm") == ""
+        else:
+            assert offered and verdict is True
+        traversal = node.validate_inputs("../" + outside.name, 14, 0, -1, 0)
+        assert traversal is not True
+    finally:
+        os.remove(link)
