@@ -58,3 +58,18 @@ def test_publish_workflow_runs_the_registry_action_on_pyproject_changes():
     assert "actions/checkout" in steps
     publish = steps["Comfy-Org/publish-node-action"]
     assert publish["with"]["personal_access_token"] == "${{ secrets.REGISTRY_ACCESS_TOKEN }}"
+
+
+def test_registry_and_readme_name_the_same_tested_comfyui_range(pyproject):
+    """requires-comfyui is the range CI tests, and the README says the same to users."""
+    specifier = pyproject["tool"]["comfy"]["requires-comfyui"]
+    match = re.fullmatch(r">=(\d+\.\d+\.\d+),<(\d+)\.(\d+)", specifier)
+    assert match, specifier
+    oldest, below_major, below_minor = match.groups()
+    newest = f"{below_major}.{int(below_minor) - 1}"
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as fh:
+        readme = fh.read()
+    assert f"ComfyUI {oldest} to {newest} (tested)" in readme
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as fh:
+        ci = fh.read()
+    assert "../shared/comfyui " in ci and "../shared/comfyui-" + newest in ci
