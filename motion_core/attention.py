@@ -58,3 +58,38 @@ def temporal_self_attention(features: torch.Tensor, to_q: torch.nn.Module, to_k:
     v = rearrange(to_v(value_input), "n f (h d) -> n h f d", h=heads)
     weights = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
     return rearrange(weights @ v, "n h f d -> n f (h d)")
+
+
+def sequence_motion_inputs(tokens: torch.Tensor, temporal_qk: torch.Tensor, value_embedding: Optional[torch.Tensor],
+                           frames: int, positions: int, first_token: int = 0,
+                           strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 3's Q/K and V inputs for a video DiT, whose self-attention sees every frame at once.
+
+    ``tokens`` ``(b n c)``: the self-attention input, frames' tokens frame-major from
+    ``first_token`` on (``(f s)`` with ``s`` positions a frame, e.g. Wan's patchified grid);
+    tokens before ``first_token`` or after the video's (reference or concatenated tokens)
+    are left as they are. ``temporal_qk`` ``(1 f c)`` goes to every token of its frame;
+    ``value_embedding`` ``(s f c)`` to its frame and position, or None. Returns
+    ``(qk_input (b n c), value_input (b n c))`` in the dtype of ``tokens``.
+    """
+    video = frames * positions
+    if tokens.shape[1] < first_token + video:
+        raise ValueError(f"the attention sees {tokens.shape[1]} tokens, fewer than the {first_token} + "
+                         f"{frames} frames x {positions} positions the motion embedding expects")
+    if temporal_qk.shape[1] != frames:
+        raise ValueError(f"the query-key embedding has {temporal_qk.shape[1]} frames, the video has {frames}: "
+                         "resample the embedding to the run's frames first")
+    span = slice(first_token, first_token + video)
+    qk = rearrange(temporal_qk.to(tokens).expand(1, frames, -1)[:, :, None].expand(1, frames, positions, -1),
+                   "one f s c -> one (f s) c")
+    qk_input = tokens.clone()
+    qk_input[:, span] = tokens[:, span] + (qk if strength == 1.0 else qk * strength)
+    if value_embedding is None:
+        return qk_input, tokens
+    if value_embedding.shape[0] != positions or value_embedding.shape[1] != frames:
+        raise ValueError(f"the value embedding is {tuple(value_embedding.shape)}, the run has {positions} positions "
+                         f"x {frames} frames: resize it to this latent size first")
+    value = rearrange(value_embedding.to(tokens), "s f c -> (f s) c")[None]
+    value_input = tokens.clone()
+    value_input[:, span] = tokens[:, span] + (value if strength == 1.0 else value * strength)
+    return qk_input, value_input
