@@ -52,7 +52,7 @@ def step_timing(frames: int, height: int, width: int, steps: int, repeats: int) 
     start_comfy()
     import comfy.sample
 
-    hooks = pack_module("nodes.model_hooks")
+    hooks = pack_module("nodes.hooks.svd")
     core = pack_module("motion_core.embedding")
     model = build_tiny_svd()
     layout = hooks.temporal_layout(model, height, width)

@@ -34,6 +34,11 @@ def layer_name(index: int) -> str:
     return f"temporal_attn.{index:02d}"
 
 
+def dit_layer_name(index: int) -> str:
+    """Name of the index-th block of a video DiT (Wan), whose self-attention carries the embeddings."""
+    return f"block.{index:02d}"
+
+
 @dataclasses.dataclass
 class MotionEmbedding:
     """Learned motion, in one or both representations, plus what it was learned on.

@@ -21,7 +21,7 @@ import comfy.utils
 
 from ..motion_core.embedding import MotionEmbedding
 from ..motion_core.training import GradientCallback, TrainResult, TrainSettings, train_motion_embedding
-from .model_hooks import (MotionAttentionPatch, TrainingFrame, end_recompute, trainable_clone, with_recompute,
+from .hooks.svd import (MotionAttentionPatch, TrainingFrame, end_recompute, trainable_clone, with_recompute,
                           with_temporal_marks, with_training_frame)
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], refer
     mode, on the model's load device in float32; the model computes in the dtype
     ComfyUI loaded it in, with dynamic loss scaling when that is float16.
     ``checkpointing``: recompute each UNet block in the backward pass instead of keeping
-    its activations (:func:`model_hooks.with_recompute`), undone when learning ends,
+    its activations (:func:`hooks.svd.with_recompute`), undone when learning ends,
     also after an error or a Cancel, as is :func:`host_training_mode`. Raises ``TrainingInterrupted`` (with the last good
     embedding) on Cancel.
     """

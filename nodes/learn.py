@@ -25,7 +25,7 @@ from .conditioning import reference_conditioning
 from .common import CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, send_event
 from .host_training import train_in_host
 from .memory import check_learn_memory, learn_shape
-from .model_hooks import context_width, require_svd, temporal_layout
+from .hooks.svd import context_width, require_svd, temporal_layout
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import comfy.model_management
 from ..motion_core.layers import select_layers
 from ..motion_core.memory_plan import GIB, LearnShape, MemoryPlan, alternatives, plan
 from .host_training import compute_dtype
-from .model_hooks import spatial_attention_heads, temporal_layout
+from .hooks.svd import spatial_attention_heads, temporal_layout
 
 log = logging.getLogger(__name__)
 

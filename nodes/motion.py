@@ -7,7 +7,9 @@ from comfy_api.v0_0_2 import io, ui
 
 from ..motion_core.debias import DEBIAS_MODES, DIFFERENCE, debias
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
-from .model_hooks import require_svd, with_motion
+from .hooks import MODEL_FAMILY_WAN, check_family, require_family
+from .hooks import wan as wan_hooks
+from .hooks.svd import with_motion
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +52,13 @@ class ApplyMotion(io.ComfyNode):
             node_id=NODE_PREFIX + "ApplyMotion",
             display_name="Apply Motion",
             category=CATEGORY,
-            description="Returns a copy of the SVD model whose temporal self-attention adds the learned Motion "
-                        "Embeddings (Motion Inversion eq. 3) while sampling. Resizes value embeddings to the "
-                        "sampling resolution and resamples them to its frame count. The original MODEL is untouched.",
+            description="Returns a copy of the model whose self-attention across frames adds the learned Motion "
+                        "Embeddings (Motion Inversion eq. 3) while sampling: SVD's temporal attention, or the "
+                        "self-attention of Wan 2.1 / 2.2's blocks. Resizes value embeddings to the sampling "
+                        "resolution and resamples them to its frame count. The original MODEL is untouched.",
             inputs=[
-                io.Model.Input("model", tooltip="The SVD model to sample with."),
+                io.Model.Input("model", tooltip="The model to sample with: SVD / SVD-XT, or the Wan model the "
+                                                "embedding was learned on."),
                 MotionEmbeddingSocket.Input("motion_embedding", tooltip="Learned with representation temporal or both "
                                                                        "(debiased, usually)."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.01,
@@ -64,7 +68,9 @@ class ApplyMotion(io.ComfyNode):
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Sampling progress after which it stops acting (1 = last step)."),
                 io.Int.Input("frames", default=0, min=0, max=256,
-                             tooltip="Frames of the video to make; 0 = the embedding's frame count."),
+                             tooltip="Frames of the video to make; 0 = the embedding's frame count. On Wan the "
+                                     "embedding follows the sampled latent's length by itself (81 video frames "
+                                     "are 21 latent frames); a value here resamples it to that many video frames."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with the motion applied.")],
         )
@@ -81,13 +87,19 @@ class ApplyMotion(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, motion_embedding, strength, start_percent, end_percent, frames) -> io.NodeOutput:
-        require_svd(model, "Apply Motion")
+        family = require_family(model, "Apply Motion")
+        check_family(motion_embedding, family)
         if not motion_embedding.has_temporal:
             raise ValueError("this motion embedding has no temporal Motion Embeddings (learned with representation "
                              "motion_text); use Inflate SVD Conditioning for it, or learn with temporal or both")
-        embedding = motion_embedding.resampled(frames) if frames else motion_embedding
         sampling = model.get_model_object("model_sampling")
         sigma_start = sampling.percent_to_sigma(start_percent)
         sigma_end = sampling.percent_to_sigma(end_percent)
-        patched, _patch = with_motion(model, embedding, strength, sigma_start, sigma_end)
+        if family.family == MODEL_FAMILY_WAN:
+            wan_hooks.check_compatible(motion_embedding, model)
+            embedding = motion_embedding.resampled(wan_hooks.latent_frames(frames)) if frames else motion_embedding
+            patched, _motion = wan_hooks.with_wan_motion(model, embedding, strength, sigma_start, sigma_end)
+        else:
+            embedding = motion_embedding.resampled(frames) if frames else motion_embedding
+            patched, _patch = with_motion(model, embedding, strength, sigma_start, sigma_end)
         return io.NodeOutput(patched)

@@ -21,7 +21,7 @@ from ..motion_core.inversion import blend_noise, euler_inversion_step, inversion
 from ..motion_core.resample import resample_frames
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
 from .conditioning import reference_conditioning
-from .model_hooks import context_width, require_svd, with_motion
+from .hooks.svd import context_width, require_svd, with_motion
 
 log = logging.getLogger(__name__)
 

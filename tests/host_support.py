@@ -122,7 +122,7 @@ def work_dir() -> str:
 
 
 def pack_module(name: str):
-    """A submodule of the loaded pack, e.g. ``pack_module("nodes.model_hooks")``."""
+    """A submodule of the loaded pack, e.g. ``pack_module("nodes.hooks.svd")``."""
     return sys.modules[f"{_state['module']}.{name}"]
 
 
@@ -152,6 +152,37 @@ def build_tiny_svd(seed: int = 0, unet_config: dict | None = None, device=None):
     model_config = comfy.supported_models.SVD_img2vid(dict(unet_config or TINY_SVD_UNET))
     model_config.unet_config["num_head_channels"] = 16   # SVD's 64 would leave 32-channel layers without heads
     model = comfy.model_base.SVD_img2vid(model_config, device=device or comfy.model_management.get_torch_device())
+    _init_weights(model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
+
+
+# ComfyUI's own Wan models (comfy.ldm.wan.model.WanModel through supported_models / model_base),
+# shrunk to two blocks of width 64 (two heads of 32). Text tokens stay narrow (32 for T5's 4096).
+TINY_WAN = {"image_model": "wan2.1", "patch_size": (1, 2, 2), "dim": 64, "ffn_dim": 128, "freq_dim": 256,
+            "text_dim": 32, "num_heads": 2, "num_layers": 2, "window_size": (-1, -1), "qk_norm": True,
+            "cross_attn_norm": True, "eps": 1e-6}
+TINY_WAN_VARIANTS = {
+    # Wan 2.1 T2V (1.3B / 14B layout): 16-channel latent
+    "t2v": ("WAN21_T2V", {"model_type": "t2v", "in_dim": 16, "out_dim": 16}),
+    # Wan 2.1 I2V / first-last-frame: image latent + mask concatenated (36 channels), CLIP image tokens
+    "i2v": ("WAN21_I2V", {"model_type": "i2v", "in_dim": 36, "out_dim": 16}),
+    # Wan 2.2 TI2V 5B: 48-channel latent, per-frame timesteps from the noise mask
+    "ti2v": ("WAN22_T2V", {"model_type": "t2v", "in_dim": 48, "out_dim": 48}),
+}
+
+
+def build_tiny_wan(variant: str = "t2v", seed: int = 0, dtype=None):
+    """A ``ModelPatcher`` around ComfyUI's Wan model (``model_base.WAN21`` / ``WAN22``), tiny, built in code."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
+
+    config_name, extra = TINY_WAN_VARIANTS[variant]
+    model_config = getattr(comfy.supported_models, config_name)(dict(TINY_WAN, **extra))
+    model_config.set_inference_dtype(dtype or torch.float32, None)
+    model = model_config.get_model({}, "", device=torch.device("cpu"))
     _init_weights(model, seed)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),

@@ -90,7 +90,7 @@ def _sample(model, steps=2, seed=0):
 @pytest.mark.parametrize("representation", ["motion_text", "temporal", "both"])
 def test_checkpointing_gives_the_gradients_of_the_plain_backward(comfy_nodes, representation):
     model = _loaded_model()
-    hooks = pack_module("nodes.model_hooks")
+    hooks = pack_module("nodes.hooks.svd")
     seen = []
     plain = _first_gradients(model, representation, False)
     recomputed = _first_gradients(model, representation, True, during=lambda: seen.append(hooks.has_recompute(model)))
@@ -101,7 +101,7 @@ def test_checkpointing_gives_the_gradients_of_the_plain_backward(comfy_nodes, re
 
 
 def test_recompute_units_are_disjoint_blocks_of_the_unet(comfy_nodes):
-    hooks = pack_module("nodes.model_hooks")
+    hooks = pack_module("nodes.hooks.svd")
     diffusion_model = build_tiny_svd().model.diffusion_model
     units = hooks.recompute_units(diffusion_model)
     assert not any(a != b and b.startswith(a + ".") for a in units for b in units)
@@ -117,14 +117,14 @@ def test_learn_leaves_the_users_model_bit_identical(comfy_nodes):
     learn = comfy_nodes.NODE_CLASS_MAPPINGS["MotionInversion_LearnMotionEmbedding"]
     with torch.inference_mode():
         learn.execute(**_learn_args(model, "both", steps=2))
-    assert not pack_module("nodes.model_hooks").has_recompute(model)
+    assert not pack_module("nodes.hooks.svd").has_recompute(model)
     assert not any("forward" in module.__dict__ for module in model.model.diffusion_model.modules())
     assert torch.equal(_sample(model), before)
 
 
 def test_recompute_is_undone_after_an_error_and_after_cancel(comfy_nodes):
     import comfy.model_management
-    hooks = pack_module("nodes.model_hooks")
+    hooks = pack_module("nodes.hooks.svd")
     model = _loaded_model()
     before = _sample(model)
 

@@ -29,5 +29,5 @@ def test_web_directory_is_served(comfy_nodes):
 
 
 def test_model_hooks_module_is_the_loaded_pack(comfy_nodes):
-    hooks = pack_module("nodes.model_hooks")
+    hooks = pack_module("nodes.hooks.svd")
     assert hooks.HOOK_KEY == "motion_inversion"

@@ -28,7 +28,7 @@ def _sample(model, frames, height, width, positive=None, negative=None, steps=2,
 
 
 def _random_embedding(model, frames, height, width, scale=0.5, seed=0):
-    hooks = pack_module("nodes.model_hooks")
+    hooks = pack_module("nodes.hooks.svd")
     core = pack_module("motion_core.embedding")
     layout = hooks.temporal_layout(model, height, width)
     qk, values = core.init_temporal(layout, frames)
@@ -51,7 +51,7 @@ def test_full_size_svd_has_16_temporal_self_attention_layers(comfy_nodes):
 
     with torch.device("meta"):
         unet = UNetModel(**SVD_UNET, device="meta", operations=comfy.ops.disable_weight_init)
-    blocks = pack_module("nodes.model_hooks").temporal_blocks(unet)
+    blocks = pack_module("nodes.hooks.svd").temporal_blocks(unet)
     assert len(blocks) == 16
     assert [channels for _n, _b, channels, _f in blocks] == [320, 320, 640, 640, 1280, 1280, 1280, 1280, 1280, 1280,
                                                               640, 640, 640, 320, 320, 320]
@@ -63,7 +63,7 @@ def test_full_size_svd_has_16_temporal_self_attention_layers(comfy_nodes):
 def test_patch_fires_on_exactly_the_temporal_self_attention_layers(comfy_nodes, frames, height, width):
     model = build_tiny_svd()
     embedding = _random_embedding(model, frames, height, width)
-    hooks = pack_module("nodes.model_hooks")
+    hooks = pack_module("nodes.hooks.svd")
     names = [name for name, *_ in hooks.temporal_blocks(model.model.diffusion_model)]
     assert len(names) == 7                            # tiny SVD: 2 down + 1 mid + 4 up
     patched, patch = hooks.with_motion(model, embedding)

@@ -248,7 +248,7 @@ def test_toy_unet_keys_and_heads_match_comfy_config(loaded, world):
     toyworld = pack_module("motion_core.toy.toyworld")
     assert type(model.model).__name__ == "SVD_img2vid"
     assert model.model.diffusion_model.num_head_channels == 16
-    heads = [b.attn1.heads for _n, b, _c, _f in pack_module("nodes.model_hooks").temporal_blocks(model.model.diffusion_model)]
+    heads = [b.attn1.heads for _n, b, _c, _f in pack_module("nodes.hooks.svd").temporal_blocks(model.model.diffusion_model)]
     assert heads == [4, 4, 4, 4, 4, 4, 4] == [toyworld.UNET_CONFIG["num_attention_heads"][level]
                                               for level in (0, 1, 1, 1, 1, 0, 0)]
 

@@ -1,4 +1,4 @@
-"""Every ModelPatcher hook of the pack, in one place, all under one key.
+"""Stable Video Diffusion's hooks (the SVD family of :mod:`nodes.hooks`), all under one key.
 
 All hooks go on a ``clone()`` of the user's MODEL through patches and keyed wrappers
 that ComfyUI owns and drops with the clone: nothing global, no monkeypatching.
@@ -31,8 +31,9 @@ import comfy.utils
 from comfy.ldm.modules.attention import BasicTransformerBlock, SpatialVideoTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
 
-from ..motion_core.attention import motion_inputs
-from ..motion_core.embedding import MotionEmbedding, layer_name
+from ...motion_core.attention import motion_inputs
+from . import describe_model
+from ...motion_core.embedding import MotionEmbedding, layer_name
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +42,6 @@ LAYER_OPTION = "motion_inversion_layer"
 
 
 # ---- what the model is ------------------------------------------------------------------
-def describe_model(model) -> str:
-    inner = getattr(model, "model", None)
-    return f"{type(inner).__name__} ({type(getattr(inner, 'diffusion_model', None)).__name__})"
-
-
 def require_svd(model, node: str) -> None:
     """Refuse anything that is not SVD-like (an ``SVD_img2vid`` with temporal attention)."""
     inner = getattr(model, "model", None)

@@ -1,0 +1,191 @@
+"""Motion Embeddings on ComfyUI's own Wan models (tiny, built in code), inside a real ComfyUI."""
+import pytest
+import torch
+
+from host_support import build_tiny_svd, build_tiny_wan, pack_module
+
+PACK = "MotionInversion_"
+FRAMES, HEIGHT, WIDTH = 3, 8, 8             # latent frames (9 video frames) and latent size: 3 x 4 x 4 tokens
+POSITIONS = (HEIGHT // 2) * (WIDTH // 2)
+CHANNELS = {"t2v": 16, "i2v": 16, "ti2v": 48}
+
+
+def _embedding(layers=("block.00", "block.01"), seed=0, scale=1.0, frames=FRAMES, width=64, blocks=2):
+    embedding_module = pack_module("motion_core.embedding")
+    generator = torch.Generator().manual_seed(seed)
+    metadata = embedding_module.base_metadata(frames, WIDTH * 8, HEIGHT * 8, model_family="wan")
+    metadata["layers"] = {name: {"channels": width, "height": HEIGHT // 2, "width": WIDTH // 2} for name in layers}
+    metadata["model_widths"] = {"dim": width, "blocks": blocks}
+    return embedding_module.MotionEmbedding(
+        temporal_qk={name: scale * torch.randn(1, frames, width, generator=generator) for name in layers},
+        value_embedding={name: scale * torch.randn(POSITIONS, frames, width, generator=generator) for name in layers},
+        metadata=metadata)
+
+
+def _conds(variant):
+    """positive / negative for the variant: T5-like tokens, plus CLIP image tokens and an image latent for I2V."""
+    import comfy.clip_vision
+
+    context = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(3))
+    extra = {}
+    if variant == "i2v":
+        vision = comfy.clip_vision.Output()
+        vision["penultimate_hidden_states"] = torch.randn(1, 257, 1280, generator=torch.Generator().manual_seed(4))
+        extra = {"clip_vision_output": vision,
+                 "concat_latent_image": torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(5))}
+    return [[context, dict(extra)]], [[torch.zeros_like(context), dict(extra)]]
+
+
+def _sample(model, variant, steps=2):
+    import comfy.sample
+
+    latent = torch.zeros(1, CHANNELS[variant], FRAMES, HEIGHT, WIDTH)
+    noise = comfy.sample.prepare_noise(latent, 11)
+    mask = None
+    if variant == "ti2v":   # Wan 2.2 5B: the first frame kept, per-frame timesteps from the noise mask
+        mask = torch.ones(1, 1, FRAMES, HEIGHT, WIDTH)
+        mask[:, :, 0] = 0.0
+    positive, negative = _conds(variant)
+    return comfy.sample.sample(model, noise, steps, 2.0, "euler", "simple", positive, negative, latent,
+                               noise_mask=mask, seed=11, disable_pbar=True)
+
+
+def _apply(comfy_nodes, model, embedding, strength=1.0, start=0.0, end=1.0, frames=0):
+    node = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "ApplyMotion"]
+    return node.execute(model, embedding, strength, start, end, frames).result[0]
+
+
+@pytest.mark.parametrize("variant, name", [("t2v", "Wan T2V"), ("i2v", "Wan 2.1 I2V / first-last-frame"),
+                                           ("ti2v", "Wan 2.2 TI2V")])
+def test_the_pack_recognises_comfyuis_wan_models(comfy_nodes, variant, name):
+    hooks = pack_module("nodes.hooks")
+    family = hooks.model_family(build_tiny_wan(variant))
+    assert family.family == "wan" and family.variant == name and family.widths == {"dim": 64, "blocks": 2}
+    assert hooks.model_family(build_tiny_svd()).family == "svd"
+
+
+@pytest.mark.parametrize("variant", ["t2v", "i2v", "ti2v"])
+def test_zero_embeddings_sample_bit_identical_and_the_clone_leaves_no_trace(comfy_nodes, variant):
+    model = build_tiny_wan(variant)
+    plain = _sample(model, variant)
+    zero = _embedding(scale=0.0)
+    patched = _apply(comfy_nodes, model, zero)
+    assert torch.equal(_sample(patched, variant), plain)
+    moved = _sample(_apply(comfy_nodes, model, _embedding(scale=2.0)), variant)
+    assert not torch.allclose(moved, plain, atol=1e-4)              # the embeddings act ...
+    assert torch.equal(_sample(model, variant), plain)              # ... on the clone only
+    patch_type = pack_module("nodes.hooks.wan").ProjectionForward
+    linears = [getattr(block.self_attn, p) for block in model.model.diffusion_model.blocks for p in "qkv"]
+    assert not any(isinstance(linear.__dict__.get("forward"), patch_type) for linear in linears)
+
+
+def _self_attention_io(model, embedding_model, block=0):
+    """Input ``(x, freqs)`` and output of a block's self-attention in one forward of ``embedding_model``."""
+    seen = {}
+    attention = model.model.diffusion_model.blocks[block].self_attn
+
+    def record(_module, args, kwargs, output):
+        seen.update(x=args[0], freqs=args[1] if len(args) > 1 else kwargs["freqs"], out=output)
+
+    handle = attention.register_forward_hook(record, with_kwargs=True)
+    try:
+        _sample(embedding_model, "t2v", steps=1)
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_the_patched_self_attention_is_eq3_written_for_wan(comfy_nodes):
+    """o(softmax(RoPE(norm_q(Wq(x + m_qk))) RoPE(norm_k(Wk(x + m_qk)))^T / sqrt(d)) Wv(x + m_v)), frame-major."""
+    from comfy.ldm.flux.math import apply_rope1
+
+    model = build_tiny_wan("t2v")
+    embedding = _embedding(seed=1)
+    seen = _self_attention_io(model, _apply(comfy_nodes, model, embedding))
+    attention = model.model.diffusion_model.blocks[0].self_attn
+    x, freqs = seen["x"], seen["freqs"]
+    qk = embedding.temporal_qk["block.00"][0]                       # (f c)
+    value = embedding.value_embedding["block.00"]                   # (s f c)
+    tokens = torch.arange(x.shape[1])
+    frame, position = tokens // POSITIONS, tokens % POSITIONS
+    b, s, heads, d = x.shape[0], x.shape[1], attention.num_heads, attention.head_dim
+    with torch.no_grad():
+        q = apply_rope1(attention.norm_q(attention.q(x + qk[frame])).view(b, s, heads, d), freqs)
+        k = apply_rope1(attention.norm_k(attention.k(x + qk[frame])).view(b, s, heads, d), freqs)
+        v = attention.v(x + value[position, frame]).view(b, s, heads, d)
+        weights = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / d ** 0.5, dim=-1)
+        reference = attention.o(torch.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, s, heads * d))
+    assert torch.allclose(seen["out"], reference, atol=1e-5), float((seen["out"] - reference).abs().max())
+
+
+def _projection_outputs(model, embedding_model, projection):
+    outputs = []
+    linear = getattr(model.model.diffusion_model.blocks[1].self_attn, projection)
+    handle = linear.register_forward_hook(lambda _m, _a, output: outputs.append(output))
+    try:
+        _sample(embedding_model, "t2v", steps=1)
+    finally:
+        handle.remove()
+    return outputs[0]
+
+
+def test_a_frames_embedding_reaches_only_that_frames_queries_keys_and_values(comfy_nodes):
+    model = build_tiny_wan("t2v")
+    embedding = _embedding(scale=0.0)
+    embedding.temporal_qk["block.01"][0, 2] = 1.0                  # frame 2's query-key embedding
+    embedding.value_embedding["block.01"][5, 1] = 1.0               # position 5 of frame 1's value
+    patched = _apply(comfy_nodes, model, embedding)
+    base = _apply(comfy_nodes, model, _embedding(scale=0.0))
+    for projection, expected in (("q", range(2 * POSITIONS, 3 * POSITIONS)),
+                                 ("k", range(2 * POSITIONS, 3 * POSITIONS)), ("v", [POSITIONS + 5])):
+        changed = (_projection_outputs(model, patched, projection) != _projection_outputs(model, base, projection))
+        assert changed.any(-1).any(0).nonzero().flatten().tolist() == list(expected), projection
+
+
+def test_gradients_reach_every_embedding_through_the_wan_model(comfy_nodes):
+    hooks, training = pack_module("nodes.hooks.wan"), pack_module("nodes.host_training")
+    import comfy.model_management
+
+    model = build_tiny_wan("t2v")
+    with torch.inference_mode(False), torch.enable_grad(), training.host_training_mode():
+        embedding = _embedding(scale=0.0).trainable_copy("cpu")
+        patched, motion = hooks.with_wan_motion(model, embedding)
+        comfy.model_management.load_models_gpu([patched])
+        options = dict(patched.model_options.get("transformer_options", {}), wrappers=patched.wrappers)
+        latent = torch.randn(1, 16, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(2))
+        context = torch.randn(1, 6, 32, generator=torch.Generator().manual_seed(3))
+        out = patched.model.apply_model(latent, torch.tensor([0.6]), c_crossattn=context, transformer_options=options)
+        out.pow(2).mean().backward()
+    grads = [t.grad for t in embedding.tensors().values()]
+    assert all(g is not None and float(g.abs().sum()) > 0 for g in grads) and motion.calls == 2
+
+
+def test_embeddings_of_another_model_are_refused_with_both_named(comfy_nodes):
+    from host_support import TINY_WAN
+
+    wan = build_tiny_wan("t2v")
+    svd_embedding = _embedding()
+    svd_embedding.metadata["model_family"] = "svd"
+    with pytest.raises(ValueError, match="learned on svd.*Wan T2V"):
+        _apply(comfy_nodes, wan, svd_embedding)
+    narrow = _embedding(width=32)
+    with pytest.raises(ValueError, match=r"learned on wan \(dim 32, blocks 2\).*Wan T2V \(dim 64, blocks 2\)"):
+        _apply(comfy_nodes, wan, narrow)
+    with pytest.raises(ValueError, match="learned on wan.*Stable Video Diffusion"):
+        _apply(comfy_nodes, build_tiny_svd(), _embedding())
+    assert TINY_WAN["dim"] == 64
+
+
+def test_apply_motion_resamples_to_the_sampled_length(comfy_nodes):
+    """An embedding of 3 latent frames applied to 5 (17 video frames): resampled, no error, it acts."""
+    import comfy.sample
+
+    model = build_tiny_wan("t2v")
+    patched = _apply(comfy_nodes, model, _embedding(scale=2.0))
+    latent = torch.zeros(1, 16, 5, HEIGHT, WIDTH)
+    positive, negative = _conds("t2v")
+    noise = comfy.sample.prepare_noise(latent, 1)
+    run = lambda m: comfy.sample.sample(m, noise, 1, 2.0, "euler", "simple", positive, negative, latent,  # noqa: E731
+                                        seed=1, disable_pbar=True)
+    assert not torch.allclose(run(patched), run(model), atol=1e-4)
+    assert pack_module("nodes.hooks.wan").latent_frames(81) == 21 and pack_module("nodes.hooks.wan").latent_frames(17) == 5
