@@ -1,8 +1,6 @@
 """Which temporal self-attention layers get Motion Embeddings, and what they cost."""
 from __future__ import annotations
 
-from .embedding import layer_name
-
 PRESET_ALL = "all"
 PRESET_WIDEST = "widest"        # SVD: the 1280-channel levels, as the paper's code does
 PRESET_EXPLICIT = "explicit"
@@ -12,7 +10,8 @@ LAYER_PRESETS = (PRESET_ALL, PRESET_WIDEST, PRESET_EXPLICIT)
 def select_layers(layout: dict[str, dict], preset: str, explicit: str = "") -> dict[str, dict]:
     """Subset of ``layout`` (``{name: {"channels", "height", "width", ...}}``) for a preset.
 
-    ``explicit``: comma-separated layer numbers (``"0, 3, 12"``) or names.
+    ``explicit``: comma-separated layer numbers (``"0, 3, 12"``, counted in ``layout``'s
+    forward order) or names.
     """
     if preset == PRESET_ALL:
         return dict(layout)
@@ -25,10 +24,11 @@ def select_layers(layout: dict[str, dict], preset: str, explicit: str = "") -> d
     for item in (part.strip() for part in explicit.split(",")):
         if not item:
             continue
-        name = layer_name(int(item)) if item.isdigit() else item
+        names = list(layout)      # forward order: layer i is the i-th
+        name = names[int(item)] if item.isdigit() and int(item) < len(names) else item
         if name not in layout:
-            raise ValueError(f"layer {item!r} does not exist: this model has {len(layout)} temporal attention layers, "
-                             f"numbered 0..{len(layout) - 1}")
+            raise ValueError(f"layer {item!r} does not exist: this model has {len(layout)} attention layers that can "
+                             f"carry Motion Embeddings, numbered 0..{len(layout) - 1}")
         chosen[name] = layout[name]
     if not chosen:
         raise ValueError("layer preset 'explicit' needs a list of layer numbers, e.g. '0, 1, 14, 15'")

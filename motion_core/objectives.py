@@ -1,4 +1,4 @@
-"""SVD's EDM training objective and noise-level sampling.
+"""The training objectives and noise-level sampling: SVD's EDM, Wan's flow matching.
 
 EDM (Karras et al. 2022) as SVD uses it: ``x_t = x0 + sigma * eps``, the model returns
 the denoised estimate ``D(x_t; sigma)``, and the loss weight is
@@ -6,6 +6,12 @@ the denoised estimate ``D(x_t; sigma)``, and the loss weight is
 per sample and shared by all its frames, ``ln sigma ~ N(mean, std^2)``; the Reenact
 Anything paper shifts the mean to 2.8 (std 1.6) so training sees mostly high noise,
 where motion is decided.
+
+Flow matching as Wan is trained: ``x_t = (1 - sigma) * x0 + sigma * eps`` with sigma in
+(0, 1), the model predicts the velocity ``eps - x0``; through ComfyUI's ``model_sampling``
+it returns ``D = x_t - sigma * v``, so the velocity loss is ``mean(((D - x0) / sigma)^2)``.
+Training noise levels are uniform, shifted towards high noise by the model's shift
+(``sigma = shift * u / (1 + (shift - 1) * u)``, SD3's and Wan's timestep shift).
 """
 from __future__ import annotations
 
@@ -18,12 +24,30 @@ DEFAULT_LOG_SIGMA_STD = 1.6
 LOSS_EDM = "edm"
 LOSS_APPEARANCE_DEBIASED = "appearance_debiased"
 LOSSES = (LOSS_EDM, LOSS_APPEARANCE_DEBIASED)
+OBJECTIVE_EDM = "edm"      # SVD
+OBJECTIVE_FLOW = "flow"    # Wan
+OBJECTIVES = (OBJECTIVE_EDM, OBJECTIVE_FLOW)
+FLOW_SIGMA_MIN = 1e-3      # keeps 1 / sigma finite
 
 
 def sample_sigma(generator: torch.Generator, mean: float = DEFAULT_LOG_SIGMA_MEAN,
                  std: float = DEFAULT_LOG_SIGMA_STD) -> float:
     """One noise level, ``ln sigma ~ N(mean, std^2)``, drawn on the CPU generator."""
     return math.exp(mean + std * float(torch.randn((), generator=generator)))
+
+
+def sample_flow_sigma(generator: torch.Generator, shift: float = 1.0) -> float:
+    """One flow-matching noise level: ``u ~ U(0, 1)`` shifted, clamped to ``[FLOW_SIGMA_MIN, 1]``."""
+    u = float(torch.rand((), generator=generator))
+    sigma = shift * u / (1.0 + (shift - 1.0) * u)
+    return min(1.0, max(FLOW_SIGMA_MIN, sigma))
+
+
+def noised(clean: torch.Tensor, noise: torch.Tensor, sigma: float, objective: str = OBJECTIVE_EDM) -> torch.Tensor:
+    """``x_t``: EDM ``x0 + sigma * eps``; flow ``(1 - sigma) * x0 + sigma * eps``."""
+    if objective == OBJECTIVE_FLOW:
+        return (1.0 - sigma) * clean + sigma * noise
+    return clean + sigma * noise
 
 
 def edm_weight(sigma: float | torch.Tensor, sigma_data: float = 1.0):
@@ -51,18 +75,31 @@ def anchor_debiased(frames: torch.Tensor, anchor: int, beta: float = 1.0) -> tor
     return alpha * frames - beta * frames[anchor:anchor + 1]
 
 
-def training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: float, sigma_data: float,
-                  kind: str = LOSS_EDM, anchor: int = 0) -> torch.Tensor:
-    """The Learn node's objective: EDM, or EDM plus its appearance-debiased twin.
+def flow_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Velocity loss of flow matching, ``mean(((D - x0) / sigma)^2)``, computed in float32."""
+    return ((denoised.float() - clean.float()) ** 2).mean() / sigma ** 2
 
-    ``kind == "appearance_debiased"``: the same weighted loss also computed after the
-    ``anchor`` frame is subtracted from every frame of target and prediction (Motion
-    Inversion, sec. 3.3, after MotionDirector), the two added.
+
+def training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: float, sigma_data: float,
+                  kind: str = LOSS_EDM, anchor: int = 0, objective: str = OBJECTIVE_EDM) -> torch.Tensor:
+    """The Learn node's loss: the model's objective, or it plus its appearance-debiased twin.
+
+    ``objective``: ``"edm"`` (SVD, weighted by ``lambda(sigma)``) or ``"flow"`` (Wan's
+    velocity loss). ``kind == "appearance_debiased"``: the same loss also computed after
+    the ``anchor`` frame is subtracted from every frame of target and prediction (Motion
+    Inversion, sec. 3.3, after MotionDirector), the two added. Frames on axis 0.
     """
-    loss = edm_loss(denoised, clean, sigma, sigma_data)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
+
+    def one(prediction, target):
+        if objective == OBJECTIVE_FLOW:
+            return flow_loss(prediction, target, sigma)
+        return edm_loss(prediction, target, sigma, sigma_data)
+
+    loss = one(denoised, clean)
     if kind == LOSS_EDM:
         return loss
     if kind != LOSS_APPEARANCE_DEBIASED:
         raise ValueError(f"unknown loss {kind!r}; expected one of {LOSSES}")
-    return loss + edm_loss(anchor_debiased(denoised.float(), anchor), anchor_debiased(clean.float(), anchor),
-                           sigma, sigma_data)
+    return loss + one(anchor_debiased(denoised.float(), anchor), anchor_debiased(clean.float(), anchor))

@@ -20,8 +20,8 @@ import torch
 
 from .augment import AugmentSettings, augment_clip
 from .embedding import MotionEmbedding
-from .objectives import (DEFAULT_LOG_SIGMA_MEAN, DEFAULT_LOG_SIGMA_STD, LOSS_EDM, LOSSES,
-                         sample_sigma, training_loss)
+from .objectives import (DEFAULT_LOG_SIGMA_MEAN, DEFAULT_LOG_SIGMA_STD, LOSS_EDM, LOSSES, OBJECTIVE_EDM,
+                         OBJECTIVE_FLOW, OBJECTIVES, noised, sample_flow_sigma, sample_sigma, training_loss)
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,8 @@ class TrainSettings:
     augment: AugmentSettings = dataclasses.field(default_factory=AugmentSettings)
     loss_scale: float = 0.0        # > 0: dynamic loss scaling from this scale (float16 models); 0: off
     max_bad_steps: int = 25        # this many non-finite steps in a row stop the run
+    objective: str = OBJECTIVE_EDM  # "edm" (SVD: log-normal sigma) or "flow" (Wan: shifted uniform sigma in (0, 1))
+    flow_shift: float = 1.0        # the model's shift, for "flow"
 
     def __post_init__(self):
         if self.steps < 1:
@@ -54,6 +56,10 @@ class TrainSettings:
             raise ValueError(f"loss_scale must be 0 (off) or a positive number, got {self.loss_scale}")
         if self.max_bad_steps < 1:
             raise ValueError(f"max_bad_steps must be >= 1, got {self.max_bad_steps}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective {self.objective!r} is not one of {OBJECTIVES}")
+        if not (self.flow_shift > 0 and math.isfinite(self.flow_shift)):
+            raise ValueError(f"flow_shift must be a positive number, got {self.flow_shift}")
 
     def as_metadata(self) -> dict:
         return dataclasses.asdict(self)
@@ -161,12 +167,15 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
 
     for step in range(settings.steps):
         sample = augment_clip(clean, generator, settings.augment)
-        sigma = sample_sigma(generator, settings.log_sigma_mean, settings.log_sigma_std)
+        if settings.objective == OBJECTIVE_FLOW:
+            sigma = sample_flow_sigma(generator, settings.flow_shift)
+        else:
+            sigma = sample_sigma(generator, settings.log_sigma_mean, settings.log_sigma_std)
         noise = torch.randn(sample.shape, generator=generator).to(sample)
         anchor = int(torch.randint(0, frames, (), generator=generator))
         sigmas = torch.full((frames,), sigma, device=sample.device, dtype=torch.float32)
-        denoised = denoiser(sample + sigma * noise, sigmas, sample[:1])
-        loss = training_loss(denoised, sample, sigma, settings.sigma_data, settings.loss, anchor)
+        denoised = denoiser(noised(sample, noise, sigma, settings.objective), sigmas, sample[:1])
+        loss = training_loss(denoised, sample, sigma, settings.sigma_data, settings.loss, anchor, settings.objective)
         value = float(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         finite = math.isfinite(value)

@@ -21,8 +21,10 @@ import comfy.utils
 
 from ..motion_core.embedding import MotionEmbedding
 from ..motion_core.training import GradientCallback, TrainResult, TrainSettings, train_motion_embedding
-from .hooks.svd import (MotionAttentionPatch, TrainingFrame, end_recompute, trainable_clone, with_recompute,
-                          with_temporal_marks, with_training_frame)
+from ..motion_core.objectives import OBJECTIVE_FLOW
+from .hooks import wan as wan_hooks
+from .hooks.common import end_recompute, recompute, trainable_clone
+from .hooks.svd import MotionAttentionPatch, TrainingFrame, with_recompute, with_temporal_marks, with_training_frame
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +51,8 @@ class _TrainingSampler(comfy.samplers.Sampler):
             self.frame.latent = self.process_latent_out(first_frame.detach())
             return model_wrap(noisy.to(latent_image.dtype), sigma, **extra_args)
 
-        progress = comfy.utils.ProgressBar(settings.steps)
-
-        def step_callback(step, total, loss):
-            progress.update_absolute(step, total)
-            if self.on_step is not None:
-                self.on_step(step, total, loss)
-            comfy.model_management.throw_exception_if_processing_interrupted()
-
-        self.result = train_motion_embedding(denoiser, clean, self.embedding, settings, step_callback,
-                                             self.on_gradients)
+        self.result = train_motion_embedding(denoiser, clean, self.embedding, settings,
+                                             _step_callback(settings.steps, self.on_step), self.on_gradients)
         return torch.zeros_like(latent_image)
 
 
@@ -80,6 +74,80 @@ def host_training_mode() -> Iterator[bool]:
         yield True
     finally:
         comfy.model_management.in_training = previous
+
+
+class _WanTrainingSampler(comfy.samplers.Sampler):
+    """The training loop as a sampler for Wan: the latent is ``(1 c t h w)``, the loop's clip ``(t c h w)``.
+
+    The objective is flow matching with the shift of the MODEL's own ``model_sampling``
+    (what ModelSamplingSD3 set, or the model's default).
+    """
+
+    def __init__(self, embedding: MotionEmbedding, settings: TrainSettings,
+                 on_step: Optional[Callable[[int, int, float], None]], on_gradients: Optional[GradientCallback] = None):
+        self.embedding = embedding
+        self.settings = settings
+        self.on_step = on_step
+        self.on_gradients = on_gradients
+        self.result: Optional[TrainResult] = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        clip = latent_image[0].float().transpose(0, 1)           # (c t h w) -> (t c h w)
+        shift = float(getattr(model_wrap.inner_model.model_sampling, "shift", 1.0))
+        settings = dataclasses.replace(self.settings, objective=OBJECTIVE_FLOW, flow_shift=shift)
+
+        def denoiser(noisy, sigma, _first_frame):
+            video = noisy.transpose(0, 1)[None].to(latent_image.dtype)          # (t c h w) -> (1 c t h w)
+            return model_wrap(video, sigma[:1], **extra_args)[0].transpose(0, 1)
+
+        self.result = train_motion_embedding(denoiser, clip, self.embedding, settings,
+                                             _step_callback(settings.steps, self.on_step), self.on_gradients)
+        return torch.zeros_like(latent_image)
+
+
+def _step_callback(total: int, on_step):
+    progress = comfy.utils.ProgressBar(total)
+
+    def step_callback(step, steps, loss):
+        progress.update_absolute(step, steps)
+        if on_step is not None:
+            on_step(step, steps, loss)
+        comfy.model_management.throw_exception_if_processing_interrupted()
+    return step_callback
+
+
+def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, initial: MotionEmbedding,
+                      settings: TrainSettings, on_step: Optional[Callable[[int, int, float], None]] = None,
+                      checkpointing: bool = True, on_gradients: Optional[GradientCallback] = None) -> TrainResult:
+    """Learn ``initial``'s Motion Embeddings through the frozen Wan ``model``; returns the result.
+
+    ``positive``: the conditioning the reference is explained with (the prompt, and for
+    I2V the image conditioning); ``reference_latents`` ``(1 c t h w)``: the reference,
+    VAE-encoded once, raw latent space. As :func:`train_in_host`: float32 learned tensors,
+    checkpointed blocks, ``host_training_mode``, loss scaling for float16, Cancel raises
+    ``TrainingInterrupted`` with the last good embedding.
+    """
+    if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
+        settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)
+    with torch.inference_mode(False), torch.enable_grad(), host_training_mode():
+        embedding = initial.trainable_copy(model.load_device)
+        patched, _motion = wan_hooks.with_wan_motion(trainable_clone(model), embedding)
+        recomputed = recompute(patched, wan_hooks.recompute_units(patched.model.diffusion_model)) \
+            if checkpointing else []
+        guider = comfy.samplers.CFGGuider(patched)
+        guider.set_conds(positive, [])
+        guider.set_cfg(1.0)
+        sampler = _WanTrainingSampler(embedding, settings, on_step, on_gradients)
+        latents = reference_latents.detach().clone()
+        try:
+            guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
+                          disable_pbar=True)
+        finally:
+            end_recompute(patched, recomputed)
+        if sampler.result is None:
+            raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
+        return sampler.result
 
 
 def compute_dtype(model) -> torch.dtype:

@@ -173,15 +173,22 @@ TINY_WAN_VARIANTS = {
 }
 
 
-def build_tiny_wan(variant: str = "t2v", seed: int = 0, dtype=None):
-    """A ``ModelPatcher`` around ComfyUI's Wan model (``model_base.WAN21`` / ``WAN22``), tiny, built in code."""
+def build_tiny_wan(variant: str = "t2v", seed: int = 0, dtype=None, manual_cast: bool = False):
+    """A ``ModelPatcher`` around ComfyUI's Wan model (``model_base.WAN21`` / ``WAN22``), tiny, built in code.
+
+    ``dtype``: the weights' dtype; ``manual_cast``: compute in the dtype UNETLoader would pick
+    for it on this device (``unet_manual_cast``, float32 for float8 on the CPU).
+    """
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
     config_name, extra = TINY_WAN_VARIANTS[variant]
     model_config = getattr(comfy.supported_models, config_name)(dict(TINY_WAN, **extra))
-    model_config.set_inference_dtype(dtype or torch.float32, None)
+    dtype = dtype or torch.float32
+    cast = (comfy.model_management.unet_manual_cast(dtype, torch.device("cpu"), model_config.supported_inference_dtypes)
+            if manual_cast else None)
+    model_config.set_inference_dtype(dtype, cast)
     model = model_config.get_model({}, "", device=torch.device("cpu"))
     _init_weights(model, seed)
     model.eval()

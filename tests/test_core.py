@@ -298,3 +298,31 @@ def test_layer_presets_and_cost():
     qk, values = init_temporal(layout, 14)
     assert qk["temporal_attn.01"].shape == (1, 14, 1280) and values["temporal_attn.01"].shape == (16, 14, 1280)
     assert not any(t.any() for t in qk.values())
+
+
+def test_flow_objective_is_the_velocity_loss_and_shifts_towards_noise():
+    from motion_core.objectives import flow_loss, noised, sample_flow_sigma
+
+    clean, noise = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    sigma = 0.3
+    noisy = noised(clean, noise, sigma, "flow")
+    assert torch.allclose(noisy, 0.7 * clean + 0.3 * noise)
+    velocity = torch.randn(3, 4, 2, 2)                     # a model's velocity estimate
+    denoised = noisy - sigma * velocity                     # what ComfyUI's CONST model_sampling returns
+    assert torch.allclose(flow_loss(denoised, clean, sigma), ((velocity - (noise - clean)) ** 2).mean(), atol=1e-5)
+    draws = {shift: sorted(sample_flow_sigma(torch.Generator().manual_seed(i), shift) for i in range(400))
+             for shift in (1.0, 5.0)}
+    assert all(0 < s <= 1 for values in draws.values() for s in values)
+    assert abs(draws[1.0][200] - 0.5) < 0.1 and draws[5.0][200] > 0.75   # shift 5: the median near 5/6
+
+
+def test_training_with_the_flow_objective_lowers_the_loss():
+    from motion_core.objectives import training_loss
+
+    result, before, after = _toy_run(steps=60, objective="flow", flow_shift=3.0)
+    assert result.completed and result.embedding.metadata["training"]["objective"] == "flow"
+    assert after < before
+    with pytest.raises(ValueError, match="objective"):
+        training_loss(torch.zeros(1), torch.zeros(1), 0.5, 1.0, objective="v")
+    with pytest.raises(ValueError, match="objective"):
+        TrainSettings(objective="v")

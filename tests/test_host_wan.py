@@ -109,12 +109,16 @@ def test_the_patched_self_attention_is_eq3_written_for_wan(comfy_nodes):
     tokens = torch.arange(x.shape[1])
     frame, position = tokens // POSITIONS, tokens % POSITIONS
     b, s, heads, d = x.shape[0], x.shape[1], attention.num_heads, attention.head_dim
+    # the projections by their weights: the clone may still be patched in (ComfyUI unpatches lazily)
+    def linear(layer, inputs):
+        return torch.nn.functional.linear(inputs, layer.weight, layer.bias)
+
     with torch.no_grad():
-        q = apply_rope1(attention.norm_q(attention.q(x + qk[frame])).view(b, s, heads, d), freqs)
-        k = apply_rope1(attention.norm_k(attention.k(x + qk[frame])).view(b, s, heads, d), freqs)
-        v = attention.v(x + value[position, frame]).view(b, s, heads, d)
+        q = apply_rope1(attention.norm_q(linear(attention.q, x + qk[frame])).view(b, s, heads, d), freqs)
+        k = apply_rope1(attention.norm_k(linear(attention.k, x + qk[frame])).view(b, s, heads, d), freqs)
+        v = linear(attention.v, x + value[position, frame]).view(b, s, heads, d)
         weights = torch.softmax(torch.einsum("bqhd,bkhd->bhqk", q, k) / d ** 0.5, dim=-1)
-        reference = attention.o(torch.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, s, heads * d))
+        reference = linear(attention.o, torch.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, s, heads * d))
     assert torch.allclose(seen["out"], reference, atol=1e-5), float((seen["out"] - reference).abs().max())
 
 
@@ -189,3 +193,88 @@ def test_apply_motion_resamples_to_the_sampled_length(comfy_nodes):
                                         seed=1, disable_pbar=True)
     assert not torch.allclose(run(patched), run(model), atol=1e-4)
     assert pack_module("nodes.hooks.wan").latent_frames(81) == 21 and pack_module("nodes.hooks.wan").latent_frames(17) == 5
+
+
+# ---- learning on Wan ------------------------------------------------------------------------
+def _reference_latents(frames=FRAMES):
+    """A bright blob moving right across the latent, frame by frame: ``(1 c t h w)``."""
+    latents = torch.zeros(1, 16, frames, HEIGHT, WIDTH)
+    for frame in range(frames):
+        latents[:, :4, frame, 2:5, 1 + 2 * frame:4 + 2 * frame] = 1.5
+    return latents
+
+
+def _learn_wan(model, steps=6, checkpointing=True, on_gradients=None, on_step=None, seed=0, learning_rate=5e-2):
+    training = pack_module("nodes.host_training")
+    TrainSettings = pack_module("motion_core.training").TrainSettings
+    AugmentSettings = pack_module("motion_core.augment").AugmentSettings
+    positive, _negative = _conds("t2v")
+    settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed,
+                             augment=AugmentSettings(enabled=False))
+    with torch.inference_mode():          # the executor runs every node in inference mode
+        return training.train_wan_in_host(model, positive, _reference_latents(), _embedding(scale=0.0), settings,
+                                          on_step=on_step, checkpointing=checkpointing, on_gradients=on_gradients)
+
+
+def test_learning_on_wan_uses_flow_matching_with_the_models_shift_and_lowers_the_loss(comfy_nodes):
+    import comfy.model_sampling  # noqa: F401
+
+    model = build_tiny_wan("t2v")
+    result = _learn_wan(model, steps=40, learning_rate=1e-1)
+    training = result.embedding.metadata["training"]
+    assert training["objective"] == "flow" and training["flow_shift"] == pytest.approx(8.0)   # WAN21_T2V's shift
+    history = result.loss_history
+    assert len(history) == 40 and sum(history[-10:]) < sum(history[:10]), history
+    assert any(float(t.abs().max()) > 0 for t in result.embedding.tensors().values())
+
+
+def test_checkpointing_gives_the_gradients_of_the_plain_backward_on_wan(comfy_nodes):
+    hooks = pack_module("nodes.hooks.common")
+    model = build_tiny_wan("t2v")
+    grads, seen = {}, []
+
+    def keep(name):
+        def on_gradients(_step, values):
+            grads[name] = [g.detach().clone() for g in values]
+            seen.append(hooks.has_recompute(model))
+        return on_gradients
+
+    _learn_wan(model, steps=1, checkpointing=False, on_gradients=keep("plain"))
+    _learn_wan(model, steps=1, checkpointing=True, on_gradients=keep("recomputed"))
+    assert seen == [False, True] and not hooks.has_recompute(model)
+    assert any(float(g.abs().max()) > 0 for g in grads["plain"])
+    for plain, recomputed in zip(grads["plain"], grads["recomputed"]):
+        assert torch.allclose(plain, recomputed, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float8_e4m3fn])
+def test_wan_weights_in_half_and_float8_learn(comfy_nodes, dtype):
+    import comfy.model_management
+
+    model = build_tiny_wan("t2v", dtype=dtype, manual_cast=dtype == torch.float8_e4m3fn)
+    assert {p.dtype for p in model.model.diffusion_model.blocks.parameters()} == {dtype}
+    flags = []
+    result = _learn_wan(model, steps=3,
+                        on_step=lambda *_: flags.append(getattr(comfy.model_management, "in_training", None)))
+    assert result.embedding.all_finite() and result.steps_done == 3 and len(result.loss_history) >= 1
+    assert all(t.dtype == torch.float32 for t in result.embedding.tensors().values())
+    assert set(flags) == ({True} if hasattr(comfy.model_management, "in_training") else {None})
+
+
+def test_cancel_while_learning_on_wan_keeps_the_last_good_embedding(comfy_nodes):
+    import comfy.model_management
+
+    TrainingInterrupted = pack_module("motion_core.training").TrainingInterrupted
+
+    def cancel_at_two(step, _total, _loss):
+        if step == 2:
+            comfy.model_management.interrupt_current_processing(True)
+
+    try:
+        with pytest.raises(TrainingInterrupted) as stop:
+            _learn_wan(build_tiny_wan("t2v"), steps=6, on_step=cancel_at_two)
+    finally:
+        comfy.model_management.interrupt_current_processing(False)
+    assert stop.value.result.steps_done == 2 and stop.value.result.embedding.all_finite()
+    assert isinstance(stop.value.cause, comfy.model_management.InterruptProcessingException)
+    assert getattr(comfy.model_management, "in_training", False) is False

@@ -23,17 +23,16 @@ import logging
 from typing import Optional
 
 import torch
-import torch.utils.checkpoint
 
 import comfy.model_base
 import comfy.patcher_extension
-import comfy.utils
 from comfy.ldm.modules.attention import BasicTransformerBlock, SpatialVideoTransformer
 from comfy.ldm.modules.diffusionmodules.openaimodel import Downsample, ResBlock, Upsample
 
 from ...motion_core.attention import motion_inputs
-from . import describe_model
 from ...motion_core.embedding import MotionEmbedding, layer_name
+from . import describe_model
+from .common import RecomputedForward, end_recompute, has_recompute, recompute, trainable_clone  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -232,28 +231,6 @@ def with_motion(model, embedding: MotionEmbedding, strength: float = 1.0,
 
 
 # ---- training helpers ----------------------------------------------------------------------------
-def trainable_clone(model):
-    """A clone whose weights can be backpropagated through.
-
-    Models loaded inside ComfyUI's executor hold inference tensors, which autograd
-    refuses to save for backward. Identity weight wrappers make comfy's cast layers hand
-    out ordinary copies; the frozen weights themselves are untouched.
-    """
-    clone = model.clone()
-    if not any(p.is_inference() for p in clone.model.parameters()):
-        return clone
-
-    def identity(weight):
-        return weight
-
-    for name, module in clone.model.diffusion_model.named_modules():
-        if hasattr(module, "weight_function"):
-            for attr in ("weight", "bias"):
-                if getattr(module, attr, None) is not None:
-                    clone.add_weight_wrapper(f"diffusion_model.{name}.{attr}", identity)
-    return clone
-
-
 class TrainingFrame:
     """Holds the current (augmented) first-frame latent ``(1 c h w)`` in the model's raw latent space."""
 
@@ -280,32 +257,6 @@ def with_training_frame(model, frame: TrainingFrame) -> None:
 RECOMPUTED_UNITS = (ResBlock, BasicTransformerBlock)   # VideoResBlock is a ResBlock
 
 
-class RecomputedForward:
-    """A module's forward whose activations are recomputed in the backward pass.
-
-    Under grad it runs ``forward`` through non-reentrant ``torch.utils.checkpoint``, so
-    only its inputs are kept; without grad (sampling) it is the plain forward. The
-    ``transformer_options`` dict is copied at call time: ComfyUI mutates the shared dict
-    as the forward goes on (``activations_shape``, ``block_index``), and the recompute in
-    the backward pass must see the values of the original call.
-    """
-
-    def __init__(self, forward):
-        self.forward = forward
-
-    def __call__(self, *args, **kwargs):
-        if not torch.is_grad_enabled():
-            return self.forward(*args, **kwargs)
-        options = kwargs.get("transformer_options")
-        if isinstance(options, dict):
-            kwargs = {**kwargs, "transformer_options": dict(options)}
-        return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False,
-                                                 preserve_rng_state=False, **kwargs)
-
-    def __deepcopy__(self, memo):
-        return self
-
-
 def recompute_units(diffusion_model) -> list[str]:
     """Names (under ``diffusion_model``) of the outermost ResBlocks and transformer blocks.
 
@@ -322,36 +273,5 @@ def recompute_units(diffusion_model) -> list[str]:
 
 
 def with_recompute(model) -> list[str]:
-    """Checkpoint every unit of ``model`` (a private clone) while it is patched; returns the keys.
-
-    Object patches are ComfyUI's undoable attribute patches: applied when the clone is
-    loaded for sampling and restored by ``unpatch_model``; :func:`end_recompute` restores
-    them as soon as learning ends.
-    """
-    keys = []
-    for name in recompute_units(model.model.diffusion_model):
-        key = f"diffusion_model.{name}.forward"
-        model.add_object_patch(key, RecomputedForward(model.get_model_object(key)))
-        keys.append(key)
-    return keys
-
-
-def end_recompute(model, keys: list[str]) -> None:
-    """Put the plain forwards back on the shared modules and drop the patches from ``model``."""
-    backup = model.object_patches_backup
-    for key in keys:
-        model.object_patches.pop(key, None)
-        if key not in backup:      # never patched in (learning failed before the model loaded)
-            continue
-        original = backup.pop(key)
-        module = comfy.utils.get_attr(model.model, key.rsplit(".", 1)[0])
-        if getattr(original, "__func__", None) is type(module).forward and original.__self__ is module:
-            module.__dict__.pop("forward", None)     # the class's own forward: leave no instance attribute
-        else:
-            comfy.utils.set_attr(model.model, key, original)
-
-
-def has_recompute(model) -> bool:
-    """True if any module of ``model``'s diffusion model still has a recomputed forward (tests)."""
-    return any(isinstance(module.__dict__.get("forward"), RecomputedForward)
-               for module in model.model.diffusion_model.modules())
+    """Checkpoint every SVD unit (:func:`recompute_units`) of ``model``, a private clone; returns the keys."""
+    return recompute(model, recompute_units(model.model.diffusion_model))

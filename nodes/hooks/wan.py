@@ -54,6 +54,11 @@ def wan_layout(model, latent_height: int, latent_width: int, names: Optional[lis
             for name, _block, channels in wan_layers(diffusion_model) if names is None or name in names}
 
 
+def recompute_units(diffusion_model: WanModel) -> list[str]:
+    """Names (under ``diffusion_model``) of the blocks, each recomputed in the backward pass when learning."""
+    return [f"blocks.{index}" for index in range(len(diffusion_model.blocks))]
+
+
 def check_compatible(embedding: MotionEmbedding, model) -> None:
     """Every layer of ``embedding`` must be a block of ``model`` of the same width."""
     available = {name: channels for name, _block, channels in wan_layers(model.model.diffusion_model)}
@@ -95,10 +100,9 @@ def _grid_wrapper(grid: WanGrid):
             grid.first_token = ref_height * ref_width
         sigmas = transformer_options.get("sigmas") if isinstance(transformer_options, dict) else None
         grid.sigma = None if sigmas is None else float(sigmas.max())
-        try:
-            return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
-        finally:
-            grid.frames = None
+        # the grid stays set after the forward: activation checkpointing recomputes the
+        # blocks in the backward pass, after this returns, and must see the same grid
+        return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
     return wrapper
 
 
