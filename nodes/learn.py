@@ -23,7 +23,9 @@ from ..motion_core.resample import downscale_frames
 from ..motion_core.training import TrainingInterrupted, TrainSettings
 from .conditioning import reference_conditioning
 from .common import CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, send_event
-from .host_training import train_in_host
+from .hooks import MODEL_FAMILY_WAN, require_family
+from .host_training import train_in_host, train_wan_in_host
+from .learn_wan import prepare_wan
 from .memory import check_learn_memory, learn_shape
 from .hooks.svd import context_width, require_svd, temporal_layout
 
@@ -77,15 +79,19 @@ class LearnMotionEmbedding(io.ComfyNode):
             node_id=NODE_PREFIX + "LearnMotionEmbedding",
             display_name="Learn Motion Embedding",
             category=CATEGORY,
-            description="Learns the motion of the reference frames with the SVD model frozen: motion-text tokens "
+            description="Learns the motion of the reference frames with the video model frozen: motion-text tokens "
                         "(Reenact Anything: N tokens per frame for the spatial cross-attention plus N for the "
                         "temporal one) and/or Motion Embeddings in the temporal self-attention (Motion Inversion). "
+                        "On Wan 2.1 / 2.2: Motion Embeddings in the blocks' self-attention, learned by flow matching "
+                        "with the model's shift, explained by the prompt given as positive. "
                         "Takes minutes to hours on a GPU (1000 steps by default); shows progress and honours Cancel, "
                         "which saves what was learned so far to output/motion_embeddings/. Plans its memory before "
                         "the first step and refuses, naming settings that fit, when the plan exceeds the device.",
             inputs=[
-                io.Model.Input("model", tooltip="The SVD / SVD-XT model (frozen; from ImageOnlyCheckpointLoader)."),
-                io.Vae.Input("vae", tooltip="The SVD VAE; encodes the reference once before training."),
+                io.Model.Input("model", tooltip="The video model, frozen: SVD / SVD-XT (ImageOnlyCheckpointLoader) "
+                                                "or Wan 2.1 / 2.2 (UNETLoader)."),
+                io.Vae.Input("vae", tooltip="The model's VAE (SVD's, or Wan's: wan_2.1_vae, wan2.2_vae for TI2V 5B); "
+                                            "encodes the reference once before training."),
                 io.Image.Input("reference_frames", tooltip="The reference clip, e.g. from Load Reference Video."),
                 io.Combo.Input("representation", options=list(REPRESENTATIONS), default="motion_text",
                                tooltip="motion_text: per-frame cross-attention tokens; temporal: query-key and value "
@@ -137,6 +143,11 @@ class LearnMotionEmbedding(io.ComfyNode):
                 io.ClipVision.Input("clip_vision", optional=True,
                                     tooltip="CLIP-H vision model: initialises the tokens from the frames (paper). "
                                             "Without it the tokens start as small noise."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Wan only (required there): the prompt the reference is explained "
+                                              "with, from CLIP Text Encode with Wan's text encoder (for I2V, the "
+                                              "positive of WanImageToVideo made from the reference's first frame). "
+                                              "SVD ignores it."),
             ],
             outputs=[
                 MotionEmbeddingSocket.Output(display_name="motion_embedding", tooltip="The learned motion."),
@@ -151,11 +162,11 @@ class LearnMotionEmbedding(io.ComfyNode):
     def execute(cls, model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
                 noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
                 layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
-                learn_scale=1.0) -> io.NodeOutput:
+                learn_scale=1.0, positive=None) -> io.NodeOutput:
         prepared = prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps,
                                     learning_rate, seed, noise_mean, noise_std, loss, augmentation, flip, fps,
                                     motion_bucket_id, augmentation_level, layers, explicit_layers, clip_vision,
-                                    activation_checkpointing, learn_scale)
+                                    activation_checkpointing, learn_scale, positive)
         return cls.learn(prepared)
 
     @classmethod
@@ -173,8 +184,12 @@ class LearnMotionEmbedding(io.ComfyNode):
                  prepared.width, prepared.height, steps,
                  comfy.model_management.get_torch_device_name(prepared.model.load_device))
         try:
-            result = train_in_host(prepared.model, make_positive, latents, initial, settings, on_step,
-                                   checkpointing=prepared.checkpointing)
+            if prepared.wan_positive is not None:
+                result = train_wan_in_host(prepared.model, prepared.wan_positive, latents, initial, settings, on_step,
+                                           checkpointing=prepared.checkpointing)
+            else:
+                result = train_in_host(prepared.model, make_positive, latents, initial, settings, on_step,
+                                       checkpointing=prepared.checkpointing)
         except TrainingInterrupted as stop:
             folder = os.path.join(folder_paths.get_output_directory(), FOLDER_NAME)
             path = save_numbered(stop.result.embedding, folder, "interrupted") if stop.result.steps_done else None
@@ -204,19 +219,20 @@ class PreparedLearning:
     model: object
     settings: TrainSettings
     initial: MotionEmbedding
-    latents: torch.Tensor                 # (f c h w), the reference, raw latent space
-    make_positive: object                 # embedding -> SVD positive conditioning
+    latents: torch.Tensor                 # SVD (f c h w), Wan (1 c t h w): the reference, raw latent space
+    make_positive: object                 # SVD: embedding -> positive conditioning
     representation: str
     width: int
     height: int
     checkpointing: bool
     memory_account: str
+    wan_positive: object = None           # Wan: the positive conditioning as given
 
 
 def prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
                      noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
                      layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
-                     learn_scale=1.0) -> PreparedLearning:
+                     learn_scale=1.0, positive=None) -> PreparedLearning:
     """Validates the inputs, plans the memory (refusing what cannot fit), encodes the reference once.
 
     ``learn_scale < 1``: the reference is downscaled (area average, sides to multiples of 8)
@@ -224,14 +240,23 @@ def prepare_learning(model, vae, reference_frames, representation, tokens_per_fr
     the value embeddings (motion-text tokens do not depend on the size).
     """
     node = "Learn Motion Embedding"
-    require_svd(model, node)
+    family = require_family(model, node)
     if representation not in REPRESENTATIONS:
         raise ValueError(f"representation {representation!r} is not one of {REPRESENTATIONS}")
+    if not 0 < learn_scale <= 1:
+        raise ValueError(f"learn_scale must be in (0, 1], got {learn_scale}; 0.5 learns at half the width and height")
+    if family.family == MODEL_FAMILY_WAN:
+        settings, initial, latents, width, height = prepare_wan(
+            model, family, vae, reference_frames, representation, positive, steps, learning_rate, seed, loss,
+            augmentation, flip, layers, explicit_layers, learn_scale)
+        account = ("memory: no plan for Wan yet (planned for SVD only); activation checkpointing "
+                   f"{'on' if activation_checkpointing else 'off'}")
+        return PreparedLearning(model, settings, initial, latents, None, representation, width, height,
+                                activation_checkpointing, account, wan_positive=positive)
+    require_svd(model, node)
     if reference_frames.ndim != 4 or reference_frames.shape[0] < 2:
         raise ValueError(f"{node} needs at least 2 reference frames, got IMAGE of shape "
                          f"{tuple(reference_frames.shape)}; load more frames")
-    if not 0 < learn_scale <= 1:
-        raise ValueError(f"learn_scale must be in (0, 1], got {learn_scale}; 0.5 learns at half the width and height")
     reference_frames = downscale_frames(reference_frames, learn_scale, 8)
     height, width = int(reference_frames.shape[1]), int(reference_frames.shape[2])
     if height % 8 or width % 8:

@@ -64,7 +64,7 @@ def test_learn_node_refuses_non_svd_model(comfy_nodes):
         diffusion_model = torch.nn.Linear(2, 2)
 
     model = comfy.model_patcher.ModelPatcher(NotSVD(), torch.device("cpu"), torch.device("cpu"))
-    with pytest.raises(ValueError, match="needs a Stable Video Diffusion model.*NotSVD"):
+    with pytest.raises(ValueError, match="takes Stable Video Diffusion.*or Wan.*NotSVD"):
         _learn(comfy_nodes, model=model)
 
 

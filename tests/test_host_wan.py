@@ -278,3 +278,77 @@ def test_cancel_while_learning_on_wan_keeps_the_last_good_embedding(comfy_nodes)
     assert stop.value.result.steps_done == 2 and stop.value.result.embedding.all_finite()
     assert isinstance(stop.value.cause, comfy.model_management.InterruptProcessingException)
     assert getattr(comfy.model_management, "in_training", False) is False
+
+
+# ---- the nodes on Wan: Learn, Debias, Save / Load, Apply ------------------------------------
+@pytest.fixture(scope="module")
+def wan_vae(comfy_nodes):
+    from host_support import build_wan_vae
+
+    return build_wan_vae()
+
+
+def _clip(frames=9, height=64, width=64):
+    """A red square moving right over a blue gradient, ``(f h w 3)`` in 0..1."""
+    clip = torch.zeros(frames, height, width, 3)
+    clip[..., 2] = torch.linspace(0, 0.5, width)
+    for frame in range(frames):
+        clip[frame, 20:36, 4 + 4 * frame:20 + 4 * frame, 0] = 1.0
+    return clip
+
+
+def _learn_node(comfy_nodes, model, vae, **overrides):
+    learn = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "LearnMotionEmbedding"]
+    positive, _negative = _conds("t2v")
+    args = dict(model=model, vae=vae, reference_frames=_clip(), representation="temporal", tokens_per_frame=3,
+                steps=3, learning_rate=1e-2, seed=0, noise_mean=0.5, noise_std=1.0, loss="appearance_debiased",
+                augmentation=True, flip=False, fps=6, motion_bucket_id=127, augmentation_level=0.0, layers="all",
+                explicit_layers="", positive=positive)
+    args.update(overrides)
+    with torch.inference_mode():
+        return learn.execute(**args)
+
+
+def test_learn_save_load_debias_and_apply_on_wan(comfy_nodes, wan_vae):
+    model = build_tiny_wan("t2v")
+    out = _learn_node(comfy_nodes, model, wan_vae)
+    embedding, _plot, history = out.result
+    meta = embedding.metadata
+    assert meta["model_family"] == "wan" and meta["model_widths"] == {"dim": 64, "blocks": 2}
+    assert meta["frames"] == 3 and meta["video_frames"] == 9 and meta["training"]["objective"] == "flow"
+    assert set(embedding.temporal_qk) == {"block.00", "block.01"}
+    assert embedding.temporal_qk["block.00"].shape == (1, 3, 64)
+    assert embedding.value_embedding["block.01"].shape == (POSITIONS, 3, 64)
+    assert len(meta["loss_history"]) == 3 and embedding.all_finite() and not embedding.temporal_qk["block.00"].is_inference()
+    assert "no plan for Wan" in out.ui.as_dict()["text"][0]
+
+    debiased = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "DebiasValueEmbedding"].execute(embedding, "difference").result[0]
+    values = embedding.value_embedding["block.00"]
+    assert torch.allclose(debiased.value_embedding["block.00"][:, 2], values[:, 2] - values[:, 1])
+    path = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "SaveMotionEmbedding"].execute(debiased, "wan_motion").result[0]
+    import os
+    loaded = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "LoadMotionEmbedding"].execute(os.path.basename(path)).result[0]
+    assert loaded.metadata["model_family"] == "wan" and loaded.metadata["model_widths"] == {"dim": 64, "blocks": 2}
+    assert all(torch.equal(loaded.tensors()[k], debiased.tensors()[k].float()) for k in debiased.tensors())
+    patched = _apply(comfy_nodes, model, loaded, strength=20.0)
+    assert not torch.equal(_sample(patched, "t2v"), _sample(model, "t2v"))
+    with pytest.raises(ValueError, match="learned on wan.*Stable Video Diffusion"):
+        _apply(comfy_nodes, build_tiny_svd(), loaded)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(representation="motion_text"), "Set representation to temporal"),
+    (dict(positive=None), "connect the positive CONDITIONING"),
+    (dict(reference_frames=_clip(frames=4)), "at least 5 reference frames"),
+    (dict(reference_frames=_clip(width=72)), "multiples of 16"),
+])
+def test_learn_on_wan_refuses_bad_input_naming_the_fix(comfy_nodes, wan_vae, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _learn_node(comfy_nodes, build_tiny_wan("t2v"), wan_vae, **overrides)
+
+
+def test_learn_on_wan_refuses_another_models_vae(comfy_nodes):
+    from host_support import build_tiny_vae
+
+    with pytest.raises(ValueError, match="connect the Wan VAE"):
+        _learn_node(comfy_nodes, build_tiny_wan("t2v"), build_tiny_vae())

@@ -1,0 +1,79 @@
+"""Learn Motion Embedding on a Wan model: the inputs checked, the reference encoded, the embedding laid out."""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from ..motion_core.augment import AugmentSettings
+from ..motion_core.embedding import MotionEmbedding, base_metadata, init_temporal
+from ..motion_core.layers import embedding_cost, select_layers
+from ..motion_core.objectives import OBJECTIVE_FLOW
+from ..motion_core.resample import downscale_frames
+from ..motion_core.training import TrainSettings
+from .hooks import MODEL_FAMILY_WAN, ModelFamily
+from .hooks import wan as wan_hooks
+
+log = logging.getLogger(__name__)
+
+MIN_FRAMES = 5     # Wan's VAE keeps frame 1 and packs each 4 after it into one latent frame
+
+
+def _spatial_stride(vae, model) -> int:
+    """Pixels per token side: the VAE's spatial downscale (8 for Wan 2.1's, 16 for 2.2's) times the patch."""
+    ratio = getattr(vae, "downscale_ratio", 8)
+    spatial = ratio[-1] if isinstance(ratio, (tuple, list)) else ratio
+    spatial = spatial if isinstance(spatial, int) and spatial > 0 else 8
+    return spatial * int(model.model.diffusion_model.patch_size[-1])
+
+
+def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor, representation: str, positive,
+                steps: int, learning_rate: float, seed: int, loss: str, augmentation: bool, flip: bool,
+                layers: str, explicit_layers: str, learn_scale: float):
+    """``(settings, initial, latents (1 c t h w), width, height)`` for learning on ``model``, or a ValueError
+    that says what is wrong and how to fix it."""
+    node = "Learn Motion Embedding"
+    if representation != "temporal":
+        raise ValueError(f"{node} on Wan learns Motion Embeddings (representation temporal); per-frame motion tokens "
+                         f"on Wan are not available yet. Set representation to temporal (it is {representation!r}).")
+    if positive is None:
+        raise ValueError(f"{node} on Wan needs the prompt the reference is explained with: connect the positive "
+                         "CONDITIONING of a CLIP Text Encode (with Wan's text encoder) to Learn's positive input "
+                         "(for I2V, the positive of WanImageToVideo made from the reference's first frame).")
+    frames = int(reference_frames.shape[0])
+    if reference_frames.ndim != 4 or frames < MIN_FRAMES:
+        raise ValueError(f"{node} on Wan needs at least {MIN_FRAMES} reference frames (its VAE packs 4 frames into "
+                         f"one latent frame after the first), got IMAGE of shape {tuple(reference_frames.shape)}; "
+                         "load more frames (Wan's own length is 81)")
+    usable = 1 + 4 * ((frames - 1) // 4)
+    if usable != frames:
+        log.info("Wan's VAE takes 1 + 4k frames: learning on the first %d of %d reference frames", usable, frames)
+        reference_frames = reference_frames[:usable]
+    stride = _spatial_stride(vae, model)
+    reference_frames = downscale_frames(reference_frames, learn_scale, stride)
+    height, width = int(reference_frames.shape[1]), int(reference_frames.shape[2])
+    if height % stride or width % stride:
+        raise ValueError(f"reference frames are {width}x{height}; this Wan model needs sides that are multiples of "
+                         f"{stride} (its VAE's downscale times the patch size, e.g. 832x480): set width/height in "
+                         "Load Reference Video")
+    latents = vae.encode(reference_frames[..., :3])
+    channels = int(model.model.diffusion_model.out_dim)
+    if latents.ndim != 5 or latents.shape[1] != channels:
+        raise ValueError(f"the VAE gives latents of shape {tuple(latents.shape)}, this Wan model works on "
+                         f"{channels}-channel video latents (batch, {channels}, frames, height, width): connect "
+                         "the Wan VAE that goes with it (wan_2.1_vae for Wan 2.1, wan2.2_vae for Wan 2.2 TI2V 5B)")
+    latent_frames = int(latents.shape[2])
+    layout = wan_hooks.wan_layout(model, latents.shape[-2], latents.shape[-1])
+    chosen = select_layers(layout, layers, explicit_layers)
+    cost = embedding_cost(chosen, latent_frames)
+    log.info("Motion Embeddings on %d of %d Wan blocks (%s): %s parameters, %.1f MiB in float32 (plus Adam state: "
+             "about 3x that while learning)", len(chosen), len(layout), layers, f"{cost['parameters']:,}",
+             cost["bytes_fp32"] / 2 ** 20)
+    initial = MotionEmbedding(metadata=base_metadata(latent_frames, width, height, 0, model_family=MODEL_FAMILY_WAN))
+    initial.temporal_qk, initial.value_embedding = init_temporal(chosen, latent_frames)
+    initial.metadata.update(layers=chosen, layer_preset=layers, representation=representation,
+                            model_widths=dict(family.widths), model_variant=family.variant, video_frames=usable,
+                            learn_scale=learn_scale, init="zeros")
+    settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, loss=loss, objective=OBJECTIVE_FLOW,
+                             augment=AugmentSettings(enabled=augmentation, flip=flip))
+    return settings, initial, latents, width, height
