@@ -21,6 +21,8 @@ from ..motion_core.inversion import blend_noise, euler_inversion_step, inversion
 from ..motion_core.resample import resample_frames
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
 from .conditioning import reference_conditioning
+from .hooks import MODEL_FAMILY_WAN, check_family, require_family
+from .hooks import wan as wan_hooks
 from .hooks.svd import context_width, require_svd, with_motion
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,15 @@ class BlendedNoise:
     def generate_noise(self, input_latent):
         latent = input_latent["samples"]
         fresh = comfy.sample.prepare_noise(latent, self.seed, input_latent.get("batch_index"))
+        if self.inverted.ndim == 5:    # Wan: (1 c t h w), frames on axis 2
+            inverted = resample_frames(self.inverted, latent.shape[2], dim=2)
+            if inverted.shape[-2:] != latent.shape[-2:]:
+                batch, channels, frames = inverted.shape[:3]
+                flat = inverted.transpose(1, 2).reshape(batch * frames, channels, *inverted.shape[-2:])
+                flat = comfy.utils.common_upscale(flat, latent.shape[-1], latent.shape[-2], "bilinear", "center")
+                inverted = flat.reshape(batch, frames, channels, *flat.shape[-2:]).transpose(1, 2)
+                inverted = inverted / inverted.std().clamp_min(1e-6)
+            return blend_noise(inverted, fresh, self.prior)
         inverted = resample_frames(self.inverted, latent.shape[0], dim=0)
         if inverted.shape[-2:] != latent.shape[-2:]:
             inverted = comfy.utils.common_upscale(inverted, latent.shape[-1], latent.shape[-2], "bilinear", "center")
@@ -78,13 +89,31 @@ def invert_reference(model, vae, frames, sigma_target, steps, embedding=None, fp
     run_model = model
     if embedding is not None and embedding.has_temporal:
         run_model, _patch = with_motion(model, embedding)
-    guider = comfy.samplers.CFGGuider(run_model)
+    return _invert(run_model, positive, latents, sigma_target, steps)
+
+
+def _invert(model, positive, latents, sigma_target, steps):
+    guider = comfy.samplers.CFGGuider(model)
     guider.set_conds(positive, [])
     guider.set_cfg(1.0)
     sampler = _InversionSampler()
     guider.sample(torch.zeros_like(latents), latents, sampler, inversion_sigmas(sigma_target, steps), seed=0,
                   disable_pbar=True)
     return sampler.noise
+
+
+@torch.no_grad()
+def invert_wan_reference(model, vae, frames, positive, sigma_target, steps, embedding=None):
+    """Wan: the reference ``(1 c t h w)`` along the flow ODE, ``dx/dsigma = (x - D) / sigma``, the same
+    Euler step as EDM's; the result divided by sigma is the unit noise the sampler scales back."""
+    usable = 1 + 4 * ((frames.shape[0] - 1) // 4)
+    latents = vae.encode(frames[:usable, ..., :3])
+    run_model = model
+    if embedding is not None and embedding.has_temporal:
+        check_family(embedding, require_family(model, "Reference Noise"))
+        wan_hooks.check_compatible(embedding, model)
+        run_model, _motion = wan_hooks.with_wan_motion(model, embedding)
+    return _invert(run_model, positive, latents, sigma_target, steps)
 
 
 class ReferenceNoise(io.ComfyNode):
@@ -94,12 +123,12 @@ class ReferenceNoise(io.ComfyNode):
             node_id=NODE_PREFIX + "ReferenceNoise",
             display_name="Reference Noise",
             category=CATEGORY,
-            description="Inverts the reference clip along the SVD model's own ODE (Euler) up to the first sampling "
-                        "sigma and blends it with seeded fresh noise. Connect to SamplerCustomAdvanced's noise input: "
+            description="Inverts the reference clip along the model's own ODE (Euler; SVD's EDM, or Wan's flow) up "
+                        "to the first sampling sigma and blends it with seeded fresh noise. Connect to SamplerCustomAdvanced's noise input: "
                         "Motion Embeddings work much better starting from it (Motion Inversion's code, prior 0.5).",
             inputs=[
-                io.Model.Input("model", tooltip="The SVD model (plain; Apply Motion's output also works)."),
-                io.Vae.Input("vae", tooltip="The SVD VAE, to encode the reference."),
+                io.Model.Input("model", tooltip="The SVD or Wan model (plain; Apply Motion's output also works)."),
+                io.Vae.Input("vae", tooltip="The model's VAE, to encode the reference."),
                 io.Image.Input("reference_frames", tooltip="The reference clip the motion was learned from."),
                 io.Sigmas.Input("sigmas", tooltip="The sampling schedule; the inversion goes up to its first sigma."),
                 io.Float.Input("prior", default=0.5, min=0.0, max=1.0, step=0.01,
@@ -114,17 +143,28 @@ class ReferenceNoise(io.ComfyNode):
                              tooltip="Seed of the fresh noise."),
                 MotionEmbeddingSocket.Input("motion_embedding", optional=True,
                                             tooltip="Condition the inversion like the Learn run (recommended)."),
+                io.Conditioning.Input("positive", optional=True,
+                                      tooltip="Wan only (required there): the prompt the reference was learned "
+                                              "with, as given to Learn Motion Embedding. SVD ignores it."),
             ],
             outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced.")],
         )
 
     @classmethod
     def execute(cls, model, vae, reference_frames, sigmas, prior, inversion_steps, seed,
-                motion_embedding=None) -> io.NodeOutput:
-        require_svd(model, "Reference Noise")
+                motion_embedding=None, positive=None) -> io.NodeOutput:
+        family = require_family(model, "Reference Noise")
         if sigmas.numel() < 2 or float(sigmas[0]) <= 0:
             raise ValueError(f"sigmas must start with a positive noise level, got {sigmas.tolist()[:3]}...; connect "
                              "the SIGMAS of a scheduler node (e.g. KarrasScheduler or BasicScheduler)")
+        if family.family == MODEL_FAMILY_WAN:
+            if positive is None:
+                raise ValueError("Reference Noise on Wan needs the prompt: connect the same positive CONDITIONING "
+                                 "that Learn Motion Embedding was given")
+            inverted = invert_wan_reference(model, vae, reference_frames, positive, float(sigmas[0]),
+                                            inversion_steps, motion_embedding)
+            return io.NodeOutput(BlendedNoise(inverted, prior, seed))
+        require_svd(model, "Reference Noise")
         inverted = invert_reference(model, vae, reference_frames, float(sigmas[0]), inversion_steps, motion_embedding)
         log.info("Reference Noise: inverted %d frames to sigma %.3g (std %.3f), prior %.2f", inverted.shape[0],
                  float(sigmas[0]), float(inverted.std()), prior)

@@ -352,3 +352,25 @@ def test_learn_on_wan_refuses_another_models_vae(comfy_nodes):
 
     with pytest.raises(ValueError, match="connect the Wan VAE"):
         _learn_node(comfy_nodes, build_tiny_wan("t2v"), build_tiny_vae())
+
+
+def test_reference_noise_inverts_along_wans_flow_and_blends(comfy_nodes, wan_vae):
+    import comfy.samplers
+
+    model = build_tiny_wan("t2v")
+    node = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "ReferenceNoise"]
+    sigmas = comfy.samplers.calculate_sigmas(model.get_model_object("model_sampling"), "simple", 4)
+    positive, _negative = _conds("t2v")
+    with torch.inference_mode():
+        only_fresh = node.execute(model, wan_vae, _clip(), sigmas, 0.0, 2, 7, _embedding(), positive).result[0]
+        only_inverted = node.execute(model, wan_vae, _clip(), sigmas, 1.0, 2, 7, _embedding(), positive).result[0]
+    latent = {"samples": torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH)}
+    import comfy.sample
+    assert torch.equal(only_fresh.generate_noise(latent), comfy.sample.prepare_noise(latent["samples"], 7))
+    inverted = only_inverted.generate_noise(latent)
+    assert inverted.shape == (1, 16, FRAMES, HEIGHT, WIDTH) and bool(torch.isfinite(inverted).all())
+    assert not torch.allclose(inverted, only_fresh.generate_noise(latent))
+    longer = only_inverted.generate_noise({"samples": torch.zeros(1, 16, 5, 2 * HEIGHT, 2 * WIDTH)})
+    assert longer.shape == (1, 16, 5, 2 * HEIGHT, 2 * WIDTH) and float(longer.std()) == pytest.approx(1.0, rel=0.05)
+    with pytest.raises(ValueError, match="needs the prompt"):
+        node.execute(model, wan_vae, _clip(), sigmas, 0.5, 2, 7, None, None)
