@@ -196,33 +196,35 @@ def test_apply_motion_resamples_to_the_sampled_length(comfy_nodes):
 
 
 # ---- learning on Wan ------------------------------------------------------------------------
-def _reference_latents(frames=FRAMES):
+def _reference_latents(frames=FRAMES, channels=16):
     """A bright blob moving right across the latent, frame by frame: ``(1 c t h w)``."""
-    latents = torch.zeros(1, 16, frames, HEIGHT, WIDTH)
+    latents = torch.zeros(1, channels, frames, HEIGHT, WIDTH)
     for frame in range(frames):
         latents[:, :4, frame, 2:5, 1 + 2 * frame:4 + 2 * frame] = 1.5
     return latents
 
 
-def _learn_wan(model, steps=6, checkpointing=True, on_gradients=None, on_step=None, seed=0, learning_rate=5e-2):
+def _learn_wan(model, steps=6, checkpointing=True, on_gradients=None, on_step=None, seed=0, learning_rate=5e-2,
+               variant="t2v"):
     training = pack_module("nodes.host_training")
     TrainSettings = pack_module("motion_core.training").TrainSettings
     AugmentSettings = pack_module("motion_core.augment").AugmentSettings
-    positive, _negative = _conds("t2v")
+    positive, _negative = _conds(variant)
     settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed,
                              augment=AugmentSettings(enabled=False))
     with torch.inference_mode():          # the executor runs every node in inference mode
-        return training.train_wan_in_host(model, positive, _reference_latents(), _embedding(scale=0.0), settings,
-                                          on_step=on_step, checkpointing=checkpointing, on_gradients=on_gradients)
+        return training.train_wan_in_host(model, positive, _reference_latents(channels=CHANNELS[variant]),
+                                          _embedding(scale=0.0), settings, on_step=on_step,
+                                          checkpointing=checkpointing, on_gradients=on_gradients)
 
 
-def test_learning_on_wan_uses_flow_matching_with_the_models_shift_and_lowers_the_loss(comfy_nodes):
-    import comfy.model_sampling  # noqa: F401
-
-    model = build_tiny_wan("t2v")
-    result = _learn_wan(model, steps=40, learning_rate=1e-1)
+@pytest.mark.parametrize("variant, shift", [("t2v", 8.0), ("i2v", 8.0), ("ti2v", 8.0)])
+def test_learning_on_wan_uses_flow_matching_with_the_models_shift_and_lowers_the_loss(comfy_nodes, variant, shift):
+    """T2V, I2V (image latent and CLIP tokens in the conditioning) and TI2V 5B (48 channels) alike."""
+    model = build_tiny_wan(variant)
+    result = _learn_wan(model, steps=40, learning_rate=1e-1, variant=variant)
     training = result.embedding.metadata["training"]
-    assert training["objective"] == "flow" and training["flow_shift"] == pytest.approx(8.0)   # WAN21_T2V's shift
+    assert training["objective"] == "flow" and training["flow_shift"] == pytest.approx(shift)   # the config's shift
     history = result.loss_history
     assert len(history) == 40 and sum(history[-10:]) < sum(history[:10]), history
     assert any(float(t.abs().max()) > 0 for t in result.embedding.tensors().values())
