@@ -42,3 +42,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+HOST_FIXTURES = {"comfy_nodes", "server"}   # the tests that run inside a real ComfyUI use one of these
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that needs the host ``host``: CI's passes against each ComfyUI run ``-m host``."""
+    for item in items:
+        if HOST_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.host)
