@@ -172,8 +172,8 @@ def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], refer
     ComfyUI loaded it in, with dynamic loss scaling when that is float16.
     ``checkpointing``: recompute each UNet block in the backward pass instead of keeping
     its activations (:func:`hooks.svd.with_recompute`), undone when learning ends,
-    also after an error or a Cancel, as is :func:`host_training_mode`. Raises ``TrainingInterrupted`` (with the last good
-    embedding) on Cancel.
+    also after an error or a Cancel, as is :func:`host_training_mode`. Raises
+    ``TrainingInterrupted`` (with the last good embedding) on Cancel.
     """
     if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
         settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)

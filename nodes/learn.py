@@ -246,11 +246,10 @@ def prepare_learning(model, vae, reference_frames, representation, tokens_per_fr
     if not 0 < learn_scale <= 1:
         raise ValueError(f"learn_scale must be in (0, 1], got {learn_scale}; 0.5 learns at half the width and height")
     if family.family == MODEL_FAMILY_WAN:
-        settings, initial, latents, width, height = prepare_wan(
+        settings, initial, latents, width, height, account = prepare_wan(
             model, family, vae, reference_frames, representation, positive, steps, learning_rate, seed, loss,
             augmentation, flip, layers, explicit_layers, learn_scale)
-        account = ("memory: no plan for Wan yet (planned for SVD only); activation checkpointing "
-                   f"{'on' if activation_checkpointing else 'off'}")
+        account += f"; activation checkpointing {'on' if activation_checkpointing else 'off'}"
         return PreparedLearning(model, settings, initial, latents, None, representation, width, height,
                                 activation_checkpointing, account, wan_positive=positive)
     require_svd(model, node)

@@ -13,25 +13,25 @@ from ..motion_core.resample import downscale_frames
 from ..motion_core.training import TrainSettings
 from .hooks import MODEL_FAMILY_WAN, ModelFamily
 from .hooks import wan as wan_hooks
+from .memory import check_wan_learn_memory
 
 log = logging.getLogger(__name__)
 
 MIN_FRAMES = 5     # Wan's VAE keeps frame 1 and packs each 4 after it into one latent frame
 
 
-def _spatial_stride(vae, model) -> int:
-    """Pixels per token side: the VAE's spatial downscale (8 for Wan 2.1's, 16 for 2.2's) times the patch."""
+def _vae_downscale(vae) -> int:
+    """The VAE's spatial downscale: 8 for Wan 2.1's, 16 for Wan 2.2's."""
     ratio = getattr(vae, "downscale_ratio", 8)
     spatial = ratio[-1] if isinstance(ratio, (tuple, list)) else ratio
-    spatial = spatial if isinstance(spatial, int) and spatial > 0 else 8
-    return spatial * int(model.model.diffusion_model.patch_size[-1])
+    return spatial if isinstance(spatial, int) and spatial > 0 else 8
 
 
 def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor, representation: str, positive,
                 steps: int, learning_rate: float, seed: int, loss: str, augmentation: bool, flip: bool,
                 layers: str, explicit_layers: str, learn_scale: float):
-    """``(settings, initial, latents (1 c t h w), width, height)`` for learning on ``model``, or a ValueError
-    that says what is wrong and how to fix it."""
+    """``(settings, initial, latents (1 c t h w), width, height, memory account)`` for learning on ``model``,
+    or a ValueError (MemoryError) that says what is wrong and how to fix it."""
     node = "Learn Motion Embedding"
     if representation != "temporal":
         raise ValueError(f"{node} on Wan learns Motion Embeddings (representation temporal); per-frame motion tokens "
@@ -49,22 +49,25 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
     if usable != frames:
         log.info("Wan's VAE takes 1 + 4k frames: learning on the first %d of %d reference frames", usable, frames)
         reference_frames = reference_frames[:usable]
-    stride = _spatial_stride(vae, model)
+    downscale = _vae_downscale(vae)
+    stride = downscale * int(model.model.diffusion_model.patch_size[-1])    # pixels per token side
     reference_frames = downscale_frames(reference_frames, learn_scale, stride)
     height, width = int(reference_frames.shape[1]), int(reference_frames.shape[2])
     if height % stride or width % stride:
         raise ValueError(f"reference frames are {width}x{height}; this Wan model needs sides that are multiples of "
                          f"{stride} (its VAE's downscale times the patch size, e.g. 832x480): set width/height in "
                          "Load Reference Video")
+    latent_frames = wan_hooks.latent_frames(usable)
+    layout = wan_hooks.wan_layout(model, height // downscale, width // downscale)
+    chosen = select_layers(layout, layers, explicit_layers)
+    account = check_wan_learn_memory(model, chosen, latent_frames)       # before the encode: refusals are quick
     latents = vae.encode(reference_frames[..., :3])
     channels = int(model.model.diffusion_model.out_dim)
-    if latents.ndim != 5 or latents.shape[1] != channels:
-        raise ValueError(f"the VAE gives latents of shape {tuple(latents.shape)}, this Wan model works on "
-                         f"{channels}-channel video latents (batch, {channels}, frames, height, width): connect "
-                         "the Wan VAE that goes with it (wan_2.1_vae for Wan 2.1, wan2.2_vae for Wan 2.2 TI2V 5B)")
-    latent_frames = int(latents.shape[2])
-    layout = wan_hooks.wan_layout(model, latents.shape[-2], latents.shape[-1])
-    chosen = select_layers(layout, layers, explicit_layers)
+    expected = (channels, latent_frames, height // downscale, width // downscale)
+    if latents.ndim != 5 or tuple(latents.shape[1:]) != expected:
+        raise ValueError(f"the VAE gives latents of shape {tuple(latents.shape)}, this Wan model works on video "
+                         f"latents of shape (1, {', '.join(map(str, expected))}) for these frames: connect the Wan "
+                         "VAE that goes with it (wan_2.1_vae for Wan 2.1, wan2.2_vae for Wan 2.2 TI2V 5B)")
     cost = embedding_cost(chosen, latent_frames)
     log.info("Motion Embeddings on %d of %d Wan blocks (%s): %s parameters, %.1f MiB in float32 (plus Adam state: "
              "about 3x that while learning)", len(chosen), len(layout), layers, f"{cost['parameters']:,}",
@@ -76,4 +79,4 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
                             learn_scale=learn_scale, init="zeros")
     settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, loss=loss, objective=OBJECTIVE_FLOW,
                              augment=AugmentSettings(enabled=augmentation, flip=flip))
-    return settings, initial, latents, width, height
+    return settings, initial, latents, width, height, account

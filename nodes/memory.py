@@ -9,7 +9,7 @@ import torch
 import comfy.ldm.modules.attention
 import comfy.model_management
 
-from ..motion_core.layers import select_layers
+from ..motion_core.layers import embedding_cost, select_layers
 from ..motion_core.memory_plan import GIB, LearnShape, MemoryPlan, alternatives, plan
 from .host_training import compute_dtype
 from .hooks.svd import spatial_attention_heads, temporal_layout
@@ -77,3 +77,39 @@ def check_learn_memory(model, shape: LearnShape, layer_preset: str, explicit_lay
                           f"{comfy.model_management.get_torch_device_name(device)} has {total / GIB:.1f} GiB "
                           f"({memory.describe()}){advice}. Nothing was learned yet.")
     return memory, account
+
+
+LEARNED_STATE_FACTOR = 4   # each learned float32 value: itself, its gradient and Adam's two moments
+
+
+def check_wan_learn_memory(model, layers: dict[str, dict], frames: int) -> str:
+    """Wan's plan so far: the frozen weights plus the learned tensors' state (activations are not planned yet).
+
+    Returns a one-line account; raises ``MemoryError`` naming how many blocks, or which
+    ``learn_scale``, would fit when the weights and the learned state alone exceed the device.
+    """
+    device = model.load_device
+    total = comfy.model_management.get_total_memory(device)
+    budget = total * USABLE_FRACTION
+    weights = model.model_size()
+    learned = LEARNED_STATE_FACTOR * embedding_cost(layers, frames)["bytes_fp32"]
+    name = comfy.model_management.get_torch_device_name(device)
+    account = (f"memory (Wan, partial plan: activations are not planned yet): weights {weights / GIB:.2f} GiB + "
+               f"Motion Embeddings on {len(layers)} blocks with their gradients and Adam state "
+               f"{learned / GIB:.2f} GiB; "
+               f"{name} has {total / GIB:.1f} GiB")
+    log.info("Learn Motion Embedding %s", account)
+    if weights + learned <= budget:
+        return account
+    per_block = max(LEARNED_STATE_FACTOR * embedding_cost({k: v}, frames)["bytes_fp32"] for k, v in layers.items())
+    blocks = int(max(0, budget - weights) // per_block)
+    spread = ", ".join(str(i) for i in range(0, len(layers), max(1, -(-len(layers) // max(1, blocks)))))
+    advice = (f"layers explicit with {blocks} of the {len(layers)} blocks or fewer (e.g. '{spread}')"
+              if blocks >= 1 else
+              "a smaller reference (Load Reference Video's width/height, or learn_scale 0.5: 4x smaller value "
+              "embeddings)")
+    raise MemoryError(f"Learn Motion Embedding would need more than {(weights + learned) / GIB:.1f} GiB on Wan "
+                      f"(weights {weights / GIB:.2f} GiB, Motion Embeddings on {len(layers)} blocks with their "
+                      f"gradients and Adam state {learned / GIB:.1f} GiB) but {name} has {total / GIB:.1f} GiB; "
+                      f"this would fit: {advice}. Nothing was learned yet.")
+

@@ -124,7 +124,8 @@ class ReferenceNoise(io.ComfyNode):
             display_name="Reference Noise",
             category=CATEGORY,
             description="Inverts the reference clip along the model's own ODE (Euler; SVD's EDM, or Wan's flow) up "
-                        "to the first sampling sigma and blends it with seeded fresh noise. Connect to SamplerCustomAdvanced's noise input: "
+                        "to the first sampling sigma and blends it with seeded fresh noise. Connect to "
+                        "SamplerCustomAdvanced's noise input: "
                         "Motion Embeddings work much better starting from it (Motion Inversion's code, prior 0.5).",
             inputs=[
                 io.Model.Input("model", tooltip="The SVD or Wan model (plain; Apply Motion's output also works)."),

@@ -322,7 +322,7 @@ def test_learn_save_load_debias_and_apply_on_wan(comfy_nodes, wan_vae):
     assert embedding.temporal_qk["block.00"].shape == (1, 3, 64)
     assert embedding.value_embedding["block.01"].shape == (POSITIONS, 3, 64)
     assert len(meta["loss_history"]) == 3 and embedding.all_finite() and not embedding.temporal_qk["block.00"].is_inference()
-    assert "no plan for Wan" in out.ui.as_dict()["text"][0]
+    assert "activations are not planned yet" in out.ui.as_dict()["text"][0]
 
     debiased = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "DebiasValueEmbedding"].execute(embedding, "difference").result[0]
     values = embedding.value_embedding["block.00"]
@@ -376,3 +376,18 @@ def test_reference_noise_inverts_along_wans_flow_and_blends(comfy_nodes, wan_vae
     assert longer.shape == (1, 16, 5, 2 * HEIGHT, 2 * WIDTH) and float(longer.std()) == pytest.approx(1.0, rel=0.05)
     with pytest.raises(ValueError, match="needs the prompt"):
         node.execute(model, wan_vae, _clip(), sigmas, 0.5, 2, 7, None, None)
+
+
+def test_learn_on_wan_refuses_what_cannot_fit_before_encoding_and_names_what_would(comfy_nodes, wan_vae, monkeypatch):
+    import comfy.model_management
+
+    memory = pack_module("nodes.memory")
+    model = build_tiny_wan("t2v")
+    per_block = memory.LEARNED_STATE_FACTOR * 4 * (POSITIONS * FRAMES * 64 + FRAMES * 64)
+    total = (model.model_size() + 1.5 * per_block) / memory.USABLE_FRACTION      # room for one block, not two
+    monkeypatch.setattr(comfy.model_management, "get_total_memory", lambda *args, **kwargs: total)
+    encoded = []
+    monkeypatch.setattr(wan_vae, "encode", lambda pixels: encoded.append(1))
+    with pytest.raises(MemoryError, match=r"on 2 blocks.*this would fit: layers explicit with 1 of the 2 blocks or fewer"):
+        _learn_node(comfy_nodes, model, wan_vae)
+    assert encoded == []
