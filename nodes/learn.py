@@ -130,9 +130,14 @@ class LearnMotionEmbedding(io.ComfyNode):
                                        "explicit (list below). On the SVD-like toy model the lowest-resolution levels "
                                        "alone moved targets at least as well as every level (with difference: nearest "
                                        "ideal 67% both, dense flow 60% vs 57%, moving-points Motion Fidelity 0.54 "
-                                       "vs 0.49; docs/quality_svd_like.md), and they cost less memory."),
+                                       "vs 0.49; docs/quality_svd_like.md), and they cost less memory. On Wan every "
+                                       "block is as wide, so widest = all (30 blocks on 1.3B and 5B, 40 on 14B); a "
+                                       "block's value embedding at 832x480x81 on Wan 1.3B is 50M values, about 0.8 GB "
+                                       "while learning with Adam: choose a few blocks with explicit (Learn refuses "
+                                       "what cannot fit and says how many would). Not yet measured on Wan."),
                 io.String.Input("explicit_layers", default="", optional=True,
-                                tooltip="For layers = explicit: comma-separated layer numbers, e.g. 0, 1, 14, 15."),
+                                tooltip="For layers = explicit: comma-separated layer numbers, e.g. 0, 1, 14, 15 "
+                                        "(SVD's temporal layers, or Wan's blocks, counted from 0)."),
                 io.Boolean.Input("activation_checkpointing", default=True, optional=True,
                                  tooltip="Recompute each UNet block in the backward pass instead of keeping its "
                                          "activations: about 8x less memory above the weights (1024x576x14 "
