@@ -131,8 +131,11 @@ def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, in
     if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
         settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)
     with torch.inference_mode(False), torch.enable_grad(), host_training_mode():
+        if wan_hooks.has_motion(model):
+            raise ValueError("Learn Motion Embedding got a Wan model that already has Motion Embeddings applied "
+                             "(Apply Motion's output): connect the model from its loader instead")
         embedding = initial.trainable_copy(model.load_device)
-        patched, _motion = wan_hooks.with_wan_motion(trainable_clone(model), embedding)
+        patched, motion = wan_hooks.with_wan_motion(trainable_clone(model), embedding)
         recomputed = recompute(patched, wan_hooks.recompute_units(patched.model.diffusion_model)) \
             if checkpointing else []
         guider = comfy.samplers.CFGGuider(patched)
@@ -144,7 +147,11 @@ def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, in
             guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
                           disable_pbar=True)
         finally:
-            end_recompute(patched, recomputed)
+            # the projection patches sit on the shared modules until ComfyUI next unpatches; they
+            # hold the learned tensors (and their gradients) on the device: take them off now
+            end_recompute(patched, recomputed + motion.keys)
+            for tensor in embedding.tensors().values():
+                tensor.grad = None
         if sampler.result is None:
             raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
         return sampler.result

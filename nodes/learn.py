@@ -185,7 +185,8 @@ class LearnMotionEmbedding(io.ComfyNode):
             if math.isfinite(value) and (step == 1 or step == total or step % max(1, total // 100) == 0):
                 send_event(LOSS_EVENT, {"node": unique_id, "step": step, "total": total, "loss": value})
 
-        log.info("Learning %s motion: %d frames at %dx%d, %d steps on %s", representation, latents.shape[0],
+        log.info("Learning %s motion: %d latent frames at %dx%d, %d steps on %s", representation,
+                 latents.shape[2] if latents.ndim == 5 else latents.shape[0],
                  prepared.width, prepared.height, steps,
                  comfy.model_management.get_torch_device_name(prepared.model.load_device))
         try:

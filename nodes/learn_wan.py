@@ -58,6 +58,11 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
                          f"{stride} (its VAE's downscale times the patch size, e.g. 832x480): set width/height in "
                          "Load Reference Video")
     latent_frames = wan_hooks.latent_frames(usable)
+    for _tokens, extra in positive:
+        image = extra.get("concat_latent_image") if isinstance(extra, dict) else None
+        if image is not None and image.ndim == 5 and image.shape[2] != latent_frames:
+            raise ValueError(f"the positive's image conditioning has {image.shape[2]} latent frames, the reference "
+                             f"{latent_frames} ({usable} frames): set WanImageToVideo's length to {usable}")
     layout = wan_hooks.wan_layout(model, height // downscale, width // downscale)
     chosen = select_layers(layout, layers, explicit_layers)
     account = check_wan_learn_memory(model, chosen, latent_frames)       # before the encode: refusals are quick

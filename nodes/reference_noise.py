@@ -68,7 +68,8 @@ class BlendedNoise:
                 flat = inverted.transpose(1, 2).reshape(batch * frames, channels, *inverted.shape[-2:])
                 flat = comfy.utils.common_upscale(flat, latent.shape[-1], latent.shape[-2], "bilinear", "center")
                 inverted = flat.reshape(batch, frames, channels, *flat.shape[-2:]).transpose(1, 2)
-                inverted = inverted / inverted.std().clamp_min(1e-6)
+            if inverted.shape != self.inverted.shape:    # interpolated noise is smoother: unit variance per frame
+                inverted = inverted / inverted.std(dim=(1, 3, 4), keepdim=True).clamp_min(1e-6)
             return blend_noise(inverted, fresh, self.prior)
         inverted = resample_frames(self.inverted, latent.shape[0], dim=0)
         if inverted.shape[-2:] != latent.shape[-2:]:
@@ -109,7 +110,7 @@ def invert_wan_reference(model, vae, frames, positive, sigma_target, steps, embe
     usable = 1 + 4 * ((frames.shape[0] - 1) // 4)
     latents = vae.encode(frames[:usable, ..., :3])
     run_model = model
-    if embedding is not None and embedding.has_temporal:
+    if embedding is not None and embedding.has_temporal and not wan_hooks.has_motion(model):
         check_family(embedding, require_family(model, "Reference Noise"))
         wan_hooks.check_compatible(embedding, model)
         run_model, _motion = wan_hooks.with_wan_motion(model, embedding)

@@ -391,3 +391,25 @@ def test_learn_on_wan_refuses_what_cannot_fit_before_encoding_and_names_what_wou
     with pytest.raises(MemoryError, match=r"on 2 blocks.*this would fit: layers explicit with 1 of the 2 blocks or fewer"):
         _learn_node(comfy_nodes, model, wan_vae)
     assert encoded == []
+
+
+def test_learning_takes_its_patches_off_the_shared_modules_when_done(comfy_nodes):
+    """The projection patches hold the learned tensors on the device: none is left after learning."""
+    model = build_tiny_wan("t2v")
+    _learn_wan(model, steps=2)
+    patch_type = pack_module("nodes.hooks.wan").ProjectionForward
+    modules = [getattr(block.self_attn, p) for block in model.model.diffusion_model.blocks for p in "qkv"]
+    assert not any(isinstance(m.__dict__.get("forward"), patch_type) for m in modules)
+    assert not pack_module("nodes.hooks.common").has_recompute(model)
+
+
+def test_learn_refuses_a_model_that_already_carries_motion(comfy_nodes):
+    patched = _apply(comfy_nodes, build_tiny_wan("t2v"), _embedding())
+    with pytest.raises(ValueError, match="already has Motion Embeddings applied"):
+        _learn_wan(patched, steps=1)
+
+
+def test_learn_on_wan_i2v_names_the_image_conditionings_length(comfy_nodes, wan_vae):
+    positive, _negative = _conds("i2v")             # image latent of 3 frames; the clip below has 13 (4 latent)
+    with pytest.raises(ValueError, match="set WanImageToVideo's length to 13"):
+        _learn_node(comfy_nodes, build_tiny_wan("i2v"), wan_vae, reference_frames=_clip(frames=13), positive=positive)

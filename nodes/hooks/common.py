@@ -75,7 +75,11 @@ def recompute(model, names: list[str]) -> list[str]:
 
 
 def end_recompute(model, keys: list[str]) -> None:
-    """Put the plain forwards back on the shared modules and drop the patches from ``model``."""
+    """Put the plain forwards back on the shared modules and drop the patches ``keys`` from ``model``.
+
+    Any object patch on a module's ``forward`` can be taken off this way (checkpointing's,
+    the Wan projections').
+    """
     backup = model.object_patches_backup
     for key in keys:
         model.object_patches.pop(key, None)

@@ -152,7 +152,7 @@ def _temporal_marks_wrapper(executor, *args, **kwargs):
 
 def with_temporal_marks(model) -> None:
     """Install the marker on ``model`` (a clone) once; idempotent."""
-    wrappers = model.model_options.get("transformer_options", {}).get("wrappers", {})
+    wrappers = model.wrappers    # where add_wrapper_with_key puts them, on both ComfyUI versions
     if HOOK_KEY in wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {}):
         return
     model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, HOOK_KEY, _temporal_marks_wrapper)

@@ -96,8 +96,8 @@ def _grid_wrapper(grid: WanGrid):
         reference = kwargs.get("reference_latent")
         grid.first_token = 0
         if reference is not None and getattr(diffusion_model, "ref_conv", None) is not None:
-            _t, ref_height, ref_width = token_grid(diffusion_model, (1,) + tuple(reference.shape[-2:]))
-            grid.first_token = ref_height * ref_width
+            patch = diffusion_model.patch_size     # ref_conv: a strided Conv2d on the unpadded latent (floors)
+            grid.first_token = (int(reference.shape[-2]) // patch[1]) * (int(reference.shape[-1]) // patch[2])
         sigmas = transformer_options.get("sigmas") if isinstance(transformer_options, dict) else None
         grid.sigma = None if sigmas is None else float(sigmas.max())
         # the grid stays set after the forward: activation checkpointing recomputes the
@@ -123,6 +123,7 @@ class WanMotionEmbeddings:
         self.sigma_end = sigma_end
         self.learning = any(t.requires_grad for t in embedding.tensors().values())
         self.calls = 0
+        self.keys: list[str] = []      # the object patches that carry it (learning removes them when done)
         self._prepared = {}
 
     def __deepcopy__(self, memo):
@@ -201,4 +202,11 @@ def with_wan_motion(model, embedding: MotionEmbedding, strength: float = 1.0,
         for projection in PROJECTIONS:
             key = f"diffusion_model.blocks.{index[name]}.self_attn.{projection}.forward"
             patched.add_object_patch(key, ProjectionForward(patched.get_model_object(key), motion, name, projection))
+            motion.keys.append(key)
     return patched, motion
+
+
+def has_motion(model) -> bool:
+    """Whether ``model`` already carries Motion Embeddings (it is Apply Motion's output)."""
+    wrappers = model.wrappers    # where add_wrapper_with_key puts them, on both ComfyUI versions
+    return HOOK_KEY in wrappers.get(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, {})
