@@ -60,6 +60,44 @@ def temporal_self_attention(features: torch.Tensor, to_q: torch.nn.Module, to_k:
     return rearrange(weights @ v, "n h f d -> n f (h d)")
 
 
+def _video_span(tokens: torch.Tensor, frames: int, positions: int, first_token: int) -> slice:
+    video = frames * positions
+    if tokens.shape[1] < first_token + video:
+        raise ValueError(f"the attention sees {tokens.shape[1]} tokens, fewer than the {first_token} + "
+                         f"{frames} frames x {positions} positions the motion embedding expects")
+    return slice(first_token, first_token + video)
+
+
+def sequence_qk_input(tokens: torch.Tensor, temporal_qk: torch.Tensor, frames: int, positions: int,
+                      first_token: int = 0, strength: float = 1.0) -> torch.Tensor:
+    """The Q/K input ``(b n c)`` of eq. 3 on a DiT's sequence: ``temporal_qk`` ``(1 f c)`` added to every
+    token of its frame (broadcast, never expanded to the tokens' size); see :func:`sequence_motion_inputs`."""
+    if temporal_qk.shape[1] != frames:
+        raise ValueError(f"the query-key embedding has {temporal_qk.shape[1]} frames, the video has {frames}: "
+                         "resample the embedding to the run's frames first")
+    span = _video_span(tokens, frames, positions, first_token)
+    qk = temporal_qk.to(tokens)
+    qk = qk if strength == 1.0 else qk * strength
+    video = rearrange(tokens[:, span], "b (f s) c -> b f s c", f=frames)
+    qk_input = tokens.clone()
+    qk_input[:, span] = rearrange(video + qk[:, :, None], "b f s c -> b (f s) c")
+    return qk_input
+
+
+def sequence_value_input(tokens: torch.Tensor, value_embedding: torch.Tensor, frames: int, positions: int,
+                         first_token: int = 0, strength: float = 1.0) -> torch.Tensor:
+    """The V input ``(b n c)`` of eq. 3 on a DiT's sequence: ``value_embedding`` ``(s f c)`` added to its
+    frame's and position's token; see :func:`sequence_motion_inputs`."""
+    if value_embedding.shape[0] != positions or value_embedding.shape[1] != frames:
+        raise ValueError(f"the value embedding is {tuple(value_embedding.shape)}, the run has {positions} positions "
+                         f"x {frames} frames: resize it to this latent size first")
+    span = _video_span(tokens, frames, positions, first_token)
+    value = rearrange(value_embedding.to(tokens), "s f c -> (f s) c")[None]
+    value_input = tokens.clone()
+    value_input[:, span] = tokens[:, span] + (value if strength == 1.0 else value * strength)
+    return value_input
+
+
 def sequence_motion_inputs(tokens: torch.Tensor, temporal_qk: torch.Tensor, value_embedding: Optional[torch.Tensor],
                            frames: int, positions: int, first_token: int = 0,
                            strength: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -72,24 +110,7 @@ def sequence_motion_inputs(tokens: torch.Tensor, temporal_qk: torch.Tensor, valu
     ``value_embedding`` ``(s f c)`` to its frame and position, or None. Returns
     ``(qk_input (b n c), value_input (b n c))`` in the dtype of ``tokens``.
     """
-    video = frames * positions
-    if tokens.shape[1] < first_token + video:
-        raise ValueError(f"the attention sees {tokens.shape[1]} tokens, fewer than the {first_token} + "
-                         f"{frames} frames x {positions} positions the motion embedding expects")
-    if temporal_qk.shape[1] != frames:
-        raise ValueError(f"the query-key embedding has {temporal_qk.shape[1]} frames, the video has {frames}: "
-                         "resample the embedding to the run's frames first")
-    span = slice(first_token, first_token + video)
-    qk = rearrange(temporal_qk.to(tokens).expand(1, frames, -1)[:, :, None].expand(1, frames, positions, -1),
-                   "one f s c -> one (f s) c")
-    qk_input = tokens.clone()
-    qk_input[:, span] = tokens[:, span] + (qk if strength == 1.0 else qk * strength)
+    qk_input = sequence_qk_input(tokens, temporal_qk, frames, positions, first_token, strength)
     if value_embedding is None:
         return qk_input, tokens
-    if value_embedding.shape[0] != positions or value_embedding.shape[1] != frames:
-        raise ValueError(f"the value embedding is {tuple(value_embedding.shape)}, the run has {positions} positions "
-                         f"x {frames} frames: resize it to this latent size first")
-    value = rearrange(value_embedding.to(tokens), "s f c -> (f s) c")[None]
-    value_input = tokens.clone()
-    value_input[:, span] = tokens[:, span] + (value if strength == 1.0 else value * strength)
-    return qk_input, value_input
+    return qk_input, sequence_value_input(tokens, value_embedding, frames, positions, first_token, strength)

@@ -45,7 +45,7 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
         raise ValueError(f"{node} on Wan needs at least {MIN_FRAMES} reference frames (its VAE packs 4 frames into "
                          f"one latent frame after the first), got IMAGE of shape {tuple(reference_frames.shape)}; "
                          "load more frames (Wan's own length is 81)")
-    usable = 1 + 4 * ((frames - 1) // 4)
+    usable = wan_hooks.usable_frames(frames)
     if usable != frames:
         log.info("Wan's VAE takes 1 + 4k frames: learning on the first %d of %d reference frames", usable, frames)
         reference_frames = reference_frames[:usable]

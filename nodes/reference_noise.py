@@ -104,14 +104,13 @@ def _invert(model, positive, latents, sigma_target, steps):
 
 
 @torch.no_grad()
-def invert_wan_reference(model, vae, frames, positive, sigma_target, steps, embedding=None):
+def invert_wan_reference(model, family, vae, frames, positive, sigma_target, steps, embedding=None):
     """Wan: the reference ``(1 c t h w)`` along the flow ODE, ``dx/dsigma = (x - D) / sigma``, the same
     Euler step as EDM's; the result divided by sigma is the unit noise the sampler scales back."""
-    usable = 1 + 4 * ((frames.shape[0] - 1) // 4)
-    latents = vae.encode(frames[:usable, ..., :3])
+    latents = vae.encode(frames[:wan_hooks.usable_frames(frames.shape[0]), ..., :3])
     run_model = model
     if embedding is not None and embedding.has_temporal and not wan_hooks.has_motion(model):
-        check_family(embedding, require_family(model, "Reference Noise"))
+        check_family(embedding, family)
         wan_hooks.check_compatible(embedding, model)
         run_model, _motion = wan_hooks.with_wan_motion(model, embedding)
     return _invert(run_model, positive, latents, sigma_target, steps)
@@ -163,7 +162,7 @@ class ReferenceNoise(io.ComfyNode):
             if positive is None:
                 raise ValueError("Reference Noise on Wan needs the prompt: connect the same positive CONDITIONING "
                                  "that Learn Motion Embedding was given")
-            inverted = invert_wan_reference(model, vae, reference_frames, positive, float(sigmas[0]),
+            inverted = invert_wan_reference(model, family, vae, reference_frames, positive, float(sigmas[0]),
                                             inversion_steps, motion_embedding)
             return io.NodeOutput(BlendedNoise(inverted, prior, seed))
         require_svd(model, "Reference Noise")

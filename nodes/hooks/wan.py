@@ -19,7 +19,7 @@ import torch
 import comfy.patcher_extension
 from comfy.ldm.wan.model import WanModel
 
-from ...motion_core.attention import sequence_motion_inputs
+from ...motion_core.attention import sequence_qk_input, sequence_value_input
 from ...motion_core.embedding import MotionEmbedding, dit_layer_name
 from ...motion_core.resample import resample_frames
 
@@ -32,6 +32,11 @@ PROJECTIONS = ("q", "k", "v")
 def latent_frames(frames: int) -> int:
     """Wan's VAE keeps the first frame and compresses the rest by 4: ``F' = 1 + (F - 1) // 4``."""
     return 1 + (frames - 1) // 4
+
+
+def usable_frames(frames: int) -> int:
+    """The video frames Wan's VAE encodes of ``frames``: ``1 + 4k`` (it drops the rest)."""
+    return 1 + 4 * ((frames - 1) // 4)
 
 
 def wan_layers(diffusion_model: WanModel) -> list[tuple[str, torch.nn.Module, int]]:
@@ -125,6 +130,7 @@ class WanMotionEmbeddings:
         self.calls = 0
         self.keys: list[str] = []      # the object patches that carry it (learning removes them when done)
         self._prepared = {}
+        self._qk_inputs = {}           # layer -> (x, q's input), for k of the same call
 
     def __deepcopy__(self, memo):
         return self
@@ -180,11 +186,18 @@ class ProjectionForward:
             raise ValueError(f"Wan block {self.name}: the self-attention sees {x.shape[1]} tokens, fewer than the "
                              f"{grid.frames} x {positions} of the latent; this Wan variant is not supported by "
                              "Motion Embeddings")
-        qk_input, value_input = sequence_motion_inputs(x, qk, value if self.projection == "v" else None,
-                                                       grid.frames, positions, grid.first_token)
+        if self.projection == "v":
+            return self.forward(sequence_value_input(x, value, grid.frames, positions, grid.first_token),
+                                *args, **kwargs)
+        if self.projection == "k":      # q and k take the same input: k reuses the one q just built
+            seen, qk_input = motion._qk_inputs.pop(self.name, (None, None))
+            if seen is x:
+                return self.forward(qk_input, *args, **kwargs)
+        qk_input = sequence_qk_input(x, qk, grid.frames, positions, grid.first_token)
         if self.projection == "q":
+            motion._qk_inputs[self.name] = (x, qk_input)
             motion.calls += 1
-        return self.forward(value_input if self.projection == "v" else qk_input, *args, **kwargs)
+        return self.forward(qk_input, *args, **kwargs)
 
 
 def with_wan_motion(model, embedding: MotionEmbedding, strength: float = 1.0,
