@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-from einops import rearrange
+from einops import rearrange, repeat
 
 
 def motion_inputs(features: torch.Tensor, temporal_qk: torch.Tensor, value_embedding: Optional[torch.Tensor],
@@ -114,3 +114,37 @@ def sequence_motion_inputs(tokens: torch.Tensor, temporal_qk: torch.Tensor, valu
     if value_embedding is None:
         return qk_input, tokens
     return qk_input, sequence_value_input(tokens, value_embedding, frames, positions, first_token, strength)
+
+
+def per_frame_token_attention(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
+                              token_keys: torch.Tensor, token_values: torch.Tensor, frames: int, positions: int,
+                              attention, first_token: int = 0) -> torch.Tensor:
+    """Cross-attention in which each frame's queries also see that frame's motion tokens (one softmax).
+
+    Reenact Anything's per-frame motion-text tokens on a DiT, whose cross-attention sees all
+    frames' tokens at once. ``queries`` ``(b n c)``: projected (and normed) video queries,
+    frame-major from ``first_token`` (``(f s)``, ``s = positions``); ``keys`` / ``values``
+    ``(b l c)``: the prompt's, projected; ``token_keys`` / ``token_values`` ``(f m c)``: the
+    ``m`` tokens of each frame, projected by the same layers. Frame ``f``'s queries attend
+    to ``[keys; token_keys[f]]``; tokens outside the video's span (a reference image's)
+    attend to the prompt alone. ``attention(q (B n c), k (B l c), v (B l c)) -> (B n c)``
+    is the host's multi-head attention. Returns ``(b n c)``.
+    """
+    if token_keys.shape[0] != frames or token_values.shape[0] != frames:
+        raise ValueError(f"the motion tokens have {token_keys.shape[0]} frames, the video has {frames}: "
+                         "resample them to the run's frames first")
+    span = _video_span(queries, frames, positions, first_token)
+    batch = queries.shape[0]
+    frame_queries = rearrange(queries[:, span], "b (f s) c -> (b f) s c", f=frames)
+    frame_keys = torch.cat([repeat(keys, "b l c -> (b f) l c", f=frames),
+                            repeat(token_keys.to(keys), "f m c -> (b f) m c", b=batch)], dim=1)
+    frame_values = torch.cat([repeat(values, "b l c -> (b f) l c", f=frames),
+                              repeat(token_values.to(values), "f m c -> (b f) m c", b=batch)], dim=1)
+    video = rearrange(attention(frame_queries, frame_keys, frame_values), "(b f) s c -> b (f s) c", b=batch)
+    parts = []
+    if span.start > 0:
+        parts.append(attention(queries[:, :span.start], keys, values))
+    parts.append(video)
+    if span.stop < queries.shape[1]:
+        parts.append(attention(queries[:, span.stop:], keys, values))
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

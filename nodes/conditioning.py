@@ -34,6 +34,9 @@ def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: 
     """
     if negative_mode not in NEGATIVE_MODES:
         raise ValueError(f"unknown negative mode {negative_mode!r}; choose one of {', '.join(NEGATIVE_MODES)}")
+    if embedding.metadata.get("model_family", "svd") != "svd":
+        raise ValueError(f"this motion embedding was learned on {embedding.metadata.get('model_family')}, not SVD: "
+                         "on Wan, Apply Motion puts its motion tokens into the model; connect the embedding there")
     if not embedding.has_motion_text:
         raise ValueError("this motion embedding has no motion-text tokens (it was learned with representation="
                          f"{embedding.metadata.get('representation', 'temporal')!r}); use Apply Motion on the MODEL "

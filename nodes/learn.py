@@ -99,9 +99,13 @@ class LearnMotionEmbedding(io.ComfyNode):
                                        "Reference Noise, as motion_embeddings_svd.json does); both: learned jointly. "
                                        "On the SVD-like toy model (image embedding only, as SVD) motion_text moved "
                                        "73% of targets by nearest ideal, temporal 40-67%, both 60% "
-                                       "(docs/quality_svd_like.md)."),
+                                       "(docs/quality_svd_like.md). On Wan the same three: motion_text puts the "
+                                       "tokens in every block's cross-attention, beside the prompt's (beside the "
+                                       "CLIP image tokens on Wan 2.1 I2V), and Apply Motion carries them; temporal "
+                                       "uses the blocks' self-attention. Not yet measured on Wan."),
                 io.Int.Input("tokens_per_frame", default=5, min=1, max=77,
-                             tooltip="Motion-text tokens per frame (N). The paper uses 5."),
+                             tooltip="Motion-text tokens per frame (N). The paper uses 5. On Wan: per latent "
+                                     "frame (81 video frames are 21 latent frames)."),
                 io.Int.Input("steps", default=1000, min=1, max=100000, tooltip="Optimisation steps (paper: 1000)."),
                 io.Float.Input("learning_rate", default=1e-2, min=1e-6, max=1.0, step=1e-4,
                                tooltip="Adam learning rate (paper: 0.01)."),
@@ -253,8 +257,8 @@ def prepare_learning(model, vae, reference_frames, representation, tokens_per_fr
         raise ValueError(f"learn_scale must be in (0, 1], got {learn_scale}; 0.5 learns at half the width and height")
     if family.family == MODEL_FAMILY_WAN:
         settings, initial, latents, width, height, account = prepare_wan(
-            model, family, vae, reference_frames, representation, positive, steps, learning_rate, seed, loss,
-            augmentation, flip, layers, explicit_layers, learn_scale)
+            model, family, vae, reference_frames, representation, positive, tokens_per_frame, steps, learning_rate,
+            seed, loss, augmentation, flip, layers, explicit_layers, learn_scale)
         account += f"; activation checkpointing {'on' if activation_checkpointing else 'off'}"
         return PreparedLearning(model, settings, initial, latents, None, representation, width, height,
                                 activation_checkpointing, account, wan_positive=positive)

@@ -28,14 +28,11 @@ def _vae_downscale(vae) -> int:
 
 
 def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor, representation: str, positive,
-                steps: int, learning_rate: float, seed: int, loss: str, augmentation: bool, flip: bool,
+                tokens_per_frame: int, steps: int, learning_rate: float, seed: int, loss: str, augmentation: bool, flip: bool,
                 layers: str, explicit_layers: str, learn_scale: float):
     """``(settings, initial, latents (1 c t h w), width, height, memory account)`` for learning on ``model``,
     or a ValueError (MemoryError) that says what is wrong and how to fix it."""
     node = "Learn Motion Embedding"
-    if representation != "temporal":
-        raise ValueError(f"{node} on Wan learns Motion Embeddings (representation temporal); per-frame motion tokens "
-                         f"on Wan are not available yet. Set representation to temporal (it is {representation!r}).")
     if positive is None:
         raise ValueError(f"{node} on Wan needs the prompt the reference is explained with: connect the positive "
                          "CONDITIONING of a CLIP Text Encode (with Wan's text encoder) to Learn's positive input "
@@ -64,8 +61,13 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
             raise ValueError(f"the positive's image conditioning has {image.shape[2]} latent frames, the reference "
                              f"{latent_frames} ({usable} frames): set WanImageToVideo's length to {usable}")
     layout = wan_hooks.wan_layout(model, height // downscale, width // downscale)
-    chosen = select_layers(layout, layers, explicit_layers)
+    temporal = representation in ("temporal", "both")
+    chosen = select_layers(layout, layers, explicit_layers) if temporal else {}
     account = check_wan_learn_memory(model, chosen, latent_frames)       # before the encode: refusals are quick
+    tokens = None
+    if representation in ("motion_text", "both"):
+        tokens = wan_hooks.initial_tokens(model, positive, latent_frames, tokens_per_frame,
+                                          generator=torch.Generator().manual_seed(seed))
     latents = vae.encode(reference_frames[..., :3])
     channels = int(model.model.diffusion_model.out_dim)
     expected = (channels, latent_frames, height // downscale, width // downscale)
@@ -73,15 +75,22 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
         raise ValueError(f"the VAE gives latents of shape {tuple(latents.shape)}, this Wan model works on video "
                          f"latents of shape (1, {', '.join(map(str, expected))}) for these frames: connect the Wan "
                          "VAE that goes with it (wan_2.1_vae for Wan 2.1, wan2.2_vae for Wan 2.2 TI2V 5B)")
-    cost = embedding_cost(chosen, latent_frames)
-    log.info("Motion Embeddings on %d of %d Wan blocks (%s): %s parameters, %.1f MiB in float32 (plus Adam state: "
-             "about 3x that while learning)", len(chosen), len(layout), layers, f"{cost['parameters']:,}",
-             cost["bytes_fp32"] / 2 ** 20)
     initial = MotionEmbedding(metadata=base_metadata(latent_frames, width, height, 0, model_family=MODEL_FAMILY_WAN))
-    initial.temporal_qk, initial.value_embedding = init_temporal(chosen, latent_frames)
-    initial.metadata.update(layers=chosen, layer_preset=layers, representation=representation,
-                            model_widths=dict(family.widths), model_variant=family.variant, video_frames=usable,
-                            learn_scale=learn_scale, init="zeros")
+    if temporal:
+        cost = embedding_cost(chosen, latent_frames)
+        log.info("Motion Embeddings on %d of %d Wan blocks (%s): %s parameters, %.1f MiB in float32 (plus Adam "
+                 "state: about 3x that while learning)", len(chosen), len(layout), layers, f"{cost['parameters']:,}",
+                 cost["bytes_fp32"] / 2 ** 20)
+        initial.temporal_qk, initial.value_embedding = init_temporal(chosen, latent_frames)
+        initial.metadata.update(layers=chosen, layer_preset=layers)
+    if tokens is not None:
+        initial.spatial_tokens = tokens
+        initial.metadata.update(tokens_per_frame=tokens_per_frame,
+                                token_context=wan_hooks.token_context(model.model.diffusion_model))
+    initial.metadata.update(representation=representation, model_widths=dict(family.widths),
+                            model_variant=family.variant, video_frames=usable, learn_scale=learn_scale,
+                            init="zeros" if tokens is None else "zeros; tokens from the "
+                            + initial.metadata["token_context"] + " tokens")
     settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, loss=loss, objective=OBJECTIVE_FLOW,
                              augment=AugmentSettings(enabled=augmentation, flip=flip))
     return settings, initial, latents, width, height, account

@@ -54,15 +54,18 @@ class ApplyMotion(io.ComfyNode):
             category=CATEGORY,
             description="Returns a copy of the model whose self-attention across frames adds the learned Motion "
                         "Embeddings (Motion Inversion eq. 3) while sampling: SVD's temporal attention, or the "
-                        "self-attention of Wan 2.1 / 2.2's blocks. Resizes value embeddings to the sampling "
-                        "resolution and resamples them to its frame count. The original MODEL is untouched.",
+                        "self-attention of Wan 2.1 / 2.2's blocks. On Wan it also routes learned per-frame motion "
+                        "tokens (motion_text / both) into each frame's cross-attention, for the positive prompt only. "
+                        "Resizes value embeddings to the sampling resolution and resamples them to its frame count. "
+                        "The original MODEL is untouched.",
             inputs=[
                 io.Model.Input("model", tooltip="The model to sample with: SVD / SVD-XT, or the Wan model the "
                                                 "embedding was learned on."),
                 MotionEmbeddingSocket.Input("motion_embedding", tooltip="Learned with representation temporal or both "
-                                                                       "(debiased, usually)."),
+                                                                       "(debiased, usually); on Wan also motion_text."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.01,
-                               tooltip="Scale of the embeddings; 0 = no effect."),
+                               tooltip="Scale of the Motion Embeddings; 0 = no effect. Wan's motion tokens are not "
+                                       "scaled: they act whenever strength is above 0."),
                 io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Sampling progress at which the motion starts acting (0 = first step)."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
@@ -89,13 +92,14 @@ class ApplyMotion(io.ComfyNode):
     def execute(cls, model, motion_embedding, strength, start_percent, end_percent, frames) -> io.NodeOutput:
         family = require_family(model, "Apply Motion")
         check_family(motion_embedding, family)
-        if not motion_embedding.has_temporal:
+        on_wan = family.family == MODEL_FAMILY_WAN
+        if not motion_embedding.has_temporal and not (on_wan and motion_embedding.has_motion_text):
             raise ValueError("this motion embedding has no temporal Motion Embeddings (learned with representation "
-                             "motion_text); use Inflate SVD Conditioning for it, or learn with temporal or both")
+                             "motion_text); on SVD use Inflate SVD Conditioning for it, or learn with temporal or both")
         sampling = model.get_model_object("model_sampling")
         sigma_start = sampling.percent_to_sigma(start_percent)
         sigma_end = sampling.percent_to_sigma(end_percent)
-        if family.family == MODEL_FAMILY_WAN:
+        if on_wan:
             wan_hooks.check_compatible(motion_embedding, model)
             embedding = motion_embedding.resampled(wan_hooks.latent_frames(frames)) if frames else motion_embedding
             patched, _motion = wan_hooks.with_wan_motion(model, embedding, strength, sigma_start, sigma_end)

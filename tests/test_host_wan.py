@@ -339,7 +339,6 @@ def test_learn_save_load_debias_and_apply_on_wan(comfy_nodes, wan_vae):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (dict(representation="motion_text"), "Set representation to temporal"),
     (dict(positive=None), "connect the positive CONDITIONING"),
     (dict(reference_frames=_clip(frames=4)), "at least 5 reference frames"),
     (dict(reference_frames=_clip(width=72)), "multiples of 16"),

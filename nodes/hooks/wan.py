@@ -16,10 +16,11 @@ from typing import Optional
 
 import torch
 
+import comfy.ldm.wan.model
 import comfy.patcher_extension
 from comfy.ldm.wan.model import WanModel
 
-from ...motion_core.attention import sequence_qk_input, sequence_value_input
+from ...motion_core.attention import per_frame_token_attention, sequence_qk_input, sequence_value_input
 from ...motion_core.embedding import MotionEmbedding, dit_layer_name
 from ...motion_core.resample import resample_frames
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 
 HOOK_KEY = "motion_inversion"
 PROJECTIONS = ("q", "k", "v")
+TOKENS_WITH_TEXT = "text"        # motion tokens join the prompt's softmax (T2V, TI2V 5B)
+TOKENS_WITH_IMAGE = "image"      # ... the CLIP image tokens' softmax (Wan 2.1 I2V / first-last-frame)
 
 
 def latent_frames(frames: int) -> int:
@@ -65,7 +68,7 @@ def recompute_units(diffusion_model: WanModel) -> list[str]:
 
 
 def check_compatible(embedding: MotionEmbedding, model) -> None:
-    """Every layer of ``embedding`` must be a block of ``model`` of the same width."""
+    """Every layer of ``embedding`` must be a block of ``model`` of the same width, its motion tokens as wide."""
     available = {name: channels for name, _block, channels in wan_layers(model.model.diffusion_model)}
     for name, qk in embedding.temporal_qk.items():
         if name not in available:
@@ -74,6 +77,7 @@ def check_compatible(embedding: MotionEmbedding, model) -> None:
         if available[name] != qk.shape[-1]:
             raise ValueError(f"layer {name} does not fit: the embedding is {qk.shape[-1]} wide, the model's blocks "
                              f"{available[name]}; it was learned on another model; learn the motion again on this one")
+    check_tokens(embedding, model)
 
 
 class WanGrid:
@@ -81,13 +85,15 @@ class WanGrid:
 
     ``frames``, ``height``, ``width``: the video's token grid; ``first_token``: how many
     tokens a variant put before the video's (a reference image's); ``sigma``: the noise
-    level. ``__deepcopy__`` returns ``self`` (``ModelPatcher.clone()`` copies options).
+    level; ``cond_rows``: which batch rows are a positive's (motion tokens go only there).
+    ``__deepcopy__`` returns ``self`` (``ModelPatcher.clone()`` copies options).
     """
 
     def __init__(self):
         self.frames: Optional[int] = None
         self.height = self.width = self.first_token = 0
         self.sigma: Optional[float] = None
+        self.cond_rows: Optional[list[bool]] = None     # per batch row: a positive's (None: all are)
 
     def __deepcopy__(self, memo):
         return self
@@ -105,10 +111,21 @@ def _grid_wrapper(grid: WanGrid):
             grid.first_token = (int(reference.shape[-2]) // patch[1]) * (int(reference.shape[-1]) // patch[2])
         sigmas = transformer_options.get("sigmas") if isinstance(transformer_options, dict) else None
         grid.sigma = None if sigmas is None else float(sigmas.max())
+        grid.cond_rows = _cond_rows(transformer_options, int(x.shape[0]))
         # the grid stays set after the forward: activation checkpointing recomputes the
         # blocks in the backward pass, after this returns, and must see the same grid
         return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
     return wrapper
+
+
+def _cond_rows(transformer_options, batch: int) -> Optional[list[bool]]:
+    """Which rows of a batch are positives: ComfyUI's ``cond_or_uncond`` names one entry (0 = positive) per
+    equal chunk of the batch. None when it is absent (a direct call: every row is)."""
+    chunks = transformer_options.get("cond_or_uncond") if isinstance(transformer_options, dict) else None
+    if not chunks or batch % len(chunks):
+        return None
+    per_chunk = batch // len(chunks)
+    return [chunk == 0 for chunk in chunks for _row in range(per_chunk)]
 
 
 class WanMotionEmbeddings:
@@ -160,6 +177,34 @@ class WanMotionEmbeddings:
             self._prepared[key] = (qk, value)
         return qk, value
 
+    def token_rows(self, batch: int) -> Optional[torch.Tensor]:
+        """The batch rows whose video gets the motion tokens ``(b)`` (bool), or None where none does."""
+        if not self.active() or self.strength <= 0:
+            return None
+        rows = self.grid.cond_rows
+        if rows is None:
+            return torch.ones(batch, dtype=torch.bool)
+        if len(rows) != batch or not any(rows):
+            return None
+        return torch.tensor(rows)
+
+    def frame_tokens(self, like: torch.Tensor) -> torch.Tensor:
+        """The motion tokens ``(f m c)`` at the run's latent frames, cast like ``like``.
+
+        ``strength`` does not scale them (a token scaled down still draws attention): they
+        act whenever it is above 0.
+        """
+        key = ("tokens", self.grid.frames, like.dtype, like.device)
+        if not self.learning and key in self._prepared:
+            return self._prepared[key]
+        tokens = self.embedding.spatial_tokens
+        if tokens.shape[0] != self.grid.frames:
+            tokens = resample_frames(tokens, self.grid.frames, dim=0)
+        tokens = tokens.to(like)
+        if not self.learning:
+            self._prepared[key] = tokens
+        return tokens
+
 
 class ProjectionForward:
     """A self-attention projection's ``forward`` (q, k or v of one block) fed eq. 3's input."""
@@ -200,9 +245,124 @@ class ProjectionForward:
         return self.forward(qk_input, *args, **kwargs)
 
 
+class CrossAttentionForward:
+    """A block's cross-attention ``forward`` in which each frame's queries also see that frame's motion tokens.
+
+    The tokens ``(f m c)`` live where the prompt's do after ``text_embedding`` (or, with
+    ``TOKENS_WITH_IMAGE``, the CLIP image tokens after ``img_emb``) and go through the
+    same ``k`` / ``v`` (``k_img`` / ``v_img``) and norms; one softmax over the prompt's
+    tokens and the frame's (:func:`per_frame_token_attention`). Only a positive's rows get
+    them; a negative's and every row outside the motion's noise range run ComfyUI's forward.
+    """
+
+    def __init__(self, forward, module, motion: WanMotionEmbeddings, with_image: bool):
+        self.forward = forward
+        self.module = module
+        self.motion = motion
+        self.with_image = with_image
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, x, context, *args, **kwargs):
+        rows = self.motion.token_rows(int(x.shape[0]))
+        if rows is None:
+            return self.forward(x, context, *args, **kwargs)
+        rows = rows.to(x.device)
+        if bool(rows.all()):
+            return self._with_tokens(x, context, args, kwargs)
+        plain = self.forward(x, context, *args, **kwargs)
+        return plain.index_put((rows.nonzero()[:, 0],), self._with_tokens(x[rows], context[rows], args, kwargs))
+
+    def _with_tokens(self, x, context, args, kwargs):
+        module, grid = self.module, self.motion.grid
+        options = kwargs.get("transformer_options", {})
+        image_tokens = kwargs.get("context_img_len", args[0] if args else None)
+        image = hasattr(module, "k_img") and image_tokens is not None
+
+        def attend(queries, keys, values):
+            return comfy.ldm.wan.model.optimized_attention(queries, keys, values, heads=module.num_heads,
+                                                           transformer_options=options)
+
+        tokens = self.motion.frame_tokens(x)
+        positions = grid.height * grid.width
+        queries = module.norm_q(module.q(x))
+        text = context[:, image_tokens:] if image else context
+        keys, values = module.norm_k(module.k(text)), module.v(text)
+        if image and self.with_image:
+            picture = context[:, :image_tokens]
+            out = attend(queries, keys, values) + per_frame_token_attention(
+                queries, module.norm_k_img(module.k_img(picture)), module.v_img(picture),
+                module.norm_k_img(module.k_img(tokens)), module.v_img(tokens), grid.frames, positions, attend,
+                grid.first_token)
+        else:
+            out = per_frame_token_attention(queries, keys, values, module.norm_k(module.k(tokens)), module.v(tokens),
+                                            grid.frames, positions, attend, grid.first_token)
+            if image:
+                picture = context[:, :image_tokens]
+                out = out + attend(queries, module.norm_k_img(module.k_img(picture)), module.v_img(picture))
+        return module.o(out)
+
+
+def token_context(diffusion_model: WanModel) -> str:
+    """Where a Wan model's motion tokens go: beside the CLIP image tokens when it has them (2.1 I2V), else the prompt's."""
+    return TOKENS_WITH_IMAGE if getattr(diffusion_model, "img_emb", None) is not None else TOKENS_WITH_TEXT
+
+
+def initial_tokens(model, positive: list, frames: int, tokens_per_frame: int, noise_std: float = 0.1,
+                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Motion tokens ``(f m c)`` to start learning from, in the blocks' cross-attention space (float32, CPU).
+
+    Every token starts at the mean of the positive's prompt tokens after ``text_embedding``
+    (padding left out), or for a model with CLIP image tokens the mean of those after
+    ``img_emb``, plus Gaussian noise of ``noise_std`` times that mean's spread so the tokens
+    differ (Reenact Anything, sec. 3.4, with the prompt in place of SVD's image embedding).
+    """
+    diffusion_model = model.model.diffusion_model
+    prompt, extra = positive[0][0], positive[0][1]
+    with torch.no_grad():
+        if token_context(diffusion_model) == TOKENS_WITH_IMAGE:
+            clip = extra.get("clip_vision_output") if isinstance(extra, dict) else None
+            if clip is None:
+                raise ValueError("this Wan I2V model reads CLIP image tokens; motion tokens start from them: connect "
+                                 "the positive of WanImageToVideo with a clip_vision_output (CLIP Vision Encode of "
+                                 "the reference's first frame)")
+            features = clip.penultimate_hidden_states[0]
+            layer = diffusion_model.img_emb
+        else:
+            rows = prompt[0]
+            features = rows[rows.abs().amax(dim=-1) > 0]          # T5's padding is zeros
+            features = rows[:1] if features.shape[0] == 0 else features
+            layer = diffusion_model.text_embedding
+        weight = next(layer.parameters())
+        dtype = getattr(model.model, "manual_cast_dtype", None) or weight.dtype
+        dtype = dtype if dtype.is_floating_point and dtype.itemsize >= 2 else torch.float32
+        projected = layer(features.to(device=weight.device, dtype=dtype)).float().cpu()
+    mean = projected.mean(dim=0)
+    spread = float(projected.std()) if projected.numel() > 1 else 1.0
+    tokens = mean.expand(frames, tokens_per_frame, -1).clone()
+    return tokens + noise_std * spread * torch.randn(tokens.shape, generator=generator)
+
+
+def check_tokens(embedding: MotionEmbedding, model) -> None:
+    """An embedding's motion tokens must be as wide as the model's blocks and go where it reads them."""
+    if not embedding.has_motion_text:
+        return
+    diffusion_model = model.model.diffusion_model
+    width = int(embedding.spatial_tokens.shape[-1])
+    if width != int(diffusion_model.dim):
+        raise ValueError(f"the motion tokens are {width} wide, this Wan model's blocks {diffusion_model.dim}: they "
+                         "were learned on another model; learn the motion again on this one")
+    learned = embedding.metadata.get("token_context", TOKENS_WITH_TEXT)
+    if learned != token_context(diffusion_model):
+        raise ValueError(f"the motion tokens were learned beside the {learned} tokens, this Wan model reads them "
+                         f"beside the {token_context(diffusion_model)} tokens: learn the motion again on this model")
+
+
 def with_wan_motion(model, embedding: MotionEmbedding, strength: float = 1.0,
                     sigma_start: float = float("inf"), sigma_end: float = 0.0):
-    """A clone of the Wan ``model`` whose chosen blocks compute eq. 3; returns ``(clone, motion)``.
+    """A clone of the Wan ``model`` whose chosen blocks compute eq. 3 and, when the embedding has motion
+    tokens, whose every block's cross-attention routes them per frame; returns ``(clone, motion)``.
 
     The caller checks that the embedding fits the model first.
     """
@@ -215,6 +375,14 @@ def with_wan_motion(model, embedding: MotionEmbedding, strength: float = 1.0,
         for projection in PROJECTIONS:
             key = f"diffusion_model.blocks.{index[name]}.self_attn.{projection}.forward"
             patched.add_object_patch(key, ProjectionForward(patched.get_model_object(key), motion, name, projection))
+            motion.keys.append(key)
+    if embedding.has_motion_text:
+        with_image = embedding.metadata.get("token_context", TOKENS_WITH_TEXT) == TOKENS_WITH_IMAGE
+        for block in range(len(model.model.diffusion_model.blocks)):
+            key = f"diffusion_model.blocks.{block}.cross_attn.forward"
+            module = patched.get_model_object(f"diffusion_model.blocks.{block}.cross_attn")
+            patched.add_object_patch(key, CrossAttentionForward(patched.get_model_object(key), module, motion,
+                                                                with_image))
             motion.keys.append(key)
     return patched, motion
 
