@@ -57,6 +57,7 @@ def _natural_key(name: str) -> list:
 
 
 MAX_SIZE = 16384      # output width / height: far beyond any video model's
+SIZE_STEP = 16        # output sides: Wan 2.1's token stride (VAE 8 x patch 2), so its 832 x 480; SVD needs 8
 MAX_INDEX = 1 << 31   # frame numbers, counts and strides
 MAX_FRAMES = 4096     # frames read at once (the node offers up to 128)
 
@@ -71,15 +72,15 @@ def _whole(name: str, value, low: int, high: int = MAX_INDEX) -> int:
 
 def _check_size(name: str, value: int) -> None:
     if (isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or value <= 0
-            or value % 64 or value > MAX_SIZE):
+            or value % SIZE_STEP or value > MAX_SIZE):
         try:
-            nearest = min(MAX_SIZE, max(64, int(round(float(value) / 64.0)) * 64))
+            nearest = min(MAX_SIZE, max(SIZE_STEP, int(round(float(value) / SIZE_STEP)) * SIZE_STEP))
         except (TypeError, ValueError, OverflowError):
-            nearest = 64
+            nearest = SIZE_STEP
         raise VideoReadError(
-            f"{name}={value!r:.60} is not usable: the output {name} must be a positive multiple of 64 "
+            f"{name}={value!r:.60} is not usable: the output {name} must be a positive multiple of {SIZE_STEP} "
             f"up to {MAX_SIZE}. "
-            f"Use {name}={nearest} (the nearest multiple of 64)."
+            f"Use {name}={nearest} (the nearest multiple of {SIZE_STEP})."
         )
 
 

@@ -80,10 +80,12 @@ class LoadReferenceVideo(io.ComfyNode):
                              tooltip="Last source frame of the range, inclusive (-1 = the last)."),
                 io.Int.Input("stride", default=0, min=0, max=1000,
                              tooltip="0 spreads the frames evenly over the range; N > 0 takes every N-th frame from start."),
-                io.Int.Input("width", default=1024, min=64, max=4096, step=64,
-                             tooltip="Output width in pixels, a multiple of 64 (SVD: 1024)."),
-                io.Int.Input("height", default=576, min=64, max=4096, step=64,
-                             tooltip="Output height in pixels, a multiple of 64 (SVD: 576)."),
+                io.Int.Input("width", default=1024, min=64, max=4096, step=16,
+                             tooltip="Output width in pixels, a multiple of 16 (SVD: 1024; Wan 2.1: 832; Wan 2.2 "
+                                     "TI2V 5B: 1280, a multiple of 32 there)."),
+                io.Int.Input("height", default=576, min=64, max=4096, step=16,
+                             tooltip="Output height in pixels, a multiple of 16 (SVD: 576; Wan 2.1: 480; Wan 2.2 "
+                                     "TI2V 5B: 704, a multiple of 32 there)."),
             ],
             outputs=[
                 io.Image.Output(display_name="frames", tooltip="The chosen frames, (frames, height, width, 3), 0..1."),
