@@ -1,7 +1,12 @@
 """Learn Motion Embedding at full size: memory and time of one learning step, checkpointing off and on.
 
-    COMFYUI_PATH=../shared/comfyui python -m bench.learn_memory              # CPU, float32, ~25 min
-    COMFYUI_PATH=/path/to/ComfyUI python -m bench.learn_memory --device cuda # GPU, float16, 576x320 + 1024x576
+    COMFYUI_PATH=../shared/comfyui python -m bench.learn_memory --families svd   # CPU, float32, ~25 min
+    COMFYUI_PATH=../shared/comfyui python -m bench.learn_memory --families wan   # CPU, Wan blocks, ~15 min
+    COMFYUI_PATH=/path/to/ComfyUI python -m bench.learn_memory --device cuda     # GPU, both families, full size
+
+On a GPU one run measures SVD at 576x320 and 1024x576 and the whole Wan 1.3B (832x480x81,
+learn_scale 0.5 and 1) and 5B (1280x704x121) in bfloat16; Wan's rows are in
+``bench/learn_memory_wan.py``.
 
 Builds the full-size SVD UNet (ComfyUI's ``SVD_img2vid``, random weights, no download)
 under ``torch.inference_mode`` as ComfyUI's loader does, and runs the Learn node's own
@@ -277,13 +282,23 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--report-from", default=None,
                         help="re-make the tables from a --json file of an earlier run instead of measuring")
+    parser.add_argument("--families", nargs="+", choices=("svd", "wan"), default=["svd", "wan"],
+                        help="which model families to measure (Wan's rows: bench/learn_memory_wan.py)")
     parser.add_argument("--row", nargs=5, default=None, help=argparse.SUPPRESS)   # internal: one row
+    parser.add_argument("--wan-row", default=None, help=argparse.SUPPRESS)        # internal: one Wan row
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     if args.row:
         return _row_main(args)
+    if args.wan_row:
+        from bench.learn_memory_wan import wan_row_main
+        return wan_row_main(args.wan_row, args.device, args.out)
+    if "wan" in args.families:
+        _wan_main(args)
+    if "svd" not in args.families:
+        return
     from bench.learn_memory_report import report
     if args.report_from:
         with open(args.report_from, encoding="utf-8") as fh:
@@ -324,6 +339,45 @@ def main() -> None:
     command = ("python -m bench.learn_memory " + " ".join(sys.argv[1:])).strip()
     text, payload = report(rows, hs, model, args.device, command, time.time() - started, fit_constants)
     _write(args, text, payload, command, time.time() - started)
+
+
+def _wan_main(args) -> None:
+    """Wan's rows (CPU: a few full-width blocks and interleaved timing runs; GPU: the whole models)."""
+    from bench.learn_memory_wan import CPU_ROWS, CUDA_ROWS, TIMING_ROW, run_wan_row, wan_report
+    started = time.time()
+    rows, timing = [], []
+    with tempfile.TemporaryDirectory(prefix="learn_memory_wan_") as folder:
+        for spec in CUDA_ROWS if args.device == "cuda" else CPU_ROWS:
+            row = run_wan_row(spec, args.device, args.threads, folder)
+            if row is None:
+                log.warning("Wan row %s failed; see its output above", spec)
+                continue
+            log.info("Wan %s: peak rise %.2f GiB, saved %.3f GiB, %.1f s/step", spec, row["peak_rise_gib"],
+                     row["saved_gib"], row["step_seconds"])
+            rows.append(row)
+        if args.device == "cpu":
+            for _repeat in range(3):
+                for checkpointing in (True, False):
+                    row = run_wan_row(dict(TIMING_ROW, checkpointing=checkpointing), args.device, args.threads, folder)
+                    if row is not None:
+                        timing.append(row)
+    command = ("python -m bench.learn_memory " + " ".join(sys.argv[1:])).strip()
+    seconds = time.time() - started
+    text = wan_report(rows, timing)
+    print(text)
+    if args.no_doc:
+        return
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json")
+    with open(path, encoding="utf-8") as fh:
+        payload = json.load(fh)
+    payload[f"wan_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows, "timing": timing}
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=1)
+    os.replace(partial, path)
+    replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
+                    f"learn_memory_wan_{args.device}",
+                    f"Measured {datetime.date.today()}, `{command}`, {seconds:.0f} s.\n\n{text}")
 
 
 def _write(args, text, payload, command, seconds) -> None:

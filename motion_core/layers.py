@@ -4,20 +4,40 @@ from __future__ import annotations
 PRESET_ALL = "all"
 PRESET_WIDEST = "widest"        # SVD: the 1280-channel levels, as the paper's code does
 PRESET_EXPLICIT = "explicit"
-LAYER_PRESETS = (PRESET_ALL, PRESET_WIDEST, PRESET_EXPLICIT)
+PRESET_SPREAD = "spread"        # a few layers evenly spread over the depth: for DiTs' identical blocks
+LAYER_PRESETS = (PRESET_ALL, PRESET_WIDEST, PRESET_SPREAD, PRESET_EXPLICIT)
+SPREAD_LAYERS = 4
+
+
+def spread(names: list[str], count: int = SPREAD_LAYERS) -> list[str]:
+    """``count`` of ``names`` evenly spread, first and last included (all of them when there are fewer; the
+    middle one when ``count`` is 1)."""
+    if len(names) <= count:
+        return list(names)
+    if count == 1:
+        return [names[len(names) // 2]]
+    return [names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)]
 
 
 def select_layers(layout: dict[str, dict], preset: str, explicit: str = "") -> dict[str, dict]:
     """Subset of ``layout`` (``{name: {"channels", "height", "width", ...}}``) for a preset.
 
+    ``spread``: :data:`SPREAD_LAYERS` layers evenly spread over the depth. ``widest``: the
+    widest layers (SVD's 1280-channel levels); where every layer is as wide (a DiT such as
+    Wan, whose blocks are identical) that would be all of them, and it means ``spread``.
     ``explicit``: comma-separated layer numbers (``"0, 3, 12"``, counted in ``layout``'s
     forward order) or names.
     """
     if preset == PRESET_ALL:
         return dict(layout)
+    if preset == PRESET_SPREAD:
+        return {name: layout[name] for name in spread(list(layout))}
     if preset == PRESET_WIDEST:
         widest = max(layer["channels"] for layer in layout.values())
-        return {name: layer for name, layer in layout.items() if layer["channels"] == widest}
+        chosen = {name: layer for name, layer in layout.items() if layer["channels"] == widest}
+        if len(chosen) == len(layout) and len(layout) > SPREAD_LAYERS:
+            return select_layers(layout, PRESET_SPREAD)
+        return chosen
     if preset != PRESET_EXPLICIT:
         raise ValueError(f"layer preset {preset!r} is not one of {LAYER_PRESETS}")
     chosen = {}

@@ -149,3 +149,84 @@ def alternatives(shape: LearnShape, budget: float, reshape) -> list[str]:
             if need <= budget:
                 fitting.append(f"{label} ({need / GIB:.1f} GiB)")
     return fitting
+
+
+# ---- Wan ------------------------------------------------------------------------------------
+# bench/learn_memory.py --families wan on ComfyUI's WanModel at Wan 1.3B's width (dim 1536, ffn
+# 8960) with 2 and 4 blocks, random weights, float32, on the CPU (docs/benchmarks.md, section
+# learn_memory_wan). Bytes per video token (latent frame x token grid) of the step's peak above
+# the loaded weights, learned state taken out:
+# - "kept_per_block": checkpointing on, what each block keeps for the backward pass (its input,
+#   one dim-wide vector a token); every block keeps it, before the first learned one too;
+# - "outside": what the step keeps outside the blocks (patch embedding, head, loss);
+# - "recompute": checkpointing on, one block recomputed and backpropagated at a time;
+# - "block": checkpointing off, what each block keeps;
+# - "fixed": bytes that do not grow with the video (the prompt's 512 tokens, one block's weight
+#   copies, the optimiser's step).
+WAN_REFERENCE = {"dim": 1536, "ffn_dim": 8960}
+WAN_ACTIVATION_BYTES = {
+    "kept_per_block": 6144.0,
+    "outside": 19400.0,
+    "recompute": 156000.0,
+    "block": 214000.0,
+    "fixed": 0.52 * GIB,
+}
+
+
+@dataclasses.dataclass
+class WanLearnShape:
+    """What Wan's plan depends on: the token grid ``frames x height x width`` (latent frames and
+    patchified latent), the model's ``dim``, ``ffn_dim`` and ``blocks``, the ``learned`` values
+    (Motion Embeddings and tokens), the compute ``dtype`` and the weights' bytes."""
+    frames: int
+    token_height: int
+    token_width: int
+    dim: int
+    ffn_dim: int
+    blocks: int
+    learned: int
+    checkpointing: bool
+    dtype: str
+    weight_bytes: float
+    attention_kernel: str = "attention_pytorch"
+    heads: int = 12
+    copies_weights: bool = True
+
+    @property
+    def tokens(self) -> int:
+        return self.frames * self.token_height * self.token_width
+
+
+def wan_activation_bytes(shape: WanLearnShape, constants: Optional[dict] = None) -> float:
+    """Activations of one Wan learning step: measured per-token bytes scaled to the model's width and dtype.
+
+    Terms that are one dim-wide vector a token scale with ``dim``; a block's own activations
+    with ``4 dim + 2 ffn_dim`` (its projections and its feed-forward's hidden layer), both
+    relative to the width they were measured at.
+    """
+    c = constants or WAN_ACTIVATION_BYTES
+    if shape.dtype not in DTYPE_BYTES:
+        raise ValueError(f"no plan for dtype {shape.dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
+    narrow = shape.dim / WAN_REFERENCE["dim"]
+    block = (4 * shape.dim + 2 * shape.ffn_dim) / (4 * WAN_REFERENCE["dim"] + 2 * WAN_REFERENCE["ffn_dim"])
+    if shape.checkpointing:
+        per_token = (c["kept_per_block"] * shape.blocks + c["outside"]) * narrow + c["recompute"] * block
+    else:
+        per_token = c["outside"] * narrow + c["block"] * block * shape.blocks
+    return (per_token * shape.tokens * DTYPE_BYTES[shape.dtype] / 4) + c["fixed"] * block
+
+
+def plan_wan(shape: WanLearnShape, constants: Optional[dict] = None) -> MemoryPlan:
+    """The plan for one Wan learning step (bytes).
+
+    Attention kernels that materialise their probabilities (ComfyUI's ``sub_quad`` /
+    ``split`` / ``basic``) keep ``heads * tokens^2`` float32 weights of a block (of every
+    block without checkpointing); without checkpointing the backward pass also keeps each
+    block's weight copies (ComfyUI loads weights as inference tensors).
+    """
+    attention = 0.0
+    if shape.attention_kernel not in MEMORY_EFFICIENT_KERNELS:
+        attention = shape.heads * float(shape.tokens) ** 2 * 4 * (1 if shape.checkpointing else shape.blocks)
+    copies = float(shape.weight_bytes) if shape.copies_weights and not shape.checkpointing else 0.0
+    return MemoryPlan(weights=float(shape.weight_bytes), activations=wan_activation_bytes(shape, constants),
+                      attention=attention, learned=16.0 * shape.learned, weight_copies=copies)

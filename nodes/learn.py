@@ -258,7 +258,7 @@ def prepare_learning(model, vae, reference_frames, representation, tokens_per_fr
     if family.family == MODEL_FAMILY_WAN:
         settings, initial, latents, width, height, account = prepare_wan(
             model, family, vae, reference_frames, representation, positive, tokens_per_frame, steps, learning_rate,
-            seed, loss, augmentation, flip, layers, explicit_layers, learn_scale)
+            seed, loss, augmentation, flip, layers, explicit_layers, learn_scale, activation_checkpointing)
         account += f"; activation checkpointing {'on' if activation_checkpointing else 'off'}"
         return PreparedLearning(model, settings, initial, latents, None, representation, width, height,
                                 activation_checkpointing, account, wan_positive=positive)

@@ -29,7 +29,7 @@ def _vae_downscale(vae) -> int:
 
 def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor, representation: str, positive,
                 tokens_per_frame: int, steps: int, learning_rate: float, seed: int, loss: str, augmentation: bool, flip: bool,
-                layers: str, explicit_layers: str, learn_scale: float):
+                layers: str, explicit_layers: str, learn_scale: float, checkpointing: bool = True):
     """``(settings, initial, latents (1 c t h w), width, height, memory account)`` for learning on ``model``,
     or a ValueError (MemoryError) that says what is wrong and how to fix it."""
     node = "Learn Motion Embedding"
@@ -63,11 +63,14 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
     layout = wan_hooks.wan_layout(model, height // downscale, width // downscale)
     temporal = representation in ("temporal", "both")
     chosen = select_layers(layout, layers, explicit_layers) if temporal else {}
-    account = check_wan_learn_memory(model, chosen, latent_frames)       # before the encode: refusals are quick
     tokens = None
     if representation in ("motion_text", "both"):
         tokens = wan_hooks.initial_tokens(model, positive, latent_frames, tokens_per_frame,
                                           generator=torch.Generator().manual_seed(seed))
+    _frames, token_height, token_width = wan_hooks.token_grid(model.model.diffusion_model,
+                                                             (latent_frames, height // downscale, width // downscale))
+    account = check_wan_learn_memory(model, chosen, latent_frames, token_height, token_width,   # before the encode
+                                     0 if tokens is None else tokens.numel(), checkpointing, usable, learn_scale)
     latents = vae.encode(reference_frames[..., :3])
     channels = int(model.model.diffusion_model.out_dim)
     expected = (channels, latent_frames, height // downscale, width // downscale)

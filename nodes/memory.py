@@ -9,8 +9,9 @@ import torch
 import comfy.ldm.modules.attention
 import comfy.model_management
 
-from ..motion_core.layers import embedding_cost, select_layers
-from ..motion_core.memory_plan import GIB, LearnShape, MemoryPlan, alternatives, plan
+from ..motion_core.layers import embedding_cost, select_layers, spread
+from ..motion_core.memory_plan import (GIB, MEMORY_EFFICIENT_KERNELS, LearnShape, MemoryPlan, WanLearnShape,
+                                       alternatives, plan, plan_wan)
 from .host_training import compute_dtype
 from .hooks.svd import spatial_attention_heads, temporal_layout
 
@@ -79,37 +80,90 @@ def check_learn_memory(model, shape: LearnShape, layer_preset: str, explicit_lay
     return memory, account
 
 
-LEARNED_STATE_FACTOR = 4   # each learned float32 value: itself, its gradient and Adam's two moments
+def wan_learn_shape(model, layers: dict[str, dict], frames: int, token_height: int, token_width: int,
+                    motion_tokens: int, checkpointing: bool) -> WanLearnShape:
+    """Everything Wan's plan needs about this model and these settings (``motion_tokens``: learned token values)."""
+    diffusion_model = model.model.diffusion_model
+    block = diffusion_model.blocks[0]
+    return WanLearnShape(frames=frames, token_height=token_height, token_width=token_width,
+                         dim=int(diffusion_model.dim), ffn_dim=int(block.ffn[0].out_features),
+                         blocks=len(diffusion_model.blocks),
+                         learned=embedding_cost(layers, frames)["parameters"] + motion_tokens,
+                         checkpointing=checkpointing, dtype=DTYPE_NAMES.get(compute_dtype(model), "float32"),
+                         weight_bytes=float(model.model_size()), attention_kernel=attention_kernel(),
+                         heads=int(diffusion_model.num_heads),
+                         copies_weights=any(p.is_inference() for p in diffusion_model.parameters()))
 
 
-def check_wan_learn_memory(model, layers: dict[str, dict], frames: int) -> str:
-    """Wan's plan so far: the frozen weights plus the learned tensors' state (activations are not planned yet).
+def _wan_alternatives(shape: WanLearnShape, layers: dict[str, dict], budget: float, video_frames: int,
+                      learn_scale: float) -> list[str]:
+    """Settings that would fit ``budget``, as sentences: fewer blocks, a smaller learn_scale, fewer frames."""
+    tries = []      # (label, shape): one change each, of the learned values and / or the size
+    if not shape.checkpointing:
+        tries.append(("activation_checkpointing on", dataclasses.replace(shape, checkpointing=True)))
+    per_block = {name: embedding_cost({name: layer}, shape.frames)["parameters"] for name, layer in layers.items()}
+    others = shape.learned - sum(per_block.values())
+    names = list(layers)
+    for count in (2, 1):
+        if count < len(names):
+            chosen = spread(names, count)
+            numbers = ", ".join(name.split(".")[-1].lstrip("0") or "0" for name in chosen)
+            tries.append((f"layers explicit '{numbers}' ({count} block{'s' if count > 1 else ''})",
+                          dataclasses.replace(shape, learned=others + sum(per_block[n] for n in chosen))))
+    for factor in (0.75, 0.5):
+        scale = learn_scale * factor
+        if scale >= 0.5 - 1e-6:
+            area = factor * factor
+            tries.append((f"learn_scale {scale:g}", dataclasses.replace(
+                shape, token_height=max(1, round(shape.token_height * factor)),
+                token_width=max(1, round(shape.token_width * factor)), learned=int(shape.learned * area))))
+    for fraction in (0.5, 0.25):
+        latent = 1 + int((shape.frames - 1) * fraction)
+        if 2 <= latent < shape.frames:
+            per_frame = shape.learned / shape.frames
+            tries.append((f"{1 + 4 * (latent - 1)} reference frames (instead of {video_frames})",
+                          dataclasses.replace(shape, frames=latent, learned=int(per_frame * latent))))
+    fitting = [f"{label} ({plan_wan(changed).total / GIB:.1f} GiB)" for label, changed in tries
+               if plan_wan(changed).total <= budget]
+    if fitting or len(tries) < 2:
+        return fitting
+    for (first, one), (second, other) in ((a, b) for i, a in enumerate(tries) for b in tries[i + 1:]):
+        both = dataclasses.replace(other, learned=round(other.learned * one.learned / shape.learned),
+                                   checkpointing=one.checkpointing or other.checkpointing)
+        if (one.frames, one.token_height) != (shape.frames, shape.token_height):     # keep both changes' sizes
+            both = dataclasses.replace(both, frames=min(one.frames, other.frames),
+                                       token_height=min(one.token_height, other.token_height),
+                                       token_width=min(one.token_width, other.token_width))
+        if first.split(" ")[0] != second.split(" ")[0] and plan_wan(both).total <= budget:
+            fitting.append(f"{first} and {second} together ({plan_wan(both).total / GIB:.1f} GiB)")
+    return fitting[:3]
 
-    Returns a one-line account; raises ``MemoryError`` naming how many blocks, or which
-    ``learn_scale``, would fit when the weights and the learned state alone exceed the device.
+
+def check_wan_learn_memory(model, layers: dict[str, dict], frames: int, token_height: int, token_width: int,
+                           motion_tokens: int = 0, checkpointing: bool = True, video_frames: int = 0,
+                           learn_scale: float = 1.0) -> str:
+    """Wan's plan (:func:`motion_core.memory_plan.plan_wan`) and a one-line account of it.
+
+    Raises ``MemoryError`` naming settings that fit (fewer blocks, learn_scale, fewer
+    frames) when the plan exceeds the device.
     """
     device = model.load_device
     total = comfy.model_management.get_total_memory(device)
     budget = total * USABLE_FRACTION
-    weights = model.model_size()
-    learned = LEARNED_STATE_FACTOR * embedding_cost(layers, frames)["bytes_fp32"]
+    shape = wan_learn_shape(model, layers, frames, token_height, token_width, motion_tokens, checkpointing)
+    memory = plan_wan(shape)
     name = comfy.model_management.get_torch_device_name(device)
-    account = (f"memory (Wan, partial plan: activations are not planned yet): weights {weights / GIB:.2f} GiB + "
-               f"Motion Embeddings on {len(layers)} blocks with their gradients and Adam state "
-               f"{learned / GIB:.2f} GiB; "
-               f"{name} has {total / GIB:.1f} GiB")
+    account = (f"memory plan (Wan, {shape.tokens:,} video tokens, {len(layers)} blocks with Motion Embeddings): "
+               f"{memory.describe()}; {name} has {total / GIB:.1f} GiB (attention: {shape.attention_kernel}, "
+               f"{shape.dtype})")
     log.info("Learn Motion Embedding %s", account)
-    if weights + learned <= budget:
+    if memory.total <= budget:
         return account
-    per_block = max(LEARNED_STATE_FACTOR * embedding_cost({k: v}, frames)["bytes_fp32"] for k, v in layers.items())
-    blocks = int(max(0, budget - weights) // per_block)
-    spread = ", ".join(str(i) for i in range(0, len(layers), max(1, -(-len(layers) // max(1, blocks)))))
-    advice = (f"layers explicit with {blocks} of the {len(layers)} blocks or fewer (e.g. '{spread}')"
-              if blocks >= 1 else
-              "a smaller reference (Load Reference Video's width/height, or learn_scale 0.5: 4x smaller value "
-              "embeddings)")
-    raise MemoryError(f"Learn Motion Embedding would need more than {(weights + learned) / GIB:.1f} GiB on Wan "
-                      f"(weights {weights / GIB:.2f} GiB, Motion Embeddings on {len(layers)} blocks with their "
-                      f"gradients and Adam state {learned / GIB:.1f} GiB) but {name} has {total / GIB:.1f} GiB; "
-                      f"this would fit: {advice}. Nothing was learned yet.")
-
+    fitting = _wan_alternatives(shape, layers, budget, video_frames or 1 + 4 * (frames - 1), learn_scale)
+    advice = ("these would fit: " + "; ".join(fitting)) if fitting else \
+        "nothing tried fits: use a smaller reference (Load Reference Video's width/height) and fewer frames"
+    if shape.attention_kernel not in MEMORY_EFFICIENT_KERNELS and memory.attention > memory.total / 2:
+        advice += (f"; most of it is the attention weights that {shape.attention_kernel} keeps: start ComfyUI "
+                   "with --use-pytorch-cross-attention")
+    raise MemoryError(f"Learn Motion Embedding would need about {memory.total / GIB:.1f} GiB on Wan but {name} has "
+                      f"{total / GIB:.1f} GiB ({memory.describe()}); {advice}. Nothing was learned yet.")

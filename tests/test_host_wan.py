@@ -322,7 +322,7 @@ def test_learn_save_load_debias_and_apply_on_wan(comfy_nodes, wan_vae):
     assert embedding.temporal_qk["block.00"].shape == (1, 3, 64)
     assert embedding.value_embedding["block.01"].shape == (POSITIONS, 3, 64)
     assert len(meta["loss_history"]) == 3 and embedding.all_finite() and not embedding.temporal_qk["block.00"].is_inference()
-    assert "activations are not planned yet" in out.ui.as_dict()["text"][0]
+    assert "memory plan (Wan, 48 video tokens, 2 blocks with Motion Embeddings)" in out.ui.as_dict()["text"][0]
 
     debiased = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "DebiasValueEmbedding"].execute(embedding, "difference").result[0]
     values = embedding.value_embedding["block.00"]
@@ -381,13 +381,16 @@ def test_learn_on_wan_refuses_what_cannot_fit_before_encoding_and_names_what_wou
     import comfy.model_management
 
     memory = pack_module("nodes.memory")
+    plan_wan = pack_module("motion_core.memory_plan").plan_wan
     model = build_tiny_wan("t2v")
-    per_block = memory.LEARNED_STATE_FACTOR * 4 * (POSITIONS * FRAMES * 64 + FRAMES * 64)
-    total = (model.model_size() + 1.5 * per_block) / memory.USABLE_FRACTION      # room for one block, not two
+    layout = {f"block.0{i}": {"channels": 64, "height": 4, "width": 4} for i in range(2)}
+    one, two = (plan_wan(memory.wan_learn_shape(model, dict(list(layout.items())[:n]), FRAMES, 4, 4, 0, True)).total
+                for n in (1, 2))
+    total = (one + two) / 2 / memory.USABLE_FRACTION      # room for one block, not two
     monkeypatch.setattr(comfy.model_management, "get_total_memory", lambda *args, **kwargs: total)
     encoded = []
     monkeypatch.setattr(wan_vae, "encode", lambda pixels: encoded.append(1))
-    with pytest.raises(MemoryError, match=r"on 2 blocks.*this would fit: layers explicit with 1 of the 2 blocks or fewer"):
+    with pytest.raises(MemoryError, match=r"would need about .* on Wan.*these would fit: layers explicit '1' \(1 block\)"):
         _learn_node(comfy_nodes, model, wan_vae)
     assert encoded == []
 
@@ -412,3 +415,67 @@ def test_learn_on_wan_i2v_names_the_image_conditionings_length(comfy_nodes, wan_
     positive, _negative = _conds("i2v")             # image latent of 3 frames; the clip below has 13 (4 latent)
     with pytest.raises(ValueError, match="set WanImageToVideo's length to 13"):
         _learn_node(comfy_nodes, build_tiny_wan("i2v"), wan_vae, reference_frames=_clip(frames=13), positive=positive)
+
+
+# ---- ComfyUI's context windows ---------------------------------------------------------------
+def _with_context_windows(comfy_nodes, model, video_frames=9, overlap=4):
+    """ComfyUI's own WAN Context Windows (Manual) node on ``model``: windows of ``video_frames``."""
+    import inspect
+
+    import comfy.context_windows
+
+    node = comfy_nodes.NODE_CLASS_MAPPINGS["WanContextWindowsManual"]
+    args = dict(model=model, context_length=video_frames, context_overlap=overlap,
+                context_schedule=comfy.context_windows.ContextSchedules.STATIC_STANDARD, context_stride=1,
+                closed_loop=False, fuse_method=comfy.context_windows.ContextFuseMethods.PYRAMID)
+    if "freenoise" in inspect.signature(node.execute).parameters:      # ComfyUI 0.33
+        args["freenoise"] = False
+    out = node.execute(**args)
+    return out.result[0] if hasattr(out, "result") else out[0]
+
+
+def test_a_context_windows_forward_gets_the_embeddings_of_its_frames(comfy_nodes):
+    wan = pack_module("nodes.hooks.wan")
+    embedding = _embedding(frames=5)
+    embedding.spatial_tokens = torch.randn(5, 2, 64)
+    grid = wan.WanGrid()
+    grid.frames, grid.height, grid.width, grid.total_frames, grid.frame_index = 3, 4, 4, 5, [2, 3, 4]
+    motion = wan.WanMotionEmbeddings(embedding, grid)
+    qk, value = motion.tensors("block.01", torch.zeros(1))
+    assert torch.equal(qk, embedding.temporal_qk["block.01"][:, 2:5])
+    assert torch.equal(value, embedding.value_embedding["block.01"][:, 2:5])
+    assert torch.equal(motion.frame_tokens(torch.zeros(1)), embedding.spatial_tokens[2:5])
+    grid.total_frames, grid.frame_index = 9, [0, 1, 2]        # a longer video: resampled to it, then the window's
+    resampled = pack_module("motion_core.resample").resample_frames(embedding.temporal_qk["block.01"], 9, dim=1)
+    assert torch.allclose(motion.tensors("block.01", torch.zeros(1))[0], resampled[:, 0:3])
+
+
+def test_motion_samples_through_comfyuis_context_windows(comfy_nodes):
+    """A 17-frame video (5 latent frames) sampled in windows of 9 frames (3 latent frames): zero embeddings
+    leave the windowed result bit for bit, learned ones act, and no window fails on a shape."""
+    if "WanContextWindowsManual" not in comfy_nodes.NODE_CLASS_MAPPINGS:
+        pytest.fail("this ComfyUI has no WAN Context Windows node; the pack supports 0.3.64 and later, which have it")
+    import comfy.sample
+
+    model = build_tiny_wan("t2v")
+    positive, negative = _conds("t2v")
+    latent = torch.zeros(1, 16, 5, HEIGHT, WIDTH)
+    noise = comfy.sample.prepare_noise(latent, 11)
+
+    def sample(patched):
+        windowed = _with_context_windows(comfy_nodes, patched)
+        return comfy.sample.sample(windowed, noise, 2, 2.0, "euler", "simple", positive, negative, latent, seed=11,
+                                   disable_pbar=True)
+
+    plain = sample(model)
+    assert torch.equal(sample(_apply(comfy_nodes, model, _embedding(scale=0.0, frames=5))), plain)
+    seen = []
+    moved_model = _apply(comfy_nodes, model, _embedding(scale=2.0, frames=5))
+    motion = moved_model.object_patches["diffusion_model.blocks.0.self_attn.q.forward"].motion
+    original = motion.tensors
+    motion.tensors = lambda name, like: (seen.append((motion.grid.total_frames, motion.grid.frame_index)),
+                                         original(name, like))[1]
+    assert not torch.allclose(sample(moved_model), plain, atol=1e-4)
+    windows = {tuple(index) for total, index in seen if index is not None}
+    assert {total for total, _index in seen} == {5} and all(index is not None for _total, index in seen)
+    assert (0, 1, 2) in windows and windows & {(2, 3, 4), (1, 2, 3, 4)}   # 0.33 prepends the frame before a window

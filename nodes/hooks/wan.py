@@ -94,6 +94,8 @@ class WanGrid:
         self.height = self.width = self.first_token = 0
         self.sigma: Optional[float] = None
         self.cond_rows: Optional[list[bool]] = None     # per batch row: a positive's (None: all are)
+        self.total_frames: Optional[int] = None         # the whole latent's frames (set before sampling)
+        self.frame_index: Optional[list[int]] = None    # a context window's frames in the whole latent
 
     def __deepcopy__(self, memo):
         return self
@@ -112,10 +114,31 @@ def _grid_wrapper(grid: WanGrid):
         sigmas = transformer_options.get("sigmas") if isinstance(transformer_options, dict) else None
         grid.sigma = None if sigmas is None else float(sigmas.max())
         grid.cond_rows = _cond_rows(transformer_options, int(x.shape[0]))
+        grid.frame_index = _window_frames(transformer_options, grid.frames)
         # the grid stays set after the forward: activation checkpointing recomputes the
         # blocks in the backward pass, after this returns, and must see the same grid
         return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
     return wrapper
+
+
+def _outer_sample_wrapper(grid: WanGrid):
+    """Records the whole latent's length before sampling: a context window's forward sees only its frames."""
+    def wrapper(executor, noise, latent_image, *args, **kwargs):
+        grid.total_frames = int(latent_image.shape[2]) if latent_image is not None and latent_image.ndim == 5 else None
+        return executor(noise, latent_image, *args, **kwargs)
+    return wrapper
+
+
+def _window_frames(transformer_options, frames: int) -> Optional[list[int]]:
+    """The latent frames of the context window this forward runs on (ComfyUI's context windows on the frame
+    axis, ``dim=2``), or None outside one (or where the window's frames are not all the latent's)."""
+    window = transformer_options.get("context_window") if isinstance(transformer_options, dict) else None
+    index = getattr(window, "index_list", None)
+    if index is None or getattr(window, "dim", 2) != 2:
+        return None
+    anchor = getattr(window, "causal_anchor_index", None)       # 0.33: the frame before the window, prepended
+    index = ([anchor] if anchor is not None and anchor >= 0 else []) + [int(i) for i in index]
+    return index if len(index) == frames else None    # frames a variant appends (guides): the window as a whole
 
 
 def _cond_rows(transformer_options, batch: int) -> Optional[list[bool]]:
@@ -161,21 +184,34 @@ class WanMotionEmbeddings:
     def tensors(self, name: str, like: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``(temporal_qk (1 f c), value ((h w) f c) or None)`` at the run's grid, cast like ``like``."""
         grid = self.grid
-        key = (name, grid.frames, grid.height, grid.width, like.dtype, like.device)
+        key = (name, grid.frames, grid.height, grid.width, self._window_key(), like.dtype, like.device)
         if not self.learning and key in self._prepared:
             return self._prepared[key]
         qk = self.embedding.temporal_qk[name]
         value = None
         if name in self.embedding.value_embedding:
             value = self.embedding.value_embedding_at(name, grid.height, grid.width)
-        if qk.shape[1] != grid.frames:
-            qk = resample_frames(qk, grid.frames, dim=1)
-            value = None if value is None else resample_frames(value, grid.frames, dim=1)
+        qk = self._frames_of_run(qk, dim=1)
+        value = None if value is None else self._frames_of_run(value, dim=1)
         qk = qk.to(like) * self.strength
         value = None if value is None else value.to(like) * self.strength
         if not self.learning:
             self._prepared[key] = (qk, value)
         return qk, value
+
+    def _window_key(self):
+        grid = self.grid
+        return None if grid.frame_index is None else (grid.total_frames, tuple(grid.frame_index))
+
+    def _frames_of_run(self, tensor: torch.Tensor, dim: int) -> torch.Tensor:
+        """``tensor`` resampled over its frame axis ``dim`` to the run's latent frames; in a context window,
+        resampled to the whole latent's and the window's frames taken."""
+        grid = self.grid
+        if grid.frame_index is None:
+            return tensor if tensor.shape[dim] == grid.frames else resample_frames(tensor, grid.frames, dim=dim)
+        total = max(grid.total_frames or 0, max(grid.frame_index) + 1)
+        whole = tensor if tensor.shape[dim] == total else resample_frames(tensor, total, dim=dim)
+        return whole.index_select(dim, torch.tensor(grid.frame_index, device=whole.device))
 
     def token_rows(self, batch: int) -> Optional[torch.Tensor]:
         """The batch rows whose video gets the motion tokens ``(b)`` (bool), or None where none does."""
@@ -194,13 +230,10 @@ class WanMotionEmbeddings:
         ``strength`` does not scale them (a token scaled down still draws attention): they
         act whenever it is above 0.
         """
-        key = ("tokens", self.grid.frames, like.dtype, like.device)
+        key = ("tokens", self.grid.frames, self._window_key(), like.dtype, like.device)
         if not self.learning and key in self._prepared:
             return self._prepared[key]
-        tokens = self.embedding.spatial_tokens
-        if tokens.shape[0] != self.grid.frames:
-            tokens = resample_frames(tokens, self.grid.frames, dim=0)
-        tokens = tokens.to(like)
+        tokens = self._frames_of_run(self.embedding.spatial_tokens, dim=0).to(like)
         if not self.learning:
             self._prepared[key] = tokens
         return tokens
@@ -370,6 +403,7 @@ def with_wan_motion(model, embedding: MotionEmbedding, strength: float = 1.0,
     grid = WanGrid()
     motion = WanMotionEmbeddings(embedding, grid, strength, sigma_start, sigma_end)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, HOOK_KEY, _grid_wrapper(grid))
+    patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, HOOK_KEY, _outer_sample_wrapper(grid))
     index = {name: i for i, (name, _block, _c) in enumerate(wan_layers(model.model.diffusion_model))}
     for name in embedding.temporal_qk:
         for projection in PROJECTIONS:

@@ -1,0 +1,232 @@
+"""Learn Motion Embedding on Wan: memory and time of a learning step, measured on ComfyUI's own ``WanModel``.
+
+Run through ``bench.learn_memory --families wan`` (CPU) or ``--device cuda`` (both families).
+
+Wan's blocks are identical, so a model of a few full-width blocks says what every block
+costs: each row builds ComfyUI's ``WanModel`` at a real model's width (1.3B, 5B, 14B) with
+2 or 4 blocks and random weights (no download), under ``torch.inference_mode`` as ComfyUI's
+loader does, and runs the Learn node's own path (``nodes.learn.prepare_learning``, then
+``nodes.host_training.train_wan_in_host``) for two steps; the second is measured. The VAE is
+a stand-in that returns a latent of the right shape: the encode happens before learning and
+is not part of its peak. Per row: bytes saved for backward outside checkpointed regions
+(weights excluded), the peak memory rise over the loaded model, and seconds per step.
+
+The rows fit ``motion_core.memory_plan.WAN_ACTIVATION_BYTES`` (bytes per token and model
+width, kept per block after the first learned one, and one block's recompute) and give the
+planned full-size rows.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+# upstream configs (ComfyUI reads them from the checkpoint's keys: comfy/model_detection.py)
+WAN_CONFIGS = {
+    "1.3B": {"supported": "WAN21_T2V", "dim": 1536, "ffn_dim": 8960, "num_heads": 12, "num_layers": 30,
+             "in_dim": 16, "out_dim": 16, "model_type": "t2v"},
+    "5B": {"supported": "WAN22_T2V", "dim": 3072, "ffn_dim": 14336, "num_heads": 24, "num_layers": 30,
+           "in_dim": 48, "out_dim": 48, "model_type": "t2v"},
+    "14B": {"supported": "WAN21_T2V", "dim": 5120, "ffn_dim": 13824, "num_heads": 40, "num_layers": 40,
+            "in_dim": 16, "out_dim": 16, "model_type": "t2v"},
+}
+VAE_DOWNSCALE = {"1.3B": 8, "5B": 16, "14B": 8}
+COMMON = {"image_model": "wan2.1", "patch_size": (1, 2, 2), "freq_dim": 256, "text_dim": 4096,
+          "window_size": (-1, -1), "qk_norm": True, "cross_attn_norm": True, "eps": 1e-6}
+PROMPT_TOKENS = 512          # Wan's T5 prompt, padded
+
+
+def build_wan(size: str, blocks: int, dtype: torch.dtype, device: str):
+    """A ModelPatcher around ComfyUI's WanModel at ``size``'s width with ``blocks`` blocks, random weights."""
+    import comfy.model_patcher
+    import comfy.supported_models
+    config = dict(WAN_CONFIGS[size])
+    supported = config.pop("supported")
+    config.update(COMMON, num_layers=blocks)
+    model_config = getattr(comfy.supported_models, supported)(config)
+    model_config.set_inference_dtype(dtype, None)
+    with torch.inference_mode():
+        model = model_config.get_model({}, "", device=torch.device(device))
+        generator = torch.Generator(device=device).manual_seed(0)
+        for param in model.parameters():
+            if param.ndim >= 2:
+                param.normal_(0, param[0].numel() ** -0.5, generator=generator)
+            else:
+                param.zero_()
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device(device), offload_device=torch.device(device))
+
+
+class LatentVAE:
+    """Stands in for Wan's VAE: ``encode`` gives a random latent ``(1 c t h w)`` of the right shape."""
+
+    def __init__(self, channels: int, downscale: int):
+        self.channels, self.downscale_ratio = channels, downscale
+
+    def encode(self, frames):
+        t = 1 + (frames.shape[0] - 1) // 4
+        shape = (1, self.channels, t, frames.shape[1] // self.downscale_ratio, frames.shape[2] // self.downscale_ratio)
+        return torch.randn(shape, generator=torch.Generator().manual_seed(2)) * 0.5
+
+
+def measure_wan_row(hs, size, blocks, width, height, frames, representation, layers, checkpointing, device,
+                    steps=2, dtype="float32", learn_scale=1.0) -> dict:
+    from bench.learn_memory import GIB, PeakMemory, SavedBytes
+    learn = hs.pack_module("nodes.learn")
+    host_training = hs.pack_module("nodes.host_training")
+    model = build_wan(size, blocks, getattr(torch, dtype), device)
+    vae = LatentVAE(WAN_CONFIGS[size]["out_dim"], VAE_DOWNSCALE[size])
+    reference = torch.rand(frames, height, width, 3, generator=torch.Generator().manual_seed(1))
+    prompt = torch.randn(1, PROMPT_TOKENS, 4096, generator=torch.Generator().manual_seed(3))
+    positive = [[prompt, {}]]
+    explicit = ", ".join(str(i) for i in layers) if isinstance(layers, list) else ""
+    prepared = learn.prepare_learning(model, vae, reference, representation, 5, steps, 1e-2, 0, 0.0, 1.0,
+                                      "appearance_debiased", False, False, 6, 127, 0.0,
+                                      "explicit" if explicit else layers if layers in ("spread", "widest") else "all",
+                                      explicit, None, checkpointing, learn_scale, positive)
+    marks = {}
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    saved = SavedBytes(model)
+
+    def on_step(step, _total, _value):
+        sync()
+        marks[step] = time.perf_counter()
+        saved.active = step == 1
+
+    with PeakMemory(device) as peak, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
+        with torch.inference_mode():
+            host_training.train_wan_in_host(model, prepared.wan_positive, prepared.latents, prepared.initial,
+                                            prepared.settings, on_step, checkpointing=checkpointing)
+    grid = prepared.latents.shape
+    return {"family": "wan", "size": size, "blocks": blocks, "width": width, "height": height, "frames": frames,
+            "tokens": int(grid[2] * (grid[3] // 2) * (grid[4] // 2)), "representation": representation,
+            "layers": layers, "learn_scale": learn_scale,
+            "checkpointing": checkpointing, "dtype": dtype, "kind": "measured",
+            "saved_gib": saved.total / GIB, "peak_rise_gib": peak.rise / GIB, "weights_gib": model.model_size() / GIB,
+            "learned_gib": 16 * prepared.initial.num_parameters() / GIB,
+            "planned_gib": _planned(prepared.memory_account),
+            "step_seconds": (marks[steps] - marks[1]) / (steps - 1), "memory_account": prepared.memory_account}
+
+
+def run_wan_row(spec: dict, device: str, threads: int, folder: str) -> dict | None:
+    """One row in a fresh process (its resident set measures this row alone); None when it failed."""
+    out = os.path.join(folder, "wan-" + "-".join(str(v) for v in spec.values()).replace(" ", "") + ".json")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    done = subprocess.run([sys.executable, "-m", "bench.learn_memory", "--wan-row", json.dumps(spec),
+                           "--device", device, "--threads", str(threads), "--out", out],
+                          env=env, cwd=os.path.join(os.path.dirname(__file__), ".."))
+    if done.returncode != 0:
+        return None
+    with open(out, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+def wan_row_main(spec_json: str, device: str, out: str) -> None:
+    from bench.learn_memory import start_host
+    spec = json.loads(spec_json)
+    hs = start_host(device)
+    row = measure_wan_row(hs, device=device, **spec)
+    with open(out, "w", encoding="utf-8") as fh:
+        json.dump(row, fh)
+
+
+def _planned(account: str) -> float:
+    """The planned total (GiB) the Learn node's account states: ``... : 11.7 GiB planned (...``."""
+    import re
+    found = re.search(r"([0-9.]+) GiB planned", account)
+    return float(found.group(1)) if found else float("nan")
+
+
+# CPU rows: float32, a few blocks at Wan 1.3B's and 5B's widths; (spec, purpose)
+CPU_ROWS = [
+    dict(size="1.3B", blocks=2, width=256, height=160, frames=17, representation="temporal", layers="all",
+         checkpointing=True),
+    dict(size="1.3B", blocks=2, width=480, height=272, frames=17, representation="temporal", layers="all",
+         checkpointing=True),
+    dict(size="1.3B", blocks=4, width=480, height=272, frames=17, representation="temporal", layers=[0],
+         checkpointing=True),
+    dict(size="1.3B", blocks=2, width=256, height=160, frames=17, representation="temporal", layers="all",
+         checkpointing=False),
+    dict(size="1.3B", blocks=2, width=480, height=272, frames=17, representation="temporal", layers="all",
+         checkpointing=False),
+    dict(size="1.3B", blocks=4, width=480, height=272, frames=17, representation="both", layers=[0],
+         checkpointing=True),
+    dict(size="5B", blocks=2, width=512, height=288, frames=17, representation="temporal", layers="all",
+         checkpointing=True),
+]
+TIMING_ROW = dict(size="1.3B", blocks=4, width=256, height=160, frames=17, representation="temporal", layers="all")
+# GPU rows: the whole models in bfloat16 at their users' sizes, default preset, checkpointing on
+CUDA_ROWS = [
+    dict(size="1.3B", blocks=30, width=832, height=480, frames=81, representation="temporal", layers="widest",
+         checkpointing=True, dtype="bfloat16", learn_scale=0.5),
+    dict(size="1.3B", blocks=30, width=832, height=480, frames=81, representation="temporal", layers="widest",
+         checkpointing=True, dtype="bfloat16", learn_scale=1.0),
+    dict(size="5B", blocks=30, width=1280, height=704, frames=121, representation="temporal", layers="widest",
+         checkpointing=True, dtype="bfloat16", learn_scale=1.0),
+]
+
+
+def predicted_gib(row: dict) -> float:
+    """The plan's total for a measured row's shape, to set beside its measured peak (GiB)."""
+    from motion_core.memory_plan import WanLearnShape, plan_wan
+    config = WAN_CONFIGS[row["size"]]
+    stride = VAE_DOWNSCALE[row["size"]] * 2
+    height, width = int(row["height"] * row["learn_scale"]), int(row["width"] * row["learn_scale"])
+    shape = WanLearnShape(frames=1 + (row["frames"] - 1) // 4, token_height=height // stride,
+                          token_width=width // stride, dim=config["dim"], ffn_dim=config["ffn_dim"],
+                          blocks=row["blocks"], learned=int(row["learned_gib"] * GIB / 16),
+                          checkpointing=row["checkpointing"], dtype=row["dtype"], weight_bytes=0.0)
+    return plan_wan(shape).total / GIB
+
+
+GIB = 2 ** 30
+
+
+def wan_report(rows: list[dict], timing: list[dict]) -> str:
+    """The measured rows beside the plan, the checkpointing time ratio, and the planned full-size rows."""
+    lines = ["| model width | blocks | size x frames | tokens | representation | checkpointing | dtype | "
+             "peak rise over weights (GiB) | plan without weights (GiB) | saved for backward (GiB) | s/step |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['size']} | {r['blocks']} | {r['width']}x{r['height']}x{r['frames']}"
+                     f"{'' if r['learn_scale'] == 1 else ' (learn_scale %g)' % r['learn_scale']} | {r['tokens']} | "
+                     f"{r['representation']} | {'on' if r['checkpointing'] else 'off'} | {r['dtype']} | "
+                     f"{r['peak_rise_gib']:.2f} | {predicted_gib(r):.2f} | {r['saved_gib']:.3f} | "
+                     f"{r['step_seconds']:.1f} |")
+    text = "\n".join(lines)
+    if timing:
+        on = sorted(r["step_seconds"] for r in timing if r["checkpointing"])
+        off = sorted(r["step_seconds"] for r in timing if not r["checkpointing"])
+        ratio = on[len(on) // 2] / off[len(off) // 2]
+        text += (f"\n\nCheckpointing's step time, {TIMING_ROW['size']} width, {TIMING_ROW['blocks']} blocks, "
+                 f"{TIMING_ROW['width']}x{TIMING_ROW['height']}x{TIMING_ROW['frames']}, {len(on)} interleaved runs "
+                 f"each: median {on[len(on) // 2]:.1f} s on vs {off[len(off) // 2]:.1f} s off, **{ratio:.2f}x**.")
+    return text + "\n\n" + planned_table()
+
+
+def planned_table() -> str:
+    """Planned full-size rows (the Learn node's own plan), checkpointing on, the default preset (4 blocks)."""
+    from motion_core.memory_plan import WanLearnShape, plan_wan
+    rows = [("Wan 2.1 T2V 1.3B", "1.3B", 1.42e9, 832, 480, 81, "bfloat16", 2, 1.0, "<= 8"),
+            ("Wan 2.1 T2V 1.3B", "1.3B", 1.42e9, 832, 480, 81, "bfloat16", 2, 0.5, "<= 8"),
+            ("Wan 2.2 TI2V 5B", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 2, 1.0, "<= 24"),
+            ("Wan 2.2 TI2V 5B, fp8 weights", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 1, 1.0, "<= 16"),
+            ("Wan 2.2 TI2V 5B, fp8 weights", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 1, 0.75, "<= 16"),
+            ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 1.0, "24 GB card: refused"),
+            ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 0.5, "24 GB card"),
+            ]
+    lines = ["| model | size x frames | learn_scale | weights | planned peak (GiB) | target |", "|---|---|---|---|---|---|"]
+    for name, size, params, width, height, frames, dtype, weight_bytes, scale, target in rows:
+        config, stride = WAN_CONFIGS[size], VAE_DOWNSCALE[size] * 2
+        latent = 1 + (frames - 1) // 4
+        th, tw = int(height * scale) // stride, int(width * scale) // stride
+        learned = 4 * latent * config["dim"] * (1 + th * tw)
+        memory = plan_wan(WanLearnShape(latent, th, tw, config["dim"], config["ffn_dim"], config["num_layers"],
+                                        learned, True, dtype, params * weight_bytes))
+        lines.append(f"| {name} | {width}x{height}x{frames} | {scale:g} | {'fp8' if weight_bytes == 1 else dtype} | "
+                     f"**{memory.total / GIB:.1f}** ({memory.describe().split('(')[1].rstrip(')')}) | {target} |")
+    return "\n".join(lines)
