@@ -286,6 +286,9 @@ def main() -> None:
                         help="which model families to measure (Wan's rows: bench/learn_memory_wan.py)")
     parser.add_argument("--row", nargs=5, default=None, help=argparse.SUPPRESS)   # internal: one row
     parser.add_argument("--wan-row", default=None, help=argparse.SUPPRESS)        # internal: one Wan row
+    parser.add_argument("--wan-report-from", default=None,
+                        help="re-make Wan's tables from docs/learn_memory.json (its wan_<device> rows) instead of "
+                             "measuring")
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -346,6 +349,16 @@ def _wan_main(args) -> None:
     from bench.learn_memory_wan import CPU_ROWS, CUDA_ROWS, TIMING_ROW, run_wan_row, wan_report
     started = time.time()
     rows, timing = [], []
+    if args.wan_report_from:
+        with open(args.wan_report_from, encoding="utf-8") as fh:
+            earlier = json.load(fh)[f"wan_{args.device}"]
+        text = wan_report(earlier["rows"], earlier["timing"])
+        print(text)
+        if not args.no_doc:
+            replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
+                            f"learn_memory_wan_{args.device}", f"Measured {earlier.get('date', '')}, "
+                            f"`{earlier['command']}`, {earlier['seconds']:.0f} s.\n\n{text}")
+        return
     with tempfile.TemporaryDirectory(prefix="learn_memory_wan_") as folder:
         for spec in CUDA_ROWS if args.device == "cuda" else CPU_ROWS:
             row = run_wan_row(spec, args.device, args.threads, folder)
@@ -370,7 +383,8 @@ def _wan_main(args) -> None:
     path = os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json")
     with open(path, encoding="utf-8") as fh:
         payload = json.load(fh)
-    payload[f"wan_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows, "timing": timing}
+    payload[f"wan_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows, "timing": timing,
+                                     "date": str(datetime.date.today())}
     partial = path + ".partial"
     with open(partial, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=1)

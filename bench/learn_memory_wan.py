@@ -179,17 +179,46 @@ def predicted_gib(row: dict) -> float:
     shape = WanLearnShape(frames=1 + (row["frames"] - 1) // 4, token_height=height // stride,
                           token_width=width // stride, dim=config["dim"], ffn_dim=config["ffn_dim"],
                           blocks=row["blocks"], learned=int(row["learned_gib"] * GIB / 16),
-                          checkpointing=row["checkpointing"], dtype=row["dtype"], weight_bytes=0.0)
-    return plan_wan(shape).total / GIB
+                          checkpointing=row["checkpointing"], dtype=row["dtype"], weight_bytes=row["weights_gib"] * GIB)
+    memory = plan_wan(shape)
+    return (memory.total - memory.weights) / GIB
 
 
 GIB = 2 ** 30
 
 
+def fit_wan_constants(rows: list[dict]) -> dict | None:
+    """``WAN_ACTIVATION_BYTES`` from the 1.3B-width rows (float32): two sizes with 2 blocks, checkpointing on and
+    off, and 4 blocks at the larger size; None when a row is missing. Bytes are the peak rise less the learned
+    state (and, checkpointing off, the kept weight copies)."""
+    def find(blocks, tokens_rank, checkpointing):
+        mine = sorted((r for r in rows if r["size"] == "1.3B" and r["blocks"] == blocks and r["dtype"] == "float32"
+                       and r["checkpointing"] == checkpointing and r["representation"] == "temporal"),
+                      key=lambda r: r["tokens"])
+        return mine[tokens_rank] if len(mine) > tokens_rank else None
+    small, large, four = find(2, 0, True), find(2, -1, True), find(4, -1, True)
+    small_off, large_off = find(2, 0, False), find(2, -1, False)
+    if None in (small, large, four, small_off, large_off) or small["tokens"] == large["tokens"]:
+        return None
+
+    def activations(row):
+        copies = 0.0 if row["checkpointing"] else row["weights_gib"]
+        return (row["peak_rise_gib"] - row["learned_gib"] - copies) * GIB
+
+    span = large["tokens"] - small["tokens"]
+    kept = (four["saved_gib"] - large["saved_gib"]) * GIB / (2 * large["tokens"])
+    outside = (large["saved_gib"] - small["saved_gib"]) * GIB / span - 2 * kept
+    slope = (activations(large) - activations(small)) / span
+    slope_off = (activations(large_off) - activations(small_off)) / (large_off["tokens"] - small_off["tokens"])
+    return {"kept_per_block": round(kept), "outside": round(outside), "recompute": round(slope - 2 * kept - outside),
+            "block": round((slope_off - outside) / 2),
+            "fixed": round(activations(small) - slope * small["tokens"])}
+
+
 def wan_report(rows: list[dict], timing: list[dict]) -> str:
     """The measured rows beside the plan, the checkpointing time ratio, and the planned full-size rows."""
     lines = ["| model width | blocks | size x frames | tokens | representation | checkpointing | dtype | "
-             "peak rise over weights (GiB) | plan without weights (GiB) | saved for backward (GiB) | s/step |",
+             "peak rise over the loaded weights (GiB) | plan less the weights (GiB) | saved for backward (GiB) | s/step |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['size']} | {r['blocks']} | {r['width']}x{r['height']}x{r['frames']}"
@@ -198,6 +227,10 @@ def wan_report(rows: list[dict], timing: list[dict]) -> str:
                      f"{r['peak_rise_gib']:.2f} | {predicted_gib(r):.2f} | {r['saved_gib']:.3f} | "
                      f"{r['step_seconds']:.1f} |")
     text = "\n".join(lines)
+    fitted = fit_wan_constants(rows)
+    if fitted:
+        text += ("\n\nFitted (bytes per video token at Wan 1.3B's width, float32; `fixed` in bytes), the values of "
+                 "`motion_core.memory_plan.WAN_ACTIVATION_BYTES`: " + ", ".join(f"{k} {v:,}" for k, v in fitted.items()))
     if timing:
         on = sorted(r["step_seconds"] for r in timing if r["checkpointing"])
         off = sorted(r["step_seconds"] for r in timing if not r["checkpointing"])
@@ -214,10 +247,13 @@ def planned_table() -> str:
     rows = [("Wan 2.1 T2V 1.3B", "1.3B", 1.42e9, 832, 480, 81, "bfloat16", 2, 1.0, "<= 8"),
             ("Wan 2.1 T2V 1.3B", "1.3B", 1.42e9, 832, 480, 81, "bfloat16", 2, 0.5, "<= 8"),
             ("Wan 2.2 TI2V 5B", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 2, 1.0, "<= 24"),
+            ("Wan 2.2 TI2V 5B", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 2, 0.75, "<= 24 (a 24 GB card)"),
             ("Wan 2.2 TI2V 5B, fp8 weights", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 1, 1.0, "<= 16"),
             ("Wan 2.2 TI2V 5B, fp8 weights", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 1, 0.75, "<= 16"),
             ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 1.0, "24 GB card: refused"),
-            ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 0.5, "24 GB card"),
+            ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 0.5, "24 GB card: refused"),
+            ("Wan 2.1 I2V 14B, fp8 weights, 41 frames", "14B", 16.4e9, 832, 480, 41, "bfloat16", 1, 0.5,
+             "24 GB card: fits"),
             ]
     lines = ["| model | size x frames | learn_scale | weights | planned peak (GiB) | target |", "|---|---|---|---|---|---|"]
     for name, size, params, width, height, frames, dtype, weight_bytes, scale, target in rows:

@@ -35,7 +35,9 @@ REPRESENTATIONS = ("motion_text", "temporal", "both")
 LEARN_SCALE_TOOLTIP = ("Learn on the reference downscaled by this factor (0.5: half the width and height, about 4x less "
                        "activation memory); sampling stays at the size you choose there. It costs motion: on the toy "
                        "world, 0.75 moved 67% of new targets like the reference and 0.5 33%, against 82% at 1.0 "
-                       "(docs/quality.md). A last resort for memory: try fewer frames or the widest layers first.")
+                       "(docs/quality.md). A last resort for memory: try fewer frames or the widest layers first. "
+                       "On Wan 2.1 1.3B at 832x480x81 in bfloat16 the plan is 11.7 GiB at 1.0 and 5.3 GiB at 0.5 "
+                       "(docs/benchmarks.md): 0.5 is what fits an 8 GB card there.")
 
 
 def _image_embeds(clip_vision, frames: torch.Tensor, width: int) -> torch.Tensor:
@@ -134,19 +136,21 @@ class LearnMotionEmbedding(io.ComfyNode):
                                        "explicit (list below). On the SVD-like toy model the lowest-resolution levels "
                                        "alone moved targets at least as well as every level (with difference: nearest "
                                        "ideal 67% both, dense flow 60% vs 57%, moving-points Motion Fidelity 0.54 "
-                                       "vs 0.49; docs/quality_svd_like.md), and they cost less memory. On Wan every "
-                                       "block is as wide, so widest = all (30 blocks on 1.3B and 5B, 40 on 14B); a "
-                                       "block's value embedding at 832x480x81 on Wan 1.3B is 50M values, about 0.8 GB "
-                                       "while learning with Adam: choose a few blocks with explicit (Learn refuses "
-                                       "what cannot fit and says how many would). Not yet measured on Wan."),
+                                       "vs 0.49; docs/quality_svd_like.md), and they cost less memory. spread: 4 "
+                                       "layers evenly spread over the depth. On Wan every block is as wide, so widest "
+                                       "means spread (blocks 0, 10, 19, 29 of 30; 0, 13, 26, 39 of 40); all = every "
+                                       "block. Each block's value embedding at 832x480x81 on Wan 1.3B costs about "
+                                       "0.75 GiB while learning (0.19 GiB at learn_scale 0.5; 1.3 / 2.5 GiB a block "
+                                       "on 5B / 14B at their sizes); Learn plans the memory first, refuses what cannot "
+                                       "fit and names what would. Not yet measured for motion quality on Wan."),
                 io.String.Input("explicit_layers", default="", optional=True,
                                 tooltip="For layers = explicit: comma-separated layer numbers, e.g. 0, 1, 14, 15 "
                                         "(SVD's temporal layers, or Wan's blocks, counted from 0)."),
                 io.Boolean.Input("activation_checkpointing", default=True, optional=True,
-                                 tooltip="Recompute each UNet block in the backward pass instead of keeping its "
-                                         "activations: about 8x less memory above the weights (1024x576x14 "
-                                         "motion-text in float16: 10.6 GiB planned instead of 70) for about 1.15x "
-                                         "the step time (docs/benchmarks.md). Leave on."),
+                                 tooltip="Recompute each UNet block (each Wan block) in the backward pass instead "
+                                         "of keeping its activations: about 8x less memory above the weights "
+                                         "(1024x576x14 motion-text in float16: 10.6 GiB planned instead of 70) for "
+                                         "about 1.15x the step time (docs/benchmarks.md). Leave on."),
                 io.Float.Input("learn_scale", default=1.0, min=0.5, max=1.0, step=0.05, optional=True,
                                tooltip=LEARN_SCALE_TOOLTIP),
                 io.ClipVision.Input("clip_vision", optional=True,
