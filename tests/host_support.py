@@ -212,6 +212,26 @@ def build_wan_vae(seed: int = 0):
     return comfy.sd.VAE(sd=weights.state_dict())
 
 
+def build_wan22_vae(seed: int = 0):
+    """ComfyUI's Wan 2.2 VAE (``comfy.ldm.wan.vae2_2``: 48 channels, 16x down), random weights, full size.
+
+    ``comfy.sd.VAE`` recognises it from its keys and builds it at its one size (dim 160), about
+    705M parameters, so it is far from tiny. It is given zeros that take no memory (one value
+    broadcast to each shape) and its weights are drawn in place: one copy, about 10 s to build on
+    one CPU thread and 15 s to encode and decode 9 frames at 64 x 64, 5 GB at the peak.
+    """
+    import comfy.ldm.wan.vae2_2
+    import comfy.sd
+
+    config = {"dim": 160, "z_dim": 48, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2, "attn_scales": [],
+              "temperal_downsample": [False, True, True], "dropout": 0.0}
+    with torch.device("meta"):
+        shapes = {key: value.shape for key, value in comfy.ldm.wan.vae2_2.WanVAE(**config).state_dict().items()}
+    vae = comfy.sd.VAE(sd={key: torch.zeros(()).expand(shape) for key, shape in shapes.items()})
+    _init_weights(vae.first_stage_model, seed)
+    return vae
+
+
 def build_tiny_vae(seed: int = 0):
     """A ``comfy.sd.VAE`` of the SD AutoencoderKL architecture (8x down, 4 channels), tiny."""
     import comfy.sd
