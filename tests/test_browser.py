@@ -30,9 +30,21 @@ CHROMIUM = os.environ.get("MI_CHROMIUM", "/usr/bin/chromium")
 LEARN_STEPS = int(os.environ.get("MI_BROWSER_LEARN_STEPS", "24"))
 SAMPLER_STEPS = 3
 TOY = "toy_reenact.json"
-# Files the shipped workflows name that the test server lacks: SVD's checkpoint (a download) and
-# the embedding reenact_svd.json saves for apply_saved_motion.json.
-MISSING_HERE = {"ckpt_name=svd.safetensors", "embedding=motion_00001.safetensors"}
+# Files the shipped workflows name that the test server lacks: the model files (downloads) and the
+# embedding reenact_svd.json saves for apply_saved_motion.json.
+DOWNLOADS = {  # per workflow, the files its Missing Models dialog (or 1.49's panel) must offer
+    "reenact_svd.json": {"svd.safetensors"}, "apply_saved_motion.json": {"svd.safetensors"},
+    "motion_embeddings_svd.json": {"svd.safetensors"},
+    "wan_t2v_motion.json": {"wan2.1_t2v_1.3B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                            "wan_2.1_vae.safetensors"},
+    "wan_i2v_motion.json": {"wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
+                            "wan2.2_vae.safetensors"},
+    TOY: set(),
+}
+MISSING_HERE = {"ckpt_name=svd.safetensors", "embedding=motion_00001.safetensors",
+                "unet_name=wan2.1_t2v_1.3B_fp16.safetensors", "unet_name=wan2.2_ti2v_5B_fp16.safetensors",
+                "clip_name=umt5_xxl_fp8_e4m3fn_scaled.safetensors", "vae_name=wan_2.1_vae.safetensors",
+                "vae_name=wan2.2_vae.safetensors"}
 
 
 def _missing_tools() -> str | None:
@@ -122,6 +134,7 @@ def test_pack_loaded_and_its_workflows_are_templates(server):
 
 
 def test_workflows_load_and_toy_runs_in_the_frontend(server, tmp_path, capsys):
+    assert sorted(DOWNLOADS) == workflow_names()
     url, base = server
     shots = tmp_path / "screenshots"
     shots.mkdir()
@@ -165,8 +178,8 @@ def test_workflows_load_and_toy_runs_in_the_frontend(server, tmp_path, capsys):
         missing = {value for n in loaded["nodes"] for value in n["missing"]}
         assert missing <= MISSING_HERE, f"{name}: the server lacks {missing - MISSING_HERE}"
         assert not any("missing node" in d.lower() for d in loaded["dialogs"]), loaded["dialogs"]
-        if name != TOY:     # the SVD workflows offer the checkpoint's download; the toy needs none
-            assert any("svd.safetensors" in d for d in loaded["dialogs"]), loaded["dialogs"]
+        offered = "\n".join(loaded["dialogs"])    # the model workflows offer their downloads; the toy needs none
+        assert all(file_name in offered for file_name in DOWNLOADS[name]), (name, loaded["dialogs"])
         assert os.path.getsize(loaded["screenshot"]) > 10_000
 
     run = result["run"]

@@ -1,6 +1,6 @@
 """The example inputs (``example_inputs/``) inside a real ComfyUI: copied into the input folder when
 the pack loads, offered by Load Reference Video and Load Image, readable, and named by the
-shipped SVD workflows; the copy never replaces a user's file."""
+shipped workflows (SVD and Wan); the copy never replaces a user's file."""
 import filecmp
 import logging
 import os
@@ -8,10 +8,10 @@ import os
 import pytest
 
 from host_support import pack_module
-from workflow_support import load_workflow
+from workflow_support import load_workflow, workflow_names
 
 PACK = "MotionInversion_"
-SVD_WORKFLOWS = ["reenact_svd.json", "motion_embeddings_svd.json", "apply_saved_motion.json"]
+EXAMPLE_WORKFLOWS = [name for name in workflow_names() if name != "toy_reenact.json"]   # the toy makes its own
 
 
 @pytest.fixture(scope="module")
@@ -60,8 +60,8 @@ def test_load_reference_video_reads_the_example_clip(comfy_nodes):
     assert float((frames[13] - frames[0]).abs().mean()) > 0.02
 
 
-@pytest.mark.parametrize("name", SVD_WORKFLOWS)
-def test_svd_workflows_name_example_files(comfy_nodes, examples, name):
+@pytest.mark.parametrize("name", EXAMPLE_WORKFLOWS)
+def test_workflows_name_example_files(comfy_nodes, examples, name):
     import folder_paths
 
     named = [node["widgets_values"][0] for node in load_workflow(name)["nodes"]

@@ -3,7 +3,8 @@
 Each is checked against the registered node definitions (types, links, widget slots and
 values), converted to an API prompt and validated by ComfyUI's ``validate_prompt`` with
 its shipped values (stand-in files for what it names), then run by ComfyUI's
-``PromptExecutor`` with a tiny real-architecture SVD, shrunk to 64 x 64 and 4 frames.
+``PromptExecutor`` with a tiny real-architecture SVD, shrunk to 64 x 64 and 4 frames
+(the Wan workflows: ``test_host_wan_workflows.py``).
 """
 import asyncio
 import glob
@@ -20,8 +21,11 @@ from workflow_support import (FRONTEND_ONLY, check_links, check_slots, check_val
                               widget_index, workflow_names, workflow_to_api_prompt)
 
 SVD_WORKFLOWS = ["reenact_svd.json", "apply_saved_motion.json", "motion_embeddings_svd.json"]
-WORKFLOWS = SVD_WORKFLOWS + ["toy_reenact.json"]
+WAN_WORKFLOWS = ["wan_t2v_motion.json", "wan_i2v_motion.json"]
+WORKFLOWS = SVD_WORKFLOWS + WAN_WORKFLOWS + ["toy_reenact.json"]
 LOADER = "ImageOnlyCheckpointLoader"
+MODEL_FOLDERS = {LOADER: "checkpoints", "UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders",
+                 "VAELoader": "vae"}          # the loaders the workflows use, and where their files go
 TEST_LOADER = "MotionInversionTest_TinySVDLoader"
 PACK = "MotionInversion_"
 
@@ -66,7 +70,7 @@ def _tiny_embedding(frames=4, tokens=2):
 @pytest.fixture(scope="module")
 def stand_ins(comfy_nodes):
     """Files named by the workflows that are not there yet (the pack copies its example clip and images
-    on load, and they are kept): reference video, target images, checkpoint, embedding."""
+    on load, and they are kept): reference video, target images, model files, embedding."""
     import folder_paths
 
     inputs = folder_paths.get_input_directory()
@@ -76,17 +80,20 @@ def stand_ins(comfy_nodes):
     for seed, name in enumerate(sorted(_widget_values("LoadImage"))):
         if not os.path.exists(os.path.join(inputs, name)):
             _write_image(os.path.join(inputs, name), seed)
-    checkpoints = os.path.join(work_dir(), "models", "checkpoints_stand_in")
-    os.makedirs(checkpoints, exist_ok=True)
-    for name in _widget_values(LOADER):
-        open(os.path.join(checkpoints, name), "wb").close()     # listed, never loaded
-    folder_paths.add_model_folder_path("checkpoints", checkpoints)
+    stand_in_folders = {}
+    for class_type, folder in MODEL_FOLDERS.items():
+        path = stand_in_folders[folder] = os.path.join(work_dir(), "models", folder + "_stand_in")
+        os.makedirs(path, exist_ok=True)
+        for name in _widget_values(class_type):
+            open(os.path.join(path, name), "wb").close()         # listed, never loaded
+        folder_paths.add_model_folder_path(folder, path)
     embeddings = folder_paths.get_folder_paths("motion_embeddings")[0]
     for name in _widget_values(PACK + "LoadMotionEmbedding"):
         if not os.path.exists(os.path.join(embeddings, name)):
             pack_module("motion_core.fileio").save_embedding(_tiny_embedding(), os.path.join(embeddings, name))
     yield
-    folder_paths.folder_names_and_paths["checkpoints"][0].remove(checkpoints)
+    for folder, path in stand_in_folders.items():
+        folder_paths.folder_names_and_paths[folder][0].remove(path)
 
 
 # ------------------------------------------------------------------ prompt helpers

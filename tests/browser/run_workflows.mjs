@@ -82,7 +82,7 @@ const curvePixels = (id) => page.evaluate((id) => {
 }, id);
 
 const dialogs = () => page.evaluate(() =>
-  [...document.querySelectorAll(".p-dialog")].filter((d) => d.offsetParent !== null).map((d) => d.innerText.slice(0, 300)));
+  [...document.querySelectorAll(".p-dialog")].filter((d) => d.offsetParent !== null).map((d) => d.innerText.slice(0, 800)));
 
 const closeDialogs = async () => {
   for (let i = 0; i < 4 && (await dialogs()).length; i++) {
