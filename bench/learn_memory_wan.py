@@ -195,7 +195,7 @@ def fit_wan_constants(rows: list[dict]) -> dict | None:
         mine = sorted((r for r in rows if r["size"] == "1.3B" and r["blocks"] == blocks and r["dtype"] == "float32"
                        and r["checkpointing"] == checkpointing and r["representation"] == "temporal"),
                       key=lambda r: r["tokens"])
-        return mine[tokens_rank] if len(mine) > tokens_rank else None
+        return mine[tokens_rank] if mine and len(mine) > tokens_rank else None
     small, large, four = find(2, 0, True), find(2, -1, True), find(4, -1, True)
     small_off, large_off = find(2, 0, False), find(2, -1, False)
     if None in (small, large, four, small_off, large_off) or small["tokens"] == large["tokens"]:

@@ -161,15 +161,18 @@ def alternatives(shape: LearnShape, budget: float, reshape) -> list[str]:
 # - "outside": what the step keeps outside the blocks (patch embedding, head, loss);
 # - "recompute": checkpointing on, one block recomputed and backpropagated at a time;
 # - "block": checkpointing off, what each block keeps;
-# - "fixed": bytes that do not grow with the video (the prompt's 512 tokens, one block's weight
-#   copies, the optimiser's step).
+# - "fixed": checkpointing on, bytes that do not grow with the video: about two blocks' weight
+#   copies (ComfyUI's weights are inference tensors, copied per call while learning), so it
+#   scales with a block's parameters and the dtype. Without checkpointing the plan counts
+#   every weight copy instead.
+# Fitted on 256x160x17 and 480x272x17 (800 and 2550 tokens); the 5B-width row checks the scaling.
 WAN_REFERENCE = {"dim": 1536, "ffn_dim": 8960}
 WAN_ACTIVATION_BYTES = {
-    "kept_per_block": 6144.0,
-    "outside": 19400.0,
-    "recompute": 156000.0,
-    "block": 214000.0,
-    "fixed": 0.52 * GIB,
+    "kept_per_block": 6144,
+    "outside": 19720,
+    "recompute": 237172,
+    "block": 225163,
+    "fixed": 352116034,
 }
 
 
@@ -197,23 +200,32 @@ class WanLearnShape:
         return self.frames * self.token_height * self.token_width
 
 
+def wan_block_parameters(dim: int, ffn_dim: int) -> int:
+    """A Wan block's weights: self- and cross-attention's q, k, v, o (``dim x dim`` each) and the feed-forward."""
+    return 8 * dim * dim + 2 * dim * ffn_dim
+
+
 def wan_activation_bytes(shape: WanLearnShape, constants: Optional[dict] = None) -> float:
     """Activations of one Wan learning step: measured per-token bytes scaled to the model's width and dtype.
 
     Terms that are one dim-wide vector a token scale with ``dim``; a block's own activations
     with ``4 dim + 2 ffn_dim`` (its projections and its feed-forward's hidden layer), both
-    relative to the width they were measured at.
+    relative to the width they were measured at; the fixed part with a block's parameters.
     """
     c = constants or WAN_ACTIVATION_BYTES
     if shape.dtype not in DTYPE_BYTES:
         raise ValueError(f"no plan for dtype {shape.dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
     narrow = shape.dim / WAN_REFERENCE["dim"]
     block = (4 * shape.dim + 2 * shape.ffn_dim) / (4 * WAN_REFERENCE["dim"] + 2 * WAN_REFERENCE["ffn_dim"])
+    dtype = DTYPE_BYTES[shape.dtype] / 4
     if shape.checkpointing:
         per_token = (c["kept_per_block"] * shape.blocks + c["outside"]) * narrow + c["recompute"] * block
+        fixed = c["fixed"] * dtype * wan_block_parameters(shape.dim, shape.ffn_dim) / wan_block_parameters(
+            WAN_REFERENCE["dim"], WAN_REFERENCE["ffn_dim"])
     else:
         per_token = c["outside"] * narrow + c["block"] * block * shape.blocks
-    return (per_token * shape.tokens * DTYPE_BYTES[shape.dtype] / 4) + c["fixed"] * block
+        fixed = 0.0
+    return per_token * shape.tokens * dtype + fixed
 
 
 def plan_wan(shape: WanLearnShape, constants: Optional[dict] = None) -> MemoryPlan:

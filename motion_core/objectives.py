@@ -36,9 +36,16 @@ def sample_sigma(generator: torch.Generator, mean: float = DEFAULT_LOG_SIGMA_MEA
     return math.exp(mean + std * float(torch.randn((), generator=generator)))
 
 
-def sample_flow_sigma(generator: torch.Generator, shift: float = 1.0) -> float:
-    """One flow-matching noise level: ``u ~ U(0, 1)`` shifted, clamped to ``[FLOW_SIGMA_MIN, 1]``."""
-    u = float(torch.rand((), generator=generator))
+def sample_flow_sigma(generator: torch.Generator, shift: float = 1.0, low: float = 0.0, high: float = 1.0) -> float:
+    """One flow-matching noise level: ``u ~ U(0, 1)`` shifted, clamped to ``[FLOW_SIGMA_MIN, 1]``.
+
+    ``low`` / ``high``: only noise levels in that range (a Wan 2.2 A14B expert's share of the
+    schedule): ``u`` is drawn between the two bounds' unshifted values, so the shifted
+    distribution is the same one, restricted to the range.
+    """
+    def unshift(sigma):
+        return sigma / (shift - (shift - 1.0) * sigma)
+    u = unshift(low) + (unshift(high) - unshift(low)) * float(torch.rand((), generator=generator))
     sigma = shift * u / (1.0 + (shift - 1.0) * u)
     return min(1.0, max(FLOW_SIGMA_MIN, sigma))
 

@@ -44,6 +44,7 @@ class TrainSettings:
     max_bad_steps: int = 25        # this many non-finite steps in a row stop the run
     objective: str = OBJECTIVE_EDM  # "edm" (SVD: log-normal sigma) or "flow" (Wan: shifted uniform sigma in (0, 1))
     flow_shift: float = 1.0        # the model's shift, for "flow"
+    flow_sigma_range: tuple = (0.0, 1.0)   # "flow": the noise levels learned on (a Wan 2.2 A14B expert's)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -60,6 +61,9 @@ class TrainSettings:
             raise ValueError(f"objective {self.objective!r} is not one of {OBJECTIVES}")
         if not (self.flow_shift > 0 and math.isfinite(self.flow_shift)):
             raise ValueError(f"flow_shift must be a positive number, got {self.flow_shift}")
+        low, high = self.flow_sigma_range
+        if not 0.0 <= low < high <= 1.0:
+            raise ValueError(f"flow_sigma_range must be (low, high) with 0 <= low < high <= 1, got {self.flow_sigma_range}")
 
     def as_metadata(self) -> dict:
         return dataclasses.asdict(self)
@@ -168,7 +172,7 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
     for step in range(settings.steps):
         sample = augment_clip(clean, generator, settings.augment)
         if settings.objective == OBJECTIVE_FLOW:
-            sigma = sample_flow_sigma(generator, settings.flow_shift)
+            sigma = sample_flow_sigma(generator, settings.flow_shift, *settings.flow_sigma_range)
         else:
             sigma = sample_sigma(generator, settings.log_sigma_mean, settings.log_sigma_std)
         noise = torch.randn(sample.shape, generator=generator).to(sample)

@@ -36,8 +36,8 @@ LEARN_SCALE_TOOLTIP = ("Learn on the reference downscaled by this factor (0.5: h
                        "activation memory); sampling stays at the size you choose there. It costs motion: on the toy "
                        "world, 0.75 moved 67% of new targets like the reference and 0.5 33%, against 82% at 1.0 "
                        "(docs/quality.md). A last resort for memory: try fewer frames or the widest layers first. "
-                       "On Wan 2.1 1.3B at 832x480x81 in bfloat16 the plan is 11.7 GiB at 1.0 and 5.3 GiB at 0.5 "
-                       "(docs/benchmarks.md): 0.5 is what fits an 8 GB card there.")
+                       "On Wan 2.1 1.3B at 832x480x81 in bfloat16 the plan is 12.5 GiB at 1.0 and 5.2 GiB at 0.5; "
+                       "Wan 2.2 5B at 1280x704x121 25.2 GiB at 1.0, 18.2 at 0.75 (docs/benchmarks.md).")
 
 
 def _image_embeds(clip_vision, frames: torch.Tensor, width: int) -> torch.Tensor:

@@ -18,6 +18,32 @@ from .memory import check_wan_learn_memory
 log = logging.getLogger(__name__)
 
 MIN_FRAMES = 5     # Wan's VAE keeps frame 1 and packs each 4 after it into one latent frame
+WHOLE_RANGE = "whole range"
+HIGH_NOISE_EXPERT = "A14B high-noise expert"
+LOW_NOISE_EXPERT = "A14B low-noise expert"
+NOISE_RANGES = (WHOLE_RANGE, HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT)
+# Wan 2.2 A14B hands a video from the high-noise expert to the low-noise one at this noise level
+# (Wan 2.2's configs: boundary 0.875 for T2V, 0.900 for I2V)
+EXPERT_BOUNDARY = {"t2v": 0.875, "i2v": 0.9}
+
+
+def noise_range(model, family: ModelFamily, choice: str) -> tuple[float, float]:
+    """The flow noise levels to learn on: all of them, or a Wan 2.2 A14B expert's share.
+
+    A14B's experts have Wan 2.1 14B's shapes (dim 5120, 40 blocks), so the weights cannot say
+    which expert a MODEL is: the user says it, and Learn refuses an expert range on a model
+    of another size.
+    """
+    if choice not in NOISE_RANGES:
+        raise ValueError(f"noise_range {choice!r} is not one of {NOISE_RANGES}")
+    if choice == WHOLE_RANGE:
+        return 0.0, 1.0
+    if family.widths != {"dim": 5120, "blocks": 40}:
+        raise ValueError(f"noise_range {choice!r} is for a Wan 2.2 A14B expert (dim 5120, 40 blocks); the MODEL is "
+                         f"{family.describe()}: set noise_range to {WHOLE_RANGE!r}")
+    boundary = EXPERT_BOUNDARY["i2v" if int(model.model.diffusion_model.patch_embedding.weight.shape[1]) > 16
+                               else "t2v"]
+    return (boundary, 1.0) if choice == HIGH_NOISE_EXPERT else (0.0, boundary)
 
 
 def _vae_downscale(vae) -> int:
@@ -29,7 +55,8 @@ def _vae_downscale(vae) -> int:
 
 def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor, representation: str, positive,
                 tokens_per_frame: int, steps: int, learning_rate: float, seed: int, loss: str, augmentation: bool, flip: bool,
-                layers: str, explicit_layers: str, learn_scale: float, checkpointing: bool = True):
+                layers: str, explicit_layers: str, learn_scale: float, checkpointing: bool = True,
+                expert: str = WHOLE_RANGE):
     """``(settings, initial, latents (1 c t h w), width, height, memory account)`` for learning on ``model``,
     or a ValueError (MemoryError) that says what is wrong and how to fix it."""
     node = "Learn Motion Embedding"
@@ -37,6 +64,7 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
         raise ValueError(f"{node} on Wan needs the prompt the reference is explained with: connect the positive "
                          "CONDITIONING of a CLIP Text Encode (with Wan's text encoder) to Learn's positive input "
                          "(for I2V, the positive of WanImageToVideo made from the reference's first frame).")
+    sigma_range = noise_range(model, family, expert)
     frames = int(reference_frames.shape[0])
     if reference_frames.ndim != 4 or frames < MIN_FRAMES:
         raise ValueError(f"{node} on Wan needs at least {MIN_FRAMES} reference frames (its VAE packs 4 frames into "
@@ -95,5 +123,5 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
                             init="zeros" if tokens is None else "zeros; tokens from the "
                             + initial.metadata["token_context"] + " tokens")
     settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, loss=loss, objective=OBJECTIVE_FLOW,
-                             augment=AugmentSettings(enabled=augmentation, flip=flip))
+                             augment=AugmentSettings(enabled=augmentation, flip=flip), flow_sigma_range=sigma_range)
     return settings, initial, latents, width, height, account

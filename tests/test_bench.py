@@ -267,3 +267,34 @@ def test_toy_spread_benchmark_prints_both_readings_and_writes_its_block(one_thre
     assert all(" of 2 |" in line for line in table[2:])
     text = doc.read_text(encoding="utf-8")
     assert docfile.markers("toy_spread")[0] in text and table[2] in text and "2 held-out first frames x 2 seeds" in text
+
+
+def _wan_rows_from(constants, learned_gib=0.01, weights_gib=0.4):
+    """Rows a perfect measurement of ``constants`` would give (float32, 1.3B width)."""
+    from motion_core.memory_plan import GIB
+    rows = []
+    for blocks, tokens, checkpointing in ((2, 800, True), (2, 2550, True), (4, 2550, True), (2, 800, False),
+                                          (2, 2550, False)):
+        if checkpointing:
+            activations = tokens * (constants["kept_per_block"] * blocks + constants["outside"]
+                                    + constants["recompute"]) + constants["fixed"]
+        else:
+            activations = tokens * (constants["outside"] + constants["block"] * blocks) + weights_gib * GIB
+        saved = tokens * (constants["kept_per_block"] * blocks + constants["outside"]) + 5e7
+        rows.append({"size": "1.3B", "blocks": blocks, "tokens": tokens, "dtype": "float32",
+                     "checkpointing": checkpointing, "representation": "temporal", "saved_gib": saved / GIB,
+                     "peak_rise_gib": activations / GIB + learned_gib, "learned_gib": learned_gib,
+                     "weights_gib": weights_gib})
+    return rows
+
+
+def test_wan_memory_fit_recovers_the_constants_and_the_plan_keeps_the_measured_ones():
+    from bench.learn_memory_wan import fit_wan_constants
+    from motion_core.memory_plan import WAN_ACTIVATION_BYTES
+    made_up = {"kept_per_block": 6000, "outside": 20000, "recompute": 150000, "block": 210000, "fixed": 4e8}
+    fitted = fit_wan_constants(_wan_rows_from(made_up))
+    assert fitted == pytest.approx(made_up, rel=1e-3)
+    assert fit_wan_constants(_wan_rows_from(made_up)[:3]) is None          # a missing row: no fit
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json"), encoding="utf-8") as fh:
+        measured = json.load(fh)["wan_cpu"]
+    assert WAN_ACTIVATION_BYTES == pytest.approx(fit_wan_constants(measured["rows"]), rel=0.01)

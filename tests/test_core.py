@@ -316,6 +316,23 @@ def test_flow_objective_is_the_velocity_loss_and_shifts_towards_noise():
     assert abs(draws[1.0][200] - 0.5) < 0.1 and draws[5.0][200] > 0.75   # shift 5: the median near 5/6
 
 
+def test_flow_noise_levels_can_be_restricted_to_an_experts_range():
+    """Wan 2.2 A14B: the high-noise expert sees sigma >= 0.875, the low-noise one below; the draws are the
+    shifted distribution restricted to the range (the quantiles of the whole one that fall in it)."""
+    from motion_core.objectives import sample_flow_sigma
+    from motion_core.training import TrainSettings
+
+    def draws(low, high, shift=8.0):
+        return sorted(sample_flow_sigma(torch.Generator().manual_seed(i), shift, low, high) for i in range(400))
+    high, low, whole = draws(0.875, 1.0), draws(0.0, 0.875), draws(0.0, 1.0)
+    assert min(high) >= 0.875 and max(low) <= 0.875 and min(low) < 0.3
+    assert whole == sorted(sample_flow_sigma(torch.Generator().manual_seed(i), 8.0) for i in range(400))
+    share = sum(s >= 0.875 for s in whole) / len(whole)        # shift 8: about half the schedule is above 0.875
+    assert 0.3 < share < 0.7
+    with pytest.raises(ValueError, match="flow_sigma_range"):
+        TrainSettings(flow_sigma_range=(0.9, 0.5))
+
+
 def test_training_with_the_flow_objective_lowers_the_loss():
     from motion_core.objectives import training_loss
 
