@@ -57,7 +57,7 @@ def _check_motion_chain(prompt, new_latent):
     with the reference prompt explaining the clip and a new prompt guiding the video."""
     (learn,) = _nodes_of(prompt, PACK + "LearnMotionEmbedding")
     assert {k: prompt[learn]["inputs"][k] for k in ("representation", "loss", "layers", "steps")} == {
-        "representation": "temporal", "loss": "appearance_debiased", "layers": "explicit", "steps": 1000}
+        "representation": "temporal", "loss": "appearance_debiased", "layers": "spread", "steps": 1000}
     assert _model_chain(prompt, learn) == ["ModelSamplingSD3", "UNETLoader"]
     assert prompt[_source(prompt, learn, "model")[1]]["inputs"]["shift"] == 8
     explain_type, explain, _slot = _source(prompt, learn, "positive")
@@ -232,7 +232,7 @@ def _tiny_wan_prompt(comfy_nodes, name):
         for node_id in _nodes_of(prompt, class_type):
             prompt[node_id]["class_type"] = test_type
     shrink = {PACK + "LoadReferenceVideo": dict(frames=FRAMES, width=SIDE, height=SIDE),
-              PACK + "LearnMotionEmbedding": dict(steps=2, explicit_layers="0, 1"),     # the tiny Wan's 2 blocks
+              PACK + "LearnMotionEmbedding": dict(steps=2),         # spread: both of the tiny Wan's 2 blocks
               PACK + "ReferenceNoise": dict(inversion_steps=2),
               "EmptyHunyuanLatentVideo": dict(width=SIDE, height=SIDE, length=FRAMES),
               "Wan22ImageToVideoLatent": dict(width=SIDE, height=SIDE, length=FRAMES),
