@@ -134,6 +134,57 @@ def test_wan_workflows_learn_on_frames_the_example_clip_has(comfy_nodes, name):
     assert pack_module("nodes.hooks.wan").usable_frames(frames) == frames
 
 
+# full-size Wan (ComfyUI's WanModel, built on the meta device), the pixels per token side, and the own clip's
+# frames and learn_scale the notes quote besides the shipped settings
+FULL_SIZE = {"wan_t2v_motion.json": (dict(dim=1536, ffn_dim=8960, num_heads=12, in_dim=16, out_dim=16), 16, 81, 0.5),
+             "wan_i2v_motion.json": (dict(dim=3072, ffn_dim=14336, num_heads=24, in_dim=48, out_dim=48), 32, 121, 0.75)}
+
+
+def _planned_gib(model, stride, width, height, frames, preset, scale=1.0):
+    """Learn's plan on Wan (``plan_wan``) for a full-size model in bfloat16 with checkpointing, in GiB."""
+    layers_module, plan_module = pack_module("motion_core.layers"), pack_module("motion_core.memory_plan")
+    token_height, token_width = int(height * scale) // stride, int(width * scale) // stride
+    latent_frames = pack_module("nodes.hooks.wan").latent_frames(frames)
+    layout = {f"block.{i:02d}": {"channels": model.dim, "height": token_height, "width": token_width}
+              for i in range(len(model.blocks))}
+    layers = layers_module.select_layers(layout, preset)
+    shape = plan_module.WanLearnShape(
+        frames=latent_frames, token_height=token_height, token_width=token_width, dim=model.dim,
+        ffn_dim=model.blocks[0].ffn[0].out_features, blocks=len(model.blocks),
+        learned=layers_module.embedding_cost(layers, latent_frames)["parameters"], checkpointing=True,
+        dtype="bfloat16", weight_bytes=2.0 * sum(p.numel() for p in model.parameters()), heads=model.num_heads)
+    return plan_module.plan_wan(shape).total / plan_module.GIB
+
+
+@pytest.mark.parametrize("name", WAN_WORKFLOWS)
+def test_wan_learning_notes_quote_learns_memory_plan(comfy_nodes, name):
+    """The memory the learning note gives is what Learn plans, as shipped and for an own clip at Wan's length."""
+    import comfy.ldm.wan.model
+    import comfy.ops
+
+    config, stride, own_frames, scale = FULL_SIZE[name]
+    with torch.device("meta"):
+        model = comfy.ldm.wan.model.WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=512, text_dim=4096,
+                                             freq_dim=256, num_layers=30, window_size=(-1, -1), qk_norm=True,
+                                             cross_attn_norm=True, eps=1e-6, operations=comfy.ops.disable_weight_init,
+                                             **config)
+    workflow = load_workflow(name)
+    prompt = workflow_to_api_prompt(workflow, comfy_nodes.NODE_CLASS_MAPPINGS)
+    (video,) = _nodes_of(prompt, PACK + "LoadReferenceVideo")
+    (learn,) = _nodes_of(prompt, PACK + "LearnMotionEmbedding")
+    width, height, frames = (prompt[video]["inputs"][k] for k in ("width", "height", "frames"))
+    preset = prompt[learn]["inputs"]["layers"]
+    assert prompt[learn]["inputs"]["learn_scale"] == 1.0 and prompt[learn]["inputs"]["activation_checkpointing"]
+    (note,) = [n["widgets_values"][0] for n in workflow["nodes"] if n.get("title") == "Note: learning"]
+    quoted = {"as shipped": _planned_gib(model, stride, width, height, frames, preset),
+              "own clip": _planned_gib(model, stride, width, height, own_frames, preset),
+              "own clip, smaller": _planned_gib(model, stride, width, height, own_frames, preset, scale),
+              "own clip, all blocks": _planned_gib(model, stride, width, height, own_frames, "all")}
+    missing = {what: f"{gib:.1f} GiB" for what, gib in quoted.items() if f"{gib:.1f} GiB" not in note}
+    assert not missing, f"the note does not give Learn's plan {missing}: {note}"
+    assert f"{own_frames} frames" in note and f"learn_scale {scale}" in note
+
+
 # ------------------------------------------------------------------ stand-in loaders
 def _spiece_model(texts) -> bytes:
     """A SentencePiece model (UMT5's special ids: pad 0, end 1, unknown 2) trained on ``texts``."""
