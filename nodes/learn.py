@@ -25,7 +25,7 @@ from .conditioning import reference_conditioning
 from .common import CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, send_event
 from .hooks import MODEL_FAMILY_WAN, require_family
 from .host_training import train_in_host, train_wan_in_host
-from .learn_wan import prepare_wan
+from .learn_wan import NOISE_RANGES, WHOLE_RANGE, prepare_wan
 from .memory import check_learn_memory, learn_shape
 from .hooks.svd import context_width, require_svd, temporal_layout
 
@@ -98,7 +98,7 @@ class LearnMotionEmbedding(io.ComfyNode):
                 io.Combo.Input("representation", options=list(REPRESENTATIONS), default="motion_text",
                                tooltip="motion_text: per-frame cross-attention tokens; temporal: query-key and value "
                                        "embeddings in the temporal self-attention (use Debias, Apply Motion and "
-                                       "Reference Noise, as motion_embeddings_svd.json does); both: learned jointly. "
+                                       "Reference Noise, as motion_embeddings_svd.json and the Wan workflows do); both: learned jointly. "
                                        "On the SVD-like toy model (image embedding only, as SVD) motion_text moved "
                                        "73% of targets by nearest ideal, temporal 40-67%, both 60% "
                                        "(docs/quality_svd_like.md). On Wan the same three: motion_text puts the "
@@ -161,6 +161,12 @@ class LearnMotionEmbedding(io.ComfyNode):
                                               "with, from CLIP Text Encode with Wan's text encoder (for I2V, the "
                                               "positive of WanImageToVideo made from the reference's first frame). "
                                               "SVD ignores it."),
+                io.Combo.Input("noise_range", options=list(NOISE_RANGES), default=WHOLE_RANGE, optional=True,
+                               tooltip="Wan only: the noise levels to learn on. whole range for every model but a "
+                                       "Wan 2.2 A14B expert; for an expert, the share of the schedule it samples "
+                                       "(high-noise expert: sigma from 0.875 up, 0.9 for I2V; low-noise expert: "
+                                       "below), since the weights cannot tell the two experts apart. Learn one "
+                                       "embedding on each expert and apply each to its own model."),
             ],
             outputs=[
                 MotionEmbeddingSocket.Output(display_name="motion_embedding", tooltip="The learned motion."),
@@ -175,11 +181,11 @@ class LearnMotionEmbedding(io.ComfyNode):
     def execute(cls, model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
                 noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
                 layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
-                learn_scale=1.0, positive=None) -> io.NodeOutput:
+                learn_scale=1.0, positive=None, noise_range=WHOLE_RANGE) -> io.NodeOutput:
         prepared = prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps,
                                     learning_rate, seed, noise_mean, noise_std, loss, augmentation, flip, fps,
                                     motion_bucket_id, augmentation_level, layers, explicit_layers, clip_vision,
-                                    activation_checkpointing, learn_scale, positive)
+                                    activation_checkpointing, learn_scale, positive, noise_range)
         return cls.learn(prepared)
 
     @classmethod
@@ -246,7 +252,7 @@ class PreparedLearning:
 def prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
                      noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
                      layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
-                     learn_scale=1.0, positive=None) -> PreparedLearning:
+                     learn_scale=1.0, positive=None, noise_range=WHOLE_RANGE) -> PreparedLearning:
     """Validates the inputs, plans the memory (refusing what cannot fit), encodes the reference once.
 
     ``learn_scale < 1``: the reference is downscaled (area average, sides to multiples of 8)
@@ -262,7 +268,7 @@ def prepare_learning(model, vae, reference_frames, representation, tokens_per_fr
     if family.family == MODEL_FAMILY_WAN:
         settings, initial, latents, width, height, account = prepare_wan(
             model, family, vae, reference_frames, representation, positive, tokens_per_frame, steps, learning_rate,
-            seed, loss, augmentation, flip, layers, explicit_layers, learn_scale, activation_checkpointing)
+            seed, loss, augmentation, flip, layers, explicit_layers, learn_scale, activation_checkpointing, noise_range)
         account += f"; activation checkpointing {'on' if activation_checkpointing else 'off'}"
         return PreparedLearning(model, settings, initial, latents, None, representation, width, height,
                                 activation_checkpointing, account, wan_positive=positive)

@@ -479,3 +479,39 @@ def test_motion_samples_through_comfyuis_context_windows(comfy_nodes):
     windows = {tuple(index) for total, index in seen if index is not None}
     assert {total for total, _index in seen} == {5} and all(index is not None for _total, index in seen)
     assert (0, 1, 2) in windows and windows & {(2, 3, 4), (1, 2, 3, 4)}   # 0.33 prepends the frame before a window
+
+
+# ---- Wan 2.2 A14B experts ---------------------------------------------------------------------
+def test_an_a14b_expert_learns_on_its_own_share_of_the_noise_levels(comfy_nodes):
+    import comfy.patcher_extension
+
+    learn_wan = pack_module("nodes.learn_wan")
+    ModelFamily = pack_module("nodes.hooks").ModelFamily
+    expert = ModelFamily("wan", "Wan T2V", {"dim": 5120, "blocks": 40})     # A14B's shapes: Wan 2.1 14B's
+    t2v, i2v = build_tiny_wan("t2v"), build_tiny_wan("i2v")
+    assert learn_wan.noise_range(t2v, expert, learn_wan.HIGH_NOISE_EXPERT) == (0.875, 1.0)
+    assert learn_wan.noise_range(t2v, expert, learn_wan.LOW_NOISE_EXPERT) == (0.0, 0.875)
+    assert learn_wan.noise_range(i2v, expert, learn_wan.HIGH_NOISE_EXPERT) == (0.9, 1.0)
+    tiny = pack_module("nodes.hooks").model_family(t2v)
+    with pytest.raises(ValueError, match="for a Wan 2.2 A14B expert.*dim 64.*'whole range'"):
+        learn_wan.noise_range(t2v, tiny, learn_wan.HIGH_NOISE_EXPERT)
+
+    seen = []
+
+    def record(executor, x, timestep, *args, **kwargs):
+        seen.append(float(timestep.flatten()[0]))
+        return executor(x, timestep, *args, **kwargs)
+    model = t2v.clone()
+    model.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, "test_record", record)
+    training = pack_module("nodes.host_training")
+    TrainSettings = pack_module("motion_core.training").TrainSettings
+    AugmentSettings = pack_module("motion_core.augment").AugmentSettings
+    settings = TrainSettings(steps=12, seed=0, augment=AugmentSettings(enabled=False), flow_sigma_range=(0.875, 1.0))
+    with torch.inference_mode():
+        result = training.train_wan_in_host(model, _conds("t2v")[0], _reference_latents(), _embedding(scale=0.0),
+                                            settings)
+    sampling = model.get_model_object("model_sampling")
+    sigmas = [float(sampling.sigma(torch.tensor(t))) for t in seen]          # the model's timesteps back to sigma
+    assert len(sigmas) >= 12 and min(sigmas) >= 0.875 - 1e-3, sigmas
+    assert result.embedding.metadata["training"]["flow_sigma_range"] == [0.875, 1.0] or \
+        tuple(result.embedding.metadata["training"]["flow_sigma_range"]) == (0.875, 1.0)
