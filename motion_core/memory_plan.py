@@ -221,7 +221,7 @@ def wan_activation_bytes(shape: WanLearnShape, constants: Optional[dict] = None)
     if shape.checkpointing:
         per_token = (c["kept_per_block"] * shape.blocks + c["outside"]) * narrow + c["recompute"] * block
         fixed = c["fixed"] * dtype * wan_block_parameters(shape.dim, shape.ffn_dim) / wan_block_parameters(
-            WAN_REFERENCE["dim"], WAN_REFERENCE["ffn_dim"])
+            WAN_REFERENCE["dim"], WAN_REFERENCE["ffn_dim"]) if shape.copies_weights else 0.0
     else:
         per_token = c["outside"] * narrow + c["block"] * block * shape.blocks
         fixed = 0.0

@@ -120,8 +120,9 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
                                 token_context=wan_hooks.token_context(model.model.diffusion_model))
     initial.metadata.update(representation=representation, model_widths=dict(family.widths),
                             model_variant=family.variant, video_frames=usable, learn_scale=learn_scale,
-                            init="zeros" if tokens is None else "zeros; tokens from the "
-                            + initial.metadata["token_context"] + " tokens")
+                            init=", ".join(([] if not temporal else ["Motion Embeddings zeros"])
+                                           + ([] if tokens is None else [f"tokens from the "
+                                                                         f"{initial.metadata['token_context']} tokens"])))
     settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, loss=loss, objective=OBJECTIVE_FLOW,
                              augment=AugmentSettings(enabled=augmentation, flip=flip), flow_sigma_range=sigma_range)
     return settings, initial, latents, width, height, account

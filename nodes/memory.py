@@ -97,10 +97,11 @@ def wan_learn_shape(model, layers: dict[str, dict], frames: int, token_height: i
 
 def _wan_alternatives(shape: WanLearnShape, layers: dict[str, dict], budget: float, video_frames: int,
                       learn_scale: float) -> list[str]:
-    """Settings that would fit ``budget``, as sentences: fewer blocks, a smaller learn_scale, fewer frames."""
-    tries = []      # (label, shape): one change each, of the learned values and / or the size
+    """Settings that would fit ``budget``, as sentences: fewer blocks, a smaller learn_scale, fewer frames,
+    or two of different kinds together when none fits alone."""
+    tries = []      # (kind, label, shape): one change each
     if not shape.checkpointing:
-        tries.append(("activation_checkpointing on", dataclasses.replace(shape, checkpointing=True)))
+        tries.append(("checkpointing", "activation_checkpointing on", dataclasses.replace(shape, checkpointing=True)))
     per_block = {name: embedding_cost({name: layer}, shape.frames)["parameters"] for name, layer in layers.items()}
     others = shape.learned - sum(per_block.values())
     names = list(layers)
@@ -108,35 +109,47 @@ def _wan_alternatives(shape: WanLearnShape, layers: dict[str, dict], budget: flo
         if count < len(names):
             chosen = spread(names, count)
             numbers = ", ".join(name.split(".")[-1].lstrip("0") or "0" for name in chosen)
-            tries.append((f"layers explicit '{numbers}' ({count} block{'s' if count > 1 else ''})",
+            tries.append(("layers", f"layers explicit '{numbers}' ({count} block{'s' if count > 1 else ''})",
                           dataclasses.replace(shape, learned=others + sum(per_block[n] for n in chosen))))
     for factor in (0.75, 0.5):
         scale = learn_scale * factor
         if scale >= 0.5 - 1e-6:
-            area = factor * factor
-            tries.append((f"learn_scale {scale:g}", dataclasses.replace(
+            tries.append(("scale", f"learn_scale {scale:g}", dataclasses.replace(
                 shape, token_height=max(1, round(shape.token_height * factor)),
-                token_width=max(1, round(shape.token_width * factor)), learned=int(shape.learned * area))))
+                token_width=max(1, round(shape.token_width * factor)))))
     for fraction in (0.5, 0.25):
         latent = 1 + int((shape.frames - 1) * fraction)
         if 2 <= latent < shape.frames:
-            per_frame = shape.learned / shape.frames
-            tries.append((f"{1 + 4 * (latent - 1)} reference frames (instead of {video_frames})",
-                          dataclasses.replace(shape, frames=latent, learned=int(per_frame * latent))))
-    fitting = [f"{label} ({plan_wan(changed).total / GIB:.1f} GiB)" for label, changed in tries
+            tries.append(("frames", f"{1 + 4 * (latent - 1)} reference frames (instead of {video_frames})",
+                          dataclasses.replace(shape, frames=latent)))
+    tries = [(kind, label, dataclasses.replace(changed, learned=_learned_at(shape, changed)))
+             for kind, label, changed in tries]
+    fitting = [f"{label} ({plan_wan(changed).total / GIB:.1f} GiB)" for _kind, label, changed in tries
                if plan_wan(changed).total <= budget]
-    if fitting or len(tries) < 2:
+    if fitting:
         return fitting
-    for (first, one), (second, other) in ((a, b) for i, a in enumerate(tries) for b in tries[i + 1:]):
-        both = dataclasses.replace(other, learned=round(other.learned * one.learned / shape.learned),
-                                   checkpointing=one.checkpointing or other.checkpointing)
-        if (one.frames, one.token_height) != (shape.frames, shape.token_height):     # keep both changes' sizes
-            both = dataclasses.replace(both, frames=min(one.frames, other.frames),
-                                       token_height=min(one.token_height, other.token_height),
-                                       token_width=min(one.token_width, other.token_width))
-        if first.split(" ")[0] != second.split(" ")[0] and plan_wan(both).total <= budget:
-            fitting.append(f"{first} and {second} together ({plan_wan(both).total / GIB:.1f} GiB)")
+    for (kind, label, one), (other_kind, other_label, other) in (
+            (a, b) for i, a in enumerate(tries) for b in tries[i + 1:]):
+        if kind == other_kind:
+            continue
+        both = dataclasses.replace(shape, checkpointing=one.checkpointing or other.checkpointing,
+                                   frames=min(one.frames, other.frames),
+                                   token_height=min(one.token_height, other.token_height),
+                                   token_width=min(one.token_width, other.token_width),
+                                   learned=min(one.learned, other.learned))
+        both = dataclasses.replace(both, learned=_learned_at(shape, both, one if kind == "layers" else
+                                                             other if other_kind == "layers" else shape))
+        if plan_wan(both).total <= budget:
+            fitting.append(f"{label} and {other_label} together ({plan_wan(both).total / GIB:.1f} GiB)")
     return fitting[:3]
+
+
+def _learned_at(shape: WanLearnShape, changed: WanLearnShape, blocks: WanLearnShape | None = None) -> int:
+    """The learned values of ``changed``: ``blocks``' (or ``changed``'s own) count at ``shape``'s size, with the
+    value embeddings (all but one query-key vector a frame and block) following the token grid and the frames."""
+    learned = (blocks or changed).learned
+    area = changed.token_height * changed.token_width / (shape.token_height * shape.token_width)
+    return int(learned * changed.frames / shape.frames * area)
 
 
 def check_wan_learn_memory(model, layers: dict[str, dict], frames: int, token_height: int, token_width: int,

@@ -55,7 +55,9 @@ class ApplyMotion(io.ComfyNode):
             description="Returns a copy of the model whose self-attention across frames adds the learned Motion "
                         "Embeddings (Motion Inversion eq. 3) while sampling: SVD's temporal attention, or the "
                         "self-attention of Wan 2.1 / 2.2's blocks. On Wan it also routes learned per-frame motion "
-                        "tokens (motion_text / both) into each frame's cross-attention, for the positive prompt only. "
+                        "tokens (motion_text / both) into each frame's cross-attention, for the positive prompt only (the "
+                        "first conditioning a sampler batches: KSampler's or CFGGuider's positive; not DualCFGGuider "
+                        "or SAG). "
                         "Resizes value embeddings to the sampling resolution and resamples them to its frame count. "
                         "The original MODEL is untouched.",
             inputs=[

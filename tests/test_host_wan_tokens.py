@@ -211,3 +211,38 @@ def test_tokens_of_another_model_or_family_are_refused_naming_both(comfy_nodes):
         inflate.execute(positive, negative, _token_embedding(), 0)
     with pytest.raises(ValueError, match="learned on wan.*Stable Video Diffusion"):
         _apply(comfy_nodes, build_tiny_svd(), _token_embedding())
+
+
+def test_a_first_last_frame_model_starts_its_tokens_from_both_images(comfy_nodes):
+    """Wan 2.1 first-last-frame: img_emb adds a position embedding to 2 x 257 image tokens (a batch axis)."""
+    import comfy.clip_vision
+
+    wan = pack_module("nodes.hooks.wan")
+    model = build_tiny_wan("i2v")
+    diffusion_model = model.model.diffusion_model
+    diffusion_model.img_emb.emb_pos = torch.nn.Parameter(torch.randn(1, 514, 1280) * 0.1)
+    vision = comfy.clip_vision.Output()
+    vision["penultimate_hidden_states"] = torch.randn(1, 514, 1280, generator=torch.Generator().manual_seed(4))
+    positive = [[torch.randn(1, 6, 32), {"clip_vision_output": vision}]]
+    tokens = wan.initial_tokens(model, positive, FRAMES, TOKENS, noise_std=0.0)
+    with torch.no_grad():
+        expected = diffusion_model.img_emb(vision.penultimate_hidden_states)[0].mean(dim=0)
+    assert torch.allclose(tokens[0, 0], expected, atol=1e-5)
+
+
+def test_an_i2v_model_without_clip_image_tokens_keeps_comfyuis_image_attention(comfy_nodes):
+    """No clip_vision_output (context_img_len None): ComfyUI's I2V cross-attention runs both of its attentions
+    over the whole context; the patched one does too, the frame's tokens joining the image attention."""
+    model = build_tiny_wan("i2v")
+    embedding = _token_embedding("i2v")
+    module, patched = _patched_cross_attention(model, embedding)
+    x, context = _inputs()
+    with torch.no_grad():
+        out = patched(x, context, context_img_len=None, transformer_options={})
+        expected = []
+        for frame in range(FRAMES):
+            queries = x[:, frame * POSITIONS:(frame + 1) * POSITIONS]
+            image_part = torch.cat([context, embedding.spatial_tokens[frame][None]], dim=1)
+            expected.append(module.forward(queries, torch.cat([image_part, context], dim=1),
+                                           context_img_len=image_part.shape[1]))
+    assert torch.allclose(out, torch.cat(expected, dim=1), atol=1e-5)

@@ -94,8 +94,10 @@ class WanGrid:
         self.height = self.width = self.first_token = 0
         self.sigma: Optional[float] = None
         self.cond_rows: Optional[list[bool]] = None     # per batch row: a positive's (None: all are)
+        self.diffusion_model = None                     # the WanModel the patches were made for
         self.total_frames: Optional[int] = None         # the whole latent's frames (set before sampling)
         self.frame_index: Optional[list[int]] = None    # a context window's frames in the whole latent
+        self.window_total: Optional[int] = None         # the whole latent's frames, as 0.33's window says
 
     def __deepcopy__(self, memo):
         return self
@@ -115,6 +117,11 @@ def _grid_wrapper(grid: WanGrid):
         grid.sigma = None if sigmas is None else float(sigmas.max())
         grid.cond_rows = _cond_rows(transformer_options, int(x.shape[0]))
         grid.frame_index = _window_frames(transformer_options, grid.frames)
+        window = transformer_options.get("context_window") if isinstance(transformer_options, dict) else None
+        grid.window_total = int(getattr(window, "total_frames", 0) or 0) or None
+        if diffusion_model is not grid.diffusion_model and grid.diffusion_model is not None:
+            raise RuntimeError("Motion Embeddings on Wan ran on a copy of the model they were applied to (ComfyUI's "
+                               "multi-GPU clones): they are not supported there yet; sample on one GPU")
         # the grid stays set after the forward: activation checkpointing recomputes the
         # blocks in the backward pass, after this returns, and must see the same grid
         return executor(x, timestep, context, clip_fea, time_dim_concat, transformer_options, **kwargs)
@@ -145,8 +152,10 @@ def _cond_rows(transformer_options, batch: int) -> Optional[list[bool]]:
     """Which rows of a batch are positives: ComfyUI's ``cond_or_uncond`` names one entry (0 = positive) per
     equal chunk of the batch. None when it is absent (a direct call: every row is)."""
     chunks = transformer_options.get("cond_or_uncond") if isinstance(transformer_options, dict) else None
-    if not chunks or batch % len(chunks):
+    if not chunks:
         return None
+    if batch % len(chunks):          # not ComfyUI's layout: no row is known to be a positive's
+        return [False] * batch
     per_chunk = batch // len(chunks)
     return [chunk == 0 for chunk in chunks for _row in range(per_chunk)]
 
@@ -209,7 +218,7 @@ class WanMotionEmbeddings:
         grid = self.grid
         if grid.frame_index is None:
             return tensor if tensor.shape[dim] == grid.frames else resample_frames(tensor, grid.frames, dim=dim)
-        total = max(grid.total_frames or 0, max(grid.frame_index) + 1)
+        total = max(grid.window_total or grid.total_frames or 0, max(grid.frame_index) + 1)
         whole = tensor if tensor.shape[dim] == total else resample_frames(tensor, total, dim=dim)
         return whole.index_select(dim, torch.tensor(grid.frame_index, device=whole.device))
 
@@ -311,11 +320,16 @@ class CrossAttentionForward:
         module, grid = self.module, self.motion.grid
         options = kwargs.get("transformer_options", {})
         image_tokens = kwargs.get("context_img_len", args[0] if args else None)
-        image = hasattr(module, "k_img") and image_tokens is not None
+        # an I2V cross-attention splits the context as ComfyUI's does: with no CLIP image output
+        # (context_img_len None) both its attentions see the whole context
+        image = hasattr(module, "k_img")
 
-        def attend(queries, keys, values):
+        def attend(queries, keys, values, **extra):
             return comfy.ldm.wan.model.optimized_attention(queries, keys, values, heads=module.num_heads,
-                                                           transformer_options=options)
+                                                           transformer_options=options, **extra)
+
+        def attend_image(queries, keys, values):      # 0.33 keeps its image attention out of low precision
+            return attend(queries, keys, values, low_precision_attention=False)
 
         tokens = self.motion.frame_tokens(x)
         positions = grid.height * grid.width
@@ -326,14 +340,14 @@ class CrossAttentionForward:
             picture = context[:, :image_tokens]
             out = attend(queries, keys, values) + per_frame_token_attention(
                 queries, module.norm_k_img(module.k_img(picture)), module.v_img(picture),
-                module.norm_k_img(module.k_img(tokens)), module.v_img(tokens), grid.frames, positions, attend,
+                module.norm_k_img(module.k_img(tokens)), module.v_img(tokens), grid.frames, positions, attend_image,
                 grid.first_token)
         else:
             out = per_frame_token_attention(queries, keys, values, module.norm_k(module.k(tokens)), module.v(tokens),
                                             grid.frames, positions, attend, grid.first_token)
             if image:
                 picture = context[:, :image_tokens]
-                out = out + attend(queries, module.norm_k_img(module.k_img(picture)), module.v_img(picture))
+                out = out + attend_image(queries, module.norm_k_img(module.k_img(picture)), module.v_img(picture))
         return module.o(out)
 
 
@@ -367,10 +381,10 @@ def initial_tokens(model, positive: list, frames: int, tokens_per_frame: int, no
             features = rows[rows.abs().amax(dim=-1) > 0]          # T5's padding is zeros
             features = rows[:1] if features.shape[0] == 0 else features
             layer = diffusion_model.text_embedding
-        weight = next(layer.parameters())
+        weight = next(module.weight for module in layer.modules() if isinstance(module, torch.nn.Linear))
         dtype = getattr(model.model, "manual_cast_dtype", None) or weight.dtype
         dtype = dtype if dtype.is_floating_point and dtype.itemsize >= 2 else torch.float32
-        projected = layer(features.to(device=weight.device, dtype=dtype)).float().cpu()
+        projected = layer(features[None].to(device=weight.device, dtype=dtype))[0].float().cpu()
     mean = projected.mean(dim=0)
     spread = float(projected.std()) if projected.numel() > 1 else 1.0
     tokens = mean.expand(frames, tokens_per_frame, -1).clone()
@@ -401,6 +415,7 @@ def with_wan_motion(model, embedding: MotionEmbedding, strength: float = 1.0,
     """
     patched = model.clone()
     grid = WanGrid()
+    grid.diffusion_model = model.model.diffusion_model
     motion = WanMotionEmbeddings(embedding, grid, strength, sigma_start, sigma_end)
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL, HOOK_KEY, _grid_wrapper(grid))
     patched.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.OUTER_SAMPLE, HOOK_KEY, _outer_sample_wrapper(grid))
