@@ -156,8 +156,8 @@ def alternatives(shape: LearnShape, budget: float, reshape) -> list[str]:
 # 8960) with 2 and 4 blocks, random weights, float32, on the CPU (docs/benchmarks.md, section
 # learn_memory_wan). Bytes per video token (latent frame x token grid) of the step's peak above
 # the loaded weights, learned state taken out:
-# - "kept_per_block": checkpointing on, what each block keeps for the backward pass (its input,
-#   one dim-wide vector a token); every block keeps it, before the first learned one too;
+# - "kept_per_block": checkpointing on, what each block from the first learned one on keeps for
+#   the backward pass (its input, one dim-wide vector a token);
 # - "outside": what the step keeps outside the blocks (patch embedding, head, loss);
 # - "recompute": checkpointing on, one block recomputed and backpropagated at a time;
 # - "block": checkpointing off, what each block keeps;
@@ -194,10 +194,16 @@ class WanLearnShape:
     attention_kernel: str = "attention_pytorch"
     heads: int = 12
     copies_weights: bool = True
+    first_block: int = 0                 # the first block with a learned tensor (motion tokens: 0)
 
     @property
     def tokens(self) -> int:
         return self.frames * self.token_height * self.token_width
+
+    @property
+    def tracked_blocks(self) -> int:
+        """Blocks the backward pass goes through: the first learned one and every one after it."""
+        return self.blocks - self.first_block
 
 
 def wan_block_parameters(dim: int, ffn_dim: int) -> int:
@@ -219,11 +225,11 @@ def wan_activation_bytes(shape: WanLearnShape, constants: Optional[dict] = None)
     block = (4 * shape.dim + 2 * shape.ffn_dim) / (4 * WAN_REFERENCE["dim"] + 2 * WAN_REFERENCE["ffn_dim"])
     dtype = DTYPE_BYTES[shape.dtype] / 4
     if shape.checkpointing:
-        per_token = (c["kept_per_block"] * shape.blocks + c["outside"]) * narrow + c["recompute"] * block
+        per_token = (c["kept_per_block"] * shape.tracked_blocks + c["outside"]) * narrow + c["recompute"] * block
         fixed = c["fixed"] * dtype * wan_block_parameters(shape.dim, shape.ffn_dim) / wan_block_parameters(
             WAN_REFERENCE["dim"], WAN_REFERENCE["ffn_dim"]) if shape.copies_weights else 0.0
     else:
-        per_token = c["outside"] * narrow + c["block"] * block * shape.blocks
+        per_token = c["outside"] * narrow + c["block"] * block * shape.tracked_blocks
         fixed = 0.0
     return per_token * shape.tokens * dtype + fixed
 
@@ -239,6 +245,7 @@ def plan_wan(shape: WanLearnShape, constants: Optional[dict] = None) -> MemoryPl
     attention = 0.0
     if shape.attention_kernel not in MEMORY_EFFICIENT_KERNELS:
         attention = shape.heads * float(shape.tokens) ** 2 * 4 * (1 if shape.checkpointing else shape.blocks)
-    copies = float(shape.weight_bytes) if shape.copies_weights and not shape.checkpointing else 0.0
+    copies = (float(shape.weight_bytes) * shape.tracked_blocks / shape.blocks
+              if shape.copies_weights and not shape.checkpointing else 0.0)
     return MemoryPlan(weights=float(shape.weight_bytes), activations=wan_activation_bytes(shape, constants),
                       attention=attention, learned=16.0 * shape.learned, weight_copies=copies)

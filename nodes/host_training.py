@@ -76,6 +76,28 @@ def host_training_mode() -> Iterator[bool]:
         comfy.model_management.in_training = previous
 
 
+@contextlib.contextmanager
+def frozen_weights(model) -> Iterator[int]:
+    """The model's own parameters do not require grad for the length of the ``with`` block.
+
+    ComfyUI builds models as ``nn.Module``s whose parameters require grad (it never needs to
+    say otherwise: it samples under inference mode). While learning, autograd would then
+    track every layer from the first, keeping inputs for backward even in the blocks before
+    the first learned tensor. ComfyUI's own trainer turns the flag off the same way
+    (``comfy_extras/nodes_train.py``); here it comes back afterwards, also after an error
+    or a Cancel. Yields how many parameters were switched.
+    """
+    switched = [p for p in model.model.parameters() if p.requires_grad]
+    for parameter in switched:
+        parameter.requires_grad_(False)
+    try:
+        yield len(switched)
+    finally:
+        with torch.inference_mode():        # inference tensors (ComfyUI's loaded weights) take the flag only here
+            for parameter in switched:
+                parameter.requires_grad_(True)
+
+
 class _WanTrainingSampler(comfy.samplers.Sampler):
     """The training loop as a sampler for Wan: the latent is ``(1 c t h w)``, the loop's clip ``(t c h w)``.
 
@@ -130,7 +152,7 @@ def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, in
     """
     if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
         settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)
-    with torch.inference_mode(False), torch.enable_grad(), host_training_mode():
+    with torch.inference_mode(False), torch.enable_grad(), host_training_mode(), frozen_weights(model):
         if wan_hooks.has_motion(model):
             raise ValueError("Learn Motion Embedding got a Wan model that already has Motion Embeddings applied "
                              "(Apply Motion's output): connect the model from its loader instead")
@@ -184,7 +206,7 @@ def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], refer
     """
     if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
         settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)
-    with torch.inference_mode(False), torch.enable_grad(), host_training_mode():
+    with torch.inference_mode(False), torch.enable_grad(), host_training_mode(), frozen_weights(model):
         embedding = initial.trainable_copy(model.load_device)
         positive = make_positive(embedding)
         patched = trainable_clone(model)

@@ -9,6 +9,7 @@ import torch
 import comfy.ldm.modules.attention
 import comfy.model_management
 
+from ..motion_core.embedding import dit_layer_name
 from ..motion_core.layers import embedding_cost, select_layers, spread
 from ..motion_core.memory_plan import (GIB, MEMORY_EFFICIENT_KERNELS, LearnShape, MemoryPlan, WanLearnShape,
                                        alternatives, plan, plan_wan)
@@ -80,6 +81,11 @@ def check_learn_memory(model, shape: LearnShape, layer_preset: str, explicit_lay
     return memory, account
 
 
+def wan_layout_names(model) -> list[str]:
+    """Wan's layer names (``block.NN``) in forward order."""
+    return [dit_layer_name(index) for index in range(len(model.model.diffusion_model.blocks))]
+
+
 def wan_learn_shape(model, layers: dict[str, dict], frames: int, token_height: int, token_width: int,
                     motion_tokens: int, checkpointing: bool) -> WanLearnShape:
     """Everything Wan's plan needs about this model and these settings (``motion_tokens``: learned token values)."""
@@ -92,7 +98,9 @@ def wan_learn_shape(model, layers: dict[str, dict], frames: int, token_height: i
                          checkpointing=checkpointing, dtype=DTYPE_NAMES.get(compute_dtype(model), "float32"),
                          weight_bytes=float(model.model_size()), attention_kernel=attention_kernel(),
                          heads=int(diffusion_model.num_heads),
-                         copies_weights=any(p.is_inference() for p in diffusion_model.parameters()))
+                         copies_weights=any(p.is_inference() for p in diffusion_model.parameters()),
+                         first_block=0 if motion_tokens or not layers else min(
+                             list(wan_layout_names(model)).index(name) for name in layers))
 
 
 def _wan_alternatives(shape: WanLearnShape, layers: dict[str, dict], budget: float, video_frames: int,

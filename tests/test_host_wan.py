@@ -551,3 +551,30 @@ def test_motion_refuses_to_run_on_a_copy_of_the_model_it_was_applied_to(comfy_no
         wrapper(Executor(), torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH), torch.zeros(1), torch.zeros(1, 6, 32))
     Executor.class_obj = model.model.diffusion_model
     assert wrapper(Executor(), torch.zeros(1, 16, FRAMES, HEIGHT, WIDTH), torch.zeros(1), torch.zeros(1, 6, 32)) == "ran"
+
+
+def test_learning_tracks_gradients_only_from_the_first_learned_block_and_restores_the_weights_flag(comfy_nodes):
+    """The frozen weights do not require grad while learning, so a block before the first learned one keeps
+    nothing for backward; afterwards the flags are back, also on weights built as inference tensors."""
+    model = build_tiny_wan("t2v")
+    with torch.inference_mode():           # as ComfyUI's loaders build them
+        inference_built = build_tiny_wan("t2v")
+    assert all(p.is_inference() for p in inference_built.model.parameters())
+    for built in (model, inference_built):
+        flags = {name: p.requires_grad for name, p in built.model.named_parameters()}
+        entering = []
+        handles = [block.register_forward_pre_hook(
+            lambda _m, args, kwargs, i=i: entering.append((i, (args[0] if args else kwargs["x"]).requires_grad)),
+            with_kwargs=True) for i, block in enumerate(built.model.diffusion_model.blocks)]
+        training = pack_module("nodes.host_training")
+        TrainSettings = pack_module("motion_core.training").TrainSettings
+        AugmentSettings = pack_module("motion_core.augment").AugmentSettings
+        with torch.inference_mode():
+            result = training.train_wan_in_host(built, _conds("t2v")[0], _reference_latents(),
+                                                _embedding(layers=("block.01",), scale=0.0),
+                                                TrainSettings(steps=2, augment=AugmentSettings(enabled=False)))
+        for handle in handles:
+            handle.remove()
+        assert set(entering) == {(0, False), (1, False)}       # block 1's embeddings enter inside its attention
+        assert result.embedding.temporal_qk["block.01"].abs().max() > 0
+        assert {name: p.requires_grad for name, p in built.model.named_parameters()} == flags

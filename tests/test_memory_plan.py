@@ -179,3 +179,11 @@ def test_spread_preset_picks_a_few_blocks_and_widest_means_it_on_identical_block
     assert spread(["a", "b", "c"], 1) == ["b"] and spread(["a", "b"], 4) == ["a", "b"]
     svd_like = {"t.00": {"channels": 320}, "t.01": {"channels": 1280}, "t.02": {"channels": 1280}}
     assert list(select_layers(svd_like, "widest")) == ["t.01", "t.02"]
+
+
+def test_wan_plan_tracks_only_the_blocks_from_the_first_learned_one():
+    c = memory_plan.WAN_ACTIVATION_BYTES
+    early, late = memory_plan.plan_wan(_wan_shape()), memory_plan.plan_wan(_wan_shape(first_block=20))
+    assert early.activations - late.activations == pytest.approx(20 * c["kept_per_block"] / 2 * 32760)
+    off = memory_plan.plan_wan(_wan_shape(first_block=20, checkpointing=False))
+    assert off.weight_copies == pytest.approx(2.64 * GIB / 3)
