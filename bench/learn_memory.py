@@ -72,7 +72,6 @@ def start_host(device: str):
 def build_full_svd(dtype: torch.dtype, device: str):
     """A ModelPatcher around the full-size SVD UNet with random weights, built as inference tensors."""
     import comfy.model_base
-    import comfy.model_patcher
     import comfy.supported_models
     from tests.host_support import TINY_SVD_UNET
     config = comfy.supported_models.SVD_img2vid(dict(TINY_SVD_UNET, **FULL_SVD_UNET))
@@ -80,6 +79,14 @@ def build_full_svd(dtype: torch.dtype, device: str):
     config.set_inference_dtype(dtype, None)
     with torch.inference_mode():
         model = comfy.model_base.SVD_img2vid(config, device=device)
+    return random_weights_patcher(model, device)
+
+
+def random_weights_patcher(model, device: str):
+    """``model`` with random weights (scaled by fan-in; biases and norms zero), drawn as inference tensors as
+    ComfyUI's loaders leave them, in a ModelPatcher on ``device``."""
+    import comfy.model_patcher
+    with torch.inference_mode():
         generator = torch.Generator(device=device).manual_seed(0)
         for param in model.parameters():
             if param.ndim >= 2:

@@ -42,7 +42,6 @@ PROMPT_TOKENS = 512          # Wan's T5 prompt, padded
 
 def build_wan(size: str, blocks: int, dtype: torch.dtype, device: str):
     """A ModelPatcher around ComfyUI's WanModel at ``size``'s width with ``blocks`` blocks, random weights."""
-    import comfy.model_patcher
     import comfy.supported_models
     config = dict(WAN_CONFIGS[size])
     supported = config.pop("supported")
@@ -51,14 +50,8 @@ def build_wan(size: str, blocks: int, dtype: torch.dtype, device: str):
     model_config.set_inference_dtype(dtype, None)
     with torch.inference_mode():
         model = model_config.get_model({}, "", device=torch.device(device))
-        generator = torch.Generator(device=device).manual_seed(0)
-        for param in model.parameters():
-            if param.ndim >= 2:
-                param.normal_(0, param[0].numel() ** -0.5, generator=generator)
-            else:
-                param.zero_()
-    model.eval()
-    return comfy.model_patcher.ModelPatcher(model, load_device=torch.device(device), offload_device=torch.device(device))
+    from bench.learn_memory import random_weights_patcher
+    return random_weights_patcher(model, device)
 
 
 class LatentVAE:
