@@ -23,8 +23,9 @@ def select_layers(layout: dict[str, dict], preset: str, explicit: str = "") -> d
     """Subset of ``layout`` (``{name: {"channels", "height", "width", ...}}``) for a preset.
 
     ``spread``: :data:`SPREAD_LAYERS` layers evenly spread over the depth. ``widest``: the
-    widest layers (SVD's 1280-channel levels); where every layer is as wide (a DiT such as
-    Wan, whose blocks are identical) that would be all of them, and it means ``spread``.
+    widest layers (SVD's 1280-channel levels); where every layer is the same (as wide, on the
+    same grid: a DiT such as Wan, whose blocks are identical) that would be all of them, and
+    it means ``spread``.
     ``explicit``: comma-separated layer numbers (``"0, 3, 12"``, counted in ``layout``'s
     forward order) or names.
     """
@@ -35,7 +36,8 @@ def select_layers(layout: dict[str, dict], preset: str, explicit: str = "") -> d
     if preset == PRESET_WIDEST:
         widest = max(layer["channels"] for layer in layout.values())
         chosen = {name: layer for name, layer in layout.items() if layer["channels"] == widest}
-        if len(chosen) == len(layout) and len(layout) > SPREAD_LAYERS:
+        identical = len({(layer["channels"], layer.get("height"), layer.get("width")) for layer in layout.values()}) == 1
+        if identical and len(layout) > SPREAD_LAYERS:       # a DiT's blocks: widest would be all of them
             return select_layers(layout, PRESET_SPREAD)
         return chosen
     if preset != PRESET_EXPLICIT:
