@@ -293,6 +293,9 @@ def main() -> None:
                         help="which model families to measure (Wan's rows: bench/learn_memory_wan.py)")
     parser.add_argument("--row", nargs=5, default=None, help=argparse.SUPPRESS)   # internal: one row
     parser.add_argument("--wan-row", default=None, help=argparse.SUPPRESS)        # internal: one Wan row
+    parser.add_argument("--wan-timing-only", action="store_true",
+                        help="re-measure only Wan's interleaved checkpointing timing, keeping the rows in "
+                             "docs/learn_memory.json")
     parser.add_argument("--wan-report-from", default=None,
                         help="re-make Wan's tables from docs/learn_memory.json (its wan_<device> rows) instead of "
                              "measuring")
@@ -353,7 +356,7 @@ def main() -> None:
 
 def _wan_main(args) -> None:
     """Wan's rows (CPU: a few full-width blocks and interleaved timing runs; GPU: the whole models)."""
-    from bench.learn_memory_wan import CPU_ROWS, CUDA_ROWS, TIMING_ROW, run_wan_row, wan_report
+    from bench.learn_memory_wan import CPU_ROWS, CUDA_ROWS, CUDA_TIMING_ROW, TIMING_ROW, run_wan_row, wan_report
     started = time.time()
     rows, timing = [], []
     if args.wan_report_from:
@@ -364,10 +367,17 @@ def _wan_main(args) -> None:
         if not args.no_doc:
             replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
                             f"learn_memory_wan_{args.device}", f"Measured {earlier.get('date', '')}, "
-                            f"`{earlier['command']}`, {earlier['seconds']:.0f} s.\n\n{text}")
+                            f"`{earlier['command']}`, {earlier['seconds']:.0f} s"
+                            + (f"; timing re-measured alone, `{earlier['timing_command']}`, "
+                               f"{earlier['timing_seconds']:.0f} s" if "timing_command" in earlier else "")
+                            + f".\n\n{text}")
         return
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json")
+    if args.wan_timing_only:
+        with open(path, encoding="utf-8") as fh:
+            rows = json.load(fh)[f"wan_{args.device}"]["rows"]
     with tempfile.TemporaryDirectory(prefix="learn_memory_wan_") as folder:
-        for spec in CUDA_ROWS if args.device == "cuda" else CPU_ROWS:
+        for spec in [] if args.wan_timing_only else CUDA_ROWS if args.device == "cuda" else CPU_ROWS:
             row = run_wan_row(spec, args.device, args.threads, folder)
             if row is None:
                 log.warning("Wan row %s failed; see its output above", spec)
@@ -375,23 +385,27 @@ def _wan_main(args) -> None:
             log.info("Wan %s: peak rise %.2f GiB, saved %.3f GiB, %.1f s/step", spec, row["peak_rise_gib"],
                      row["saved_gib"], row["step_seconds"])
             rows.append(row)
-        if args.device == "cpu":
-            for _repeat in range(3):
-                for checkpointing in (True, False):
-                    row = run_wan_row(dict(TIMING_ROW, checkpointing=checkpointing), args.device, args.threads, folder)
-                    if row is not None:
-                        timing.append(row)
+        for _repeat in range(3):
+            for checkpointing in (True, False):
+                timing_row = TIMING_ROW if args.device == "cpu" else CUDA_TIMING_ROW
+                row = run_wan_row(dict(timing_row, checkpointing=checkpointing), args.device, args.threads, folder)
+                if row is not None:
+                    timing.append(row)
     command = ("python -m bench.learn_memory " + " ".join(sys.argv[1:])).strip()
     seconds = time.time() - started
     text = wan_report(rows, timing)
     print(text)
     if args.no_doc:
         return
-    path = os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json")
     with open(path, encoding="utf-8") as fh:
         payload = json.load(fh)
-    payload[f"wan_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows, "timing": timing,
-                                     "date": str(datetime.date.today())}
+    if args.wan_timing_only:        # the rows' own run and command stay; the timing's is added
+        earlier = payload[f"wan_{args.device}"]
+        earlier.update(timing=timing, timing_command=command, timing_seconds=seconds)
+        command = f"{earlier['command']}` (rows), `{command}` (timing"
+    else:
+        payload[f"wan_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows, "timing": timing,
+                                         "date": str(datetime.date.today())}
     partial = path + ".partial"
     with open(partial, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=1)

@@ -169,10 +169,10 @@ def alternatives(shape: LearnShape, budget: float, reshape) -> list[str]:
 WAN_REFERENCE = {"dim": 1536, "ffn_dim": 8960}
 WAN_ACTIVATION_BYTES = {
     "kept_per_block": 6144,
-    "outside": 19720,
-    "recompute": 237172,
-    "block": 225163,
-    "fixed": 352116034,
+    "outside": 7176,
+    "recompute": 155164,
+    "block": 130084,
+    "fixed": 208064629,
 }
 
 

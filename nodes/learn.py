@@ -36,8 +36,8 @@ LEARN_SCALE_TOOLTIP = ("Learn on the reference downscaled by this factor (0.5: h
                        "activation memory); sampling stays at the size you choose there. It costs motion: on the toy "
                        "world, 0.75 moved 67% of new targets like the reference and 0.5 33%, against 82% at 1.0 "
                        "(docs/quality.md). A last resort for memory: try fewer frames or the widest layers first. "
-                       "On Wan 2.1 1.3B at 832x480x81 in bfloat16 the plan is 12.5 GiB at 1.0 and 5.2 GiB at 0.5; "
-                       "Wan 2.2 5B at 1280x704x121 25.2 GiB at 1.0, 18.2 at 0.75 (docs/benchmarks.md).")
+                       "On Wan 2.1 1.3B at 832x480x81 in bfloat16 the plan is 11.0 GiB at 1.0 and 4.8 GiB at 0.5; "
+                       "Wan 2.2 5B at 1280x704x121 22.9 GiB at 1.0, 16.9 at 0.75 (docs/benchmarks.md).")
 
 
 def _image_embeds(clip_vision, frames: torch.Tensor, width: int) -> torch.Tensor:
@@ -150,7 +150,8 @@ class LearnMotionEmbedding(io.ComfyNode):
                                  tooltip="Recompute each UNet block (each Wan block) in the backward pass instead "
                                          "of keeping its activations: about 8x less memory above the weights "
                                          "(1024x576x14 motion-text in float16: 10.6 GiB planned instead of 70) for "
-                                         "about 1.15x the step time (docs/benchmarks.md). Leave on."),
+                                         "about 1.15x the step time on SVD, 1.4-1.6x on Wan's blocks on the CPU "
+                                         "(docs/benchmarks.md). Leave on."),
                 io.Float.Input("learn_scale", default=1.0, min=0.5, max=1.0, step=0.05, optional=True,
                                tooltip=LEARN_SCALE_TOOLTIP),
                 io.ClipVision.Input("clip_vision", optional=True,
