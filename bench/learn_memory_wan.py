@@ -101,7 +101,6 @@ def measure_wan_row(hs, size, blocks, width, height, frames, representation, lay
             "checkpointing": checkpointing, "dtype": dtype, "kind": "measured",
             "saved_gib": saved.total / GIB, "peak_rise_gib": peak.rise / GIB, "weights_gib": model.model_size() / GIB,
             "learned_gib": 16 * prepared.initial.num_parameters() / GIB,
-            "planned_gib": _planned(prepared.memory_account),
             "step_seconds": (marks[steps] - marks[1]) / (steps - 1), "memory_account": prepared.memory_account}
 
 
@@ -125,13 +124,6 @@ def wan_row_main(spec_json: str, device: str, out: str) -> None:
     row = measure_wan_row(hs, device=device, **spec)
     with open(out, "w", encoding="utf-8") as fh:
         json.dump(row, fh)
-
-
-def _planned(account: str) -> float:
-    """The planned total (GiB) the Learn node's account states: ``... : 11.7 GiB planned (...``."""
-    import re
-    found = re.search(r"([0-9.]+) GiB planned", account)
-    return float(found.group(1)) if found else float("nan")
 
 
 # CPU rows: float32, a few blocks at Wan 1.3B's and 5B's widths; (spec, purpose)

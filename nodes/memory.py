@@ -9,7 +9,6 @@ import torch
 import comfy.ldm.modules.attention
 import comfy.model_management
 
-from ..motion_core.embedding import dit_layer_name
 from ..motion_core.layers import embedding_cost, select_layers, spread
 from ..motion_core.memory_plan import (GIB, MEMORY_EFFICIENT_KERNELS, LearnShape, MemoryPlan, WanLearnShape,
                                        alternatives, plan, plan_wan)
@@ -81,11 +80,6 @@ def check_learn_memory(model, shape: LearnShape, layer_preset: str, explicit_lay
     return memory, account
 
 
-def wan_layout_names(model) -> list[str]:
-    """Wan's layer names (``block.NN``) in forward order."""
-    return [dit_layer_name(index) for index in range(len(model.model.diffusion_model.blocks))]
-
-
 def wan_learn_shape(model, layers: dict[str, dict], frames: int, token_height: int, token_width: int,
                     motion_tokens: int, checkpointing: bool) -> WanLearnShape:
     """Everything Wan's plan needs about this model and these settings (``motion_tokens``: learned token values)."""
@@ -100,7 +94,7 @@ def wan_learn_shape(model, layers: dict[str, dict], frames: int, token_height: i
                          heads=int(diffusion_model.num_heads),
                          copies_weights=any(p.is_inference() for p in diffusion_model.parameters()),
                          first_block=0 if motion_tokens or not layers else min(
-                             list(wan_layout_names(model)).index(name) for name in layers))
+                             int(name.rsplit(".", 1)[1]) for name in layers))      # block.NN
 
 
 def _wan_alternatives(shape: WanLearnShape, layers: dict[str, dict], budget: float, video_frames: int,

@@ -116,8 +116,8 @@ def _grid_wrapper(grid: WanGrid):
         sigmas = transformer_options.get("sigmas") if isinstance(transformer_options, dict) else None
         grid.sigma = None if sigmas is None else float(sigmas.max())
         grid.cond_rows = _cond_rows(transformer_options, int(x.shape[0]))
-        grid.frame_index = _window_frames(transformer_options, grid.frames)
         window = transformer_options.get("context_window") if isinstance(transformer_options, dict) else None
+        grid.frame_index = _window_frames(window, grid.frames)
         grid.window_total = int(getattr(window, "total_frames", 0) or 0) or None
         if diffusion_model is not grid.diffusion_model and grid.diffusion_model is not None:
             raise RuntimeError("Motion Embeddings on Wan ran on a copy of the model they were applied to (ComfyUI's "
@@ -136,10 +136,9 @@ def _outer_sample_wrapper(grid: WanGrid):
     return wrapper
 
 
-def _window_frames(transformer_options, frames: int) -> Optional[list[int]]:
+def _window_frames(window, frames: int) -> Optional[list[int]]:
     """The latent frames of the context window this forward runs on (ComfyUI's context windows on the frame
     axis, ``dim=2``), or None outside one (or where the window's frames are not all the latent's)."""
-    window = transformer_options.get("context_window") if isinstance(transformer_options, dict) else None
     index = getattr(window, "index_list", None)
     if index is None or getattr(window, "dim", 2) != 2:
         return None
@@ -313,6 +312,8 @@ class CrossAttentionForward:
         rows = rows.to(x.device)
         if bool(rows.all()):
             return self._with_tokens(x, context, args, kwargs)
+        # ComfyUI's forward on the whole batch, as it would run: the other rows stay bit for bit what they
+        # are unpatched (a forward on fewer rows can round differently)
         plain = self.forward(x, context, *args, **kwargs)
         return plain.index_put((rows.nonzero()[:, 0],), self._with_tokens(x[rows], context[rows], args, kwargs))
 
