@@ -296,6 +296,9 @@ def main() -> None:
     parser.add_argument("--wan-timing-only", action="store_true",
                         help="re-measure only Wan's interleaved checkpointing timing, keeping the rows in "
                              "docs/learn_memory.json")
+    parser.add_argument("--wan-timing-size", default=None, metavar="WxHxF",
+                        help="with --wan-timing-only: time this video size (2 blocks of Wan 1.3B) instead of "
+                             "256x160x17, kept beside the small size's timing")
     parser.add_argument("--wan-report-from", default=None,
                         help="re-make Wan's tables from docs/learn_memory.json (its wan_<device> rows) instead of "
                              "measuring")
@@ -362,7 +365,7 @@ def _wan_main(args) -> None:
     if args.wan_report_from:
         with open(args.wan_report_from, encoding="utf-8") as fh:
             earlier = json.load(fh)[f"wan_{args.device}"]
-        text = wan_report(earlier["rows"], earlier["timing"])
+        text = wan_report(earlier["rows"], earlier["timing"], earlier.get("timing_large", {}).get("rows"))
         print(text)
         if not args.no_doc:
             replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
@@ -370,6 +373,8 @@ def _wan_main(args) -> None:
                             f"`{earlier['command']}`, {earlier['seconds']:.0f} s"
                             + (f"; timing re-measured alone, `{earlier['timing_command']}`, "
                                f"{earlier['timing_seconds']:.0f} s" if "timing_command" in earlier else "")
+                            + (f"; the larger size's timing, `{earlier['timing_large']['command']}`, "
+                               f"{earlier['timing_large']['seconds']:.0f} s" if "timing_large" in earlier else "")
                             + f".\n\n{text}")
         return
     path = os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json")
@@ -385,22 +390,32 @@ def _wan_main(args) -> None:
             log.info("Wan %s: peak rise %.2f GiB, saved %.3f GiB, %.1f s/step", spec, row["peak_rise_gib"],
                      row["saved_gib"], row["step_seconds"])
             rows.append(row)
+        timing_row = TIMING_ROW if args.device == "cpu" else CUDA_TIMING_ROW
+        if args.wan_timing_size:
+            width, height, frames = (int(v) for v in args.wan_timing_size.lower().split("x"))
+            timing_row = dict(timing_row, blocks=2, width=width, height=height, frames=frames)
         for _repeat in range(3):
             for checkpointing in (True, False):
-                timing_row = TIMING_ROW if args.device == "cpu" else CUDA_TIMING_ROW
                 row = run_wan_row(dict(timing_row, checkpointing=checkpointing), args.device, args.threads, folder)
                 if row is not None:
                     timing.append(row)
     command = ("python -m bench.learn_memory " + " ".join(sys.argv[1:])).strip()
     seconds = time.time() - started
-    text = wan_report(rows, timing)
+    with open(path, encoding="utf-8") as fh:
+        payload = json.load(fh)
+    earlier = payload.get(f"wan_{args.device}", {})
+    if args.wan_timing_size:
+        text = wan_report(rows, earlier.get("timing", []), timing)
+    else:
+        text = wan_report(rows, timing, earlier.get("timing_large", {}).get("rows") if args.wan_timing_only else None)
     print(text)
     if args.no_doc:
         return
-    with open(path, encoding="utf-8") as fh:
-        payload = json.load(fh)
-    if args.wan_timing_only:        # the rows' own run and command stay; the timing's is added
-        earlier = payload[f"wan_{args.device}"]
+    if args.wan_timing_size:        # the rows and the small size's timing stay; the larger size's is added
+        earlier["timing_large"] = {"rows": timing, "command": command, "seconds": seconds}
+        command = f"{earlier['command']}` (rows), `{earlier.get('timing_command', earlier['command'])}` (timing), " \
+                  f"`{command}` (timing at {args.wan_timing_size}"
+    elif args.wan_timing_only:        # the rows' own run and command stay; the timing's is added
         earlier.update(timing=timing, timing_command=command, timing_seconds=seconds)
         command = f"{earlier['command']}` (rows), `{command}` (timing"
     else:

@@ -67,7 +67,9 @@ class LatentVAE:
 
 
 def measure_wan_row(hs, size, blocks, width, height, frames, representation, layers, checkpointing, device,
-                    steps=2, dtype="float32", learn_scale=1.0) -> dict:
+                    steps=2, dtype="float32", learn_scale=1.0, card_gib=None) -> dict:
+    """One row; ``card_gib``: plan for a card of that size (the node then keeps in CPU memory what does not fit
+    it, and the peak measured on the bigger device shows what that card would hold)."""
     from bench.learn_memory import GIB, PeakMemory, SavedBytes
     learn = hs.pack_module("nodes.learn")
     host_training = hs.pack_module("nodes.host_training")
@@ -77,10 +79,17 @@ def measure_wan_row(hs, size, blocks, width, height, frames, representation, lay
     prompt = torch.randn(1, PROMPT_TOKENS, 4096, generator=torch.Generator().manual_seed(3))
     positive = [[prompt, {}]]
     explicit = ", ".join(str(i) for i in layers) if isinstance(layers, list) else ""
-    prepared = learn.prepare_learning(model, vae, reference, representation, 5, steps, 1e-2, 0, 0.0, 1.0,
-                                      "appearance_debiased", False, False, 6, 127, 0.0,
-                                      "explicit" if explicit else layers if layers in ("spread", "widest") else "all",
-                                      explicit, None, checkpointing, learn_scale, positive)
+    import comfy.model_management
+    real_total = comfy.model_management.get_total_memory
+    if card_gib:
+        comfy.model_management.get_total_memory = lambda *args, **kwargs: card_gib * GIB
+    try:
+        prepared = learn.prepare_learning(
+            model, vae, reference, representation, 5, steps, 1e-2, 0, 0.0, 1.0, "appearance_debiased", False, False,
+            6, 127, 0.0, "explicit" if explicit else layers if layers in ("spread", "widest") else "all", explicit,
+            None, checkpointing, learn_scale, positive)
+    finally:
+        comfy.model_management.get_total_memory = real_total
     marks = {}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     saved = SavedBytes(model)
@@ -93,11 +102,13 @@ def measure_wan_row(hs, size, blocks, width, height, frames, representation, lay
     with PeakMemory(device) as peak, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
         with torch.inference_mode():
             host_training.train_wan_in_host(model, prepared.wan_positive, prepared.latents, prepared.initial,
-                                            prepared.settings, on_step, checkpointing=checkpointing)
+                                            prepared.settings, on_step, checkpointing=checkpointing,
+                                            offload=prepared.offload)
     grid = prepared.latents.shape
     return {"family": "wan", "size": size, "blocks": blocks, "width": width, "height": height, "frames": frames,
             "tokens": int(grid[2] * (grid[3] // 2) * (grid[4] // 2)), "representation": representation,
-            "layers": layers, "learn_scale": learn_scale,
+            "layers": layers, "learn_scale": learn_scale, "card_gib": card_gib, "offload": prepared.offload,
+            "host_optimizer": prepared.settings.host_optimizer,
             "checkpointing": checkpointing, "dtype": dtype, "kind": "measured",
             "saved_gib": saved.total / GIB, "peak_rise_gib": peak.rise / GIB, "weights_gib": model.model_size() / GIB,
             "learned_gib": 16 * prepared.initial.num_parameters() / GIB,
@@ -144,17 +155,18 @@ CPU_ROWS = [
          checkpointing=True),
 ]
 TIMING_ROW = dict(size="1.3B", blocks=4, width=256, height=160, frames=17, representation="temporal", layers="all")
-# GPU: the whole 1.3B in bfloat16 at 832x480, 17 frames (without checkpointing it keeps about 15 GB)
-CUDA_TIMING_ROW = dict(size="1.3B", blocks=30, width=832, height=480, frames=17, representation="temporal",
+# GPU: the whole 1.3B in bfloat16 at 832x480, 33 frames (14,040 tokens, where attention is about half a block's
+# work, as it is more at 81 frames; without checkpointing it keeps about 27 GB)
+CUDA_TIMING_ROW = dict(size="1.3B", blocks=30, width=832, height=480, frames=33, representation="temporal",
                        layers="widest", dtype="bfloat16")
 # GPU rows: the whole models in bfloat16 at their users' sizes, default preset, checkpointing on
 CUDA_ROWS = [
     dict(size="1.3B", blocks=30, width=832, height=480, frames=81, representation="temporal", layers="widest",
          checkpointing=True, dtype="bfloat16", learn_scale=0.5),
     dict(size="1.3B", blocks=30, width=832, height=480, frames=81, representation="temporal", layers="widest",
-         checkpointing=True, dtype="bfloat16", learn_scale=1.0),
+         checkpointing=True, dtype="bfloat16", learn_scale=1.0, card_gib=8),
     dict(size="5B", blocks=30, width=1280, height=704, frames=121, representation="temporal", layers="widest",
-         checkpointing=True, dtype="bfloat16", learn_scale=1.0),
+         checkpointing=True, dtype="bfloat16", learn_scale=1.0, card_gib=24),
 ]
 
 
@@ -167,7 +179,8 @@ def predicted_gib(row: dict) -> float:
     shape = WanLearnShape(frames=1 + (row["frames"] - 1) // 4, token_height=height // stride,
                           token_width=width // stride, dim=config["dim"], ffn_dim=config["ffn_dim"],
                           blocks=row["blocks"], learned=int(row["learned_gib"] * GIB / 16),
-                          checkpointing=row["checkpointing"], dtype=row["dtype"], weight_bytes=row["weights_gib"] * GIB)
+                          checkpointing=row["checkpointing"], dtype=row["dtype"], weight_bytes=row["weights_gib"] * GIB,
+                          offload=row.get("offload", False), host_optimizer=row.get("host_optimizer", False))
     memory = plan_wan(shape)
     return (memory.total - memory.weights) / GIB
 
@@ -203,7 +216,18 @@ def fit_wan_constants(rows: list[dict]) -> dict | None:
             "fixed": round(activations(small) - slope * small["tokens"])}
 
 
-def wan_report(rows: list[dict], timing: list[dict]) -> str:
+def _timing_line(timing: list[dict]) -> str:
+    on = sorted(r["step_seconds"] for r in timing if r["checkpointing"])
+    off = sorted(r["step_seconds"] for r in timing if not r["checkpointing"])
+    ratio = on[len(on) // 2] / off[len(off) // 2]
+    row = timing[0]
+    return (f"Checkpointing's step time, {row['size']} width, {row['blocks']} blocks, "
+            f"{row['width']}x{row['height']}x{row['frames']} ({row['tokens']:,} tokens), {row['dtype']}, {len(on)} "
+            f"interleaved runs each: median {on[len(on) // 2]:.1f} s on vs {off[len(off) // 2]:.1f} s off, "
+            f"**{ratio:.2f}x** (on: {', '.join(f'{v:.1f}' for v in on)} s; off: {', '.join(f'{v:.1f}' for v in off)} s).")
+
+
+def wan_report(rows: list[dict], timing: list[dict], timing_large: list[dict] | None = None) -> str:
     """The measured rows beside the plan, the checkpointing time ratio, and the planned full-size rows."""
     lines = ["| model width | blocks | size x frames | tokens | representation | checkpointing | dtype | "
              "peak rise over the loaded weights (GiB) | plan less the weights (GiB) | saved for backward (GiB) | s/step |",
@@ -219,40 +243,44 @@ def wan_report(rows: list[dict], timing: list[dict]) -> str:
     if fitted:
         text += ("\n\nFitted (bytes per video token at Wan 1.3B's width, float32; `fixed` in bytes), the values of "
                  "`motion_core.memory_plan.WAN_ACTIVATION_BYTES`: " + ", ".join(f"{k} {v:,}" for k, v in fitted.items()))
-    if timing:
-        on = sorted(r["step_seconds"] for r in timing if r["checkpointing"])
-        off = sorted(r["step_seconds"] for r in timing if not r["checkpointing"])
-        ratio = on[len(on) // 2] / off[len(off) // 2]
-        row = timing[0]
-        text += (f"\n\nCheckpointing's step time, {row['size']} width, {row['blocks']} blocks, "
-                 f"{row['width']}x{row['height']}x{row['frames']}, {row['dtype']}, {len(on)} interleaved runs "
-                 f"each: median {on[len(on) // 2]:.1f} s on vs {off[len(off) // 2]:.1f} s off, **{ratio:.2f}x** "
-                 f"(on: {', '.join(f'{v:.1f}' for v in on)} s; off: {', '.join(f'{v:.1f}' for v in off)} s).")
+    for measured in (timing, timing_large):
+        if measured:
+            text += "\n\n" + _timing_line(measured)
     return text + "\n\n" + planned_table()
 
 
 def planned_table() -> str:
-    """Planned full-size rows (the Learn node's own plan), checkpointing on, the default preset (4 blocks)."""
-    from motion_core.memory_plan import WanLearnShape, plan_wan
-    rows = [("Wan 2.1 T2V 1.3B", "1.3B", 1.42e9, 832, 480, 81, "bfloat16", 2, 1.0, "<= 8"),
-            ("Wan 2.1 T2V 1.3B", "1.3B", 1.42e9, 832, 480, 81, "bfloat16", 2, 0.5, "<= 8"),
-            ("Wan 2.2 TI2V 5B", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 2, 1.0, "<= 24"),
-            ("Wan 2.2 TI2V 5B", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 2, 0.75, "<= 24 (a 24 GB card)"),
-            ("Wan 2.2 TI2V 5B, fp8 weights", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 1, 1.0, "<= 16"),
-            ("Wan 2.2 TI2V 5B, fp8 weights", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 1, 0.75, "<= 16"),
-            ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 1.0, "24 GB card: refused"),
-            ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 0.5, "24 GB card: refused"),
-            ("Wan 2.1 I2V 14B, fp8 weights, 41 frames", "14B", 16.4e9, 832, 480, 41, "bfloat16", 1, 0.5,
+    """Planned full-size rows (the Learn node's own plan), checkpointing on, the default preset (4 blocks), on the
+    card each target names: what does not fit it goes to CPU memory as the node decides
+    (``motion_core.memory_plan.keep_in_cpu_memory``)."""
+    from motion_core.memory_plan import USABLE_FRACTION, WanLearnShape, keep_in_cpu_memory, plan_wan
+    rows = [("Wan 2.1 T2V 1.3B", "1.3B", 1.42e9, 832, 480, 81, "bfloat16", 2, 1.0, 8, "<= 8"),
+            ("Wan 2.1 T2V 1.3B", "1.3B", 1.42e9, 832, 480, 81, "bfloat16", 2, 0.5, 8, "<= 8"),
+            ("Wan 2.2 TI2V 5B", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 2, 1.0, 24, "<= 24"),
+            ("Wan 2.2 TI2V 5B, fp8 weights", "5B", 5.0e9, 1280, 704, 121, "bfloat16", 1, 1.0, 16, "<= 16"),
+            ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 1.0, 24,
+             "24 GB card: refused"),
+            ("Wan 2.1 I2V 14B, fp8 weights", "14B", 16.4e9, 832, 480, 81, "bfloat16", 1, 0.5, 24,
+             "24 GB card: refused"),
+            ("Wan 2.1 I2V 14B, fp8 weights, 41 frames", "14B", 16.4e9, 832, 480, 41, "bfloat16", 1, 0.5, 24,
              "24 GB card: fits"),
             ]
-    lines = ["| model | size x frames | learn_scale | weights | planned peak (GiB) | target |", "|---|---|---|---|---|---|"]
-    for name, size, params, width, height, frames, dtype, weight_bytes, scale, target in rows:
+    lines = ["| model | size x frames | learn_scale | weights | card (GiB) | planned peak on the card (GiB) | "
+             "kept in CPU memory | target |", "|---|---|---|---|---|---|---|---|"]
+    for name, size, params, width, height, frames, dtype, weight_bytes, scale, card, target in rows:
         config, stride = WAN_CONFIGS[size], VAE_DOWNSCALE[size] * 2
         latent = 1 + (frames - 1) // 4
         th, tw = int(height * scale) // stride, int(width * scale) // stride
         learned = 4 * latent * config["dim"] * (1 + th * tw)
-        memory = plan_wan(WanLearnShape(latent, th, tw, config["dim"], config["ffn_dim"], config["num_layers"],
-                                        learned, True, dtype, params * weight_bytes))
+        shape = keep_in_cpu_memory(WanLearnShape(latent, th, tw, config["dim"], config["ffn_dim"],
+                                                 config["num_layers"], learned, True, dtype, params * weight_bytes),
+                                   card * GIB * USABLE_FRACTION)
+        memory = plan_wan(shape)
+        if target.startswith("24 GB card"):
+            target = "24 GB card: " + ("fits" if memory.total <= card * GIB * USABLE_FRACTION else "refused")
+        moved = ", ".join(what for what, on in (("block inputs", shape.offload), ("Adam state", shape.host_optimizer))
+                          if on) or "nothing"
         lines.append(f"| {name} | {width}x{height}x{frames} | {scale:g} | {'fp8' if weight_bytes == 1 else dtype} | "
-                     f"**{memory.total / GIB:.1f}** ({memory.describe().split('(')[1].rstrip(')')}) | {target} |")
+                     f"{card} | **{memory.total / GIB:.1f}** ({memory.describe().split('(', 1)[1].rstrip(')')}) | "
+                     f"{moved} | {target} |")
     return "\n".join(lines)

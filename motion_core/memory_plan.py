@@ -26,6 +26,7 @@ import dataclasses
 from typing import Optional
 
 GIB = 2 ** 30
+USABLE_FRACTION = 0.95      # of the device's total memory; the rest is the driver's and ComfyUI's
 
 # bench/learn_memory.py on the full-size SVD UNet (random weights), ComfyUI 0.3.64 on the CPU,
 # float32, PyTorch SDPA attention, 14 frames, fitted on 128x72 and 192x112 and within 8% of the
@@ -76,6 +77,8 @@ class MemoryPlan:
     attention: float
     learned: float
     weight_copies: float = 0.0
+    host: float = 0.0                    # kept in CPU memory instead (offloaded block inputs): not in the total
+    adam_on_host: bool = False           # ``learned`` is then the tensors and their gradients only
 
     @property
     def total(self) -> float:
@@ -83,9 +86,10 @@ class MemoryPlan:
 
     def describe(self) -> str:
         copies = f" + {self.weight_copies / GIB:.1f} kept copies" if self.weight_copies else ""
+        host = f"; {self.host / GIB:.1f} GiB kept in CPU memory" if self.host else ""
         return (f"{self.total / GIB:.1f} GiB planned (weights {self.weights / GIB:.1f}{copies}, activations "
                 f"{self.activations / GIB:.1f}, attention {self.attention / GIB:.1f}, learned tensors with "
-                f"gradients and Adam state {self.learned / GIB:.2f})")
+                f"gradients{'' if self.adam_on_host else ' and Adam state'} {self.learned / GIB:.2f}{host})")
 
 
 def model_width(layout: dict) -> float:
@@ -195,6 +199,8 @@ class WanLearnShape:
     heads: int = 12
     copies_weights: bool = True
     first_block: int = 0                 # the first block with a learned tensor (motion tokens: 0)
+    offload: bool = False                # checkpointed blocks' inputs kept in CPU memory (an accelerator only)
+    host_optimizer: bool = False         # Adam's state and master copies in CPU memory (training.HostAdam)
 
     @property
     def tokens(self) -> int:
@@ -211,8 +217,18 @@ def wan_block_parameters(dim: int, ffn_dim: int) -> int:
     return 8 * dim * dim + 2 * dim * ffn_dim
 
 
+def wan_kept_inputs_bytes(shape: WanLearnShape, constants: Optional[dict] = None) -> float:
+    """What checkpointing keeps of the tracked blocks' inputs (one dim-wide vector a token and block)."""
+    if not shape.checkpointing:
+        return 0.0
+    c = constants or WAN_ACTIVATION_BYTES
+    return (c["kept_per_block"] * shape.tracked_blocks * shape.dim / WAN_REFERENCE["dim"] * shape.tokens
+            * DTYPE_BYTES[shape.dtype] / 4)
+
+
 def wan_activation_bytes(shape: WanLearnShape, constants: Optional[dict] = None) -> float:
-    """Activations of one Wan learning step: measured per-token bytes scaled to the model's width and dtype.
+    """Activations of one Wan learning step on the device: measured per-token bytes scaled to the model's width and
+    dtype (with ``offload``, the blocks' kept inputs are in CPU memory instead: :func:`wan_kept_inputs_bytes`).
 
     Terms that are one dim-wide vector a token scale with ``dim``; a block's own activations
     with ``4 dim + 2 ffn_dim`` (its projections and its feed-forward's hidden layer), both
@@ -225,7 +241,8 @@ def wan_activation_bytes(shape: WanLearnShape, constants: Optional[dict] = None)
     block = (4 * shape.dim + 2 * shape.ffn_dim) / (4 * WAN_REFERENCE["dim"] + 2 * WAN_REFERENCE["ffn_dim"])
     dtype = DTYPE_BYTES[shape.dtype] / 4
     if shape.checkpointing:
-        per_token = (c["kept_per_block"] * shape.tracked_blocks + c["outside"]) * narrow + c["recompute"] * block
+        kept = 0 if shape.offload else c["kept_per_block"] * shape.tracked_blocks
+        per_token = (kept + c["outside"]) * narrow + c["recompute"] * block
         fixed = c["fixed"] * dtype * wan_block_parameters(shape.dim, shape.ffn_dim) / wan_block_parameters(
             WAN_REFERENCE["dim"], WAN_REFERENCE["ffn_dim"]) if shape.copies_weights else 0.0
     else:
@@ -240,12 +257,33 @@ def plan_wan(shape: WanLearnShape, constants: Optional[dict] = None) -> MemoryPl
     Attention kernels that materialise their probabilities (ComfyUI's ``sub_quad`` /
     ``split`` / ``basic``) keep ``heads * tokens^2`` float32 weights of a block (of every
     block without checkpointing); without checkpointing the backward pass also keeps each
-    block's weight copies (ComfyUI loads weights as inference tensors).
+    block's weight copies (ComfyUI loads weights as inference tensors). With ``offload`` the
+    blocks' kept inputs are planned in CPU memory (``host``), outside the device's total; with
+    ``host_optimizer``, Adam's state and the master copies too.
     """
     attention = 0.0
     if shape.attention_kernel not in MEMORY_EFFICIENT_KERNELS:
         attention = shape.heads * float(shape.tokens) ** 2 * 4 * (1 if shape.checkpointing else shape.blocks)
     copies = (float(shape.weight_bytes) * shape.tracked_blocks / shape.blocks
               if shape.copies_weights and not shape.checkpointing else 0.0)
+    host = wan_kept_inputs_bytes(shape, constants) if shape.offload else 0.0
+    learned = 16.0 * shape.learned          # float32 values, gradients and Adam's two moments
+    if shape.host_optimizer:                # the moments, a master copy and its gradient in CPU memory instead
+        learned, host = 8.0 * shape.learned, host + 16.0 * shape.learned
     return MemoryPlan(weights=float(shape.weight_bytes), activations=wan_activation_bytes(shape, constants),
-                      attention=attention, learned=16.0 * shape.learned, weight_copies=copies)
+                      attention=attention, learned=learned, weight_copies=copies, host=host,
+                      adam_on_host=shape.host_optimizer)
+
+
+def keep_in_cpu_memory(shape: WanLearnShape, budget: float) -> WanLearnShape:
+    """``shape`` with what an accelerator's learning step keeps in CPU memory to fit ``budget`` bytes.
+
+    Nothing when it fits (the fastest); else the checkpointed blocks' inputs (a copy each way
+    per block and step); else Adam's state too (:class:`motion_core.training.HostAdam`: the
+    gradients go to the CPU and the values come back once a step). The result may still not fit.
+    """
+    if shape.checkpointing and plan_wan(shape).total > budget:
+        shape = dataclasses.replace(shape, offload=True)
+    if plan_wan(shape).total > budget:
+        shape = dataclasses.replace(shape, host_optimizer=True)
+    return shape

@@ -45,6 +45,7 @@ class TrainSettings:
     objective: str = OBJECTIVE_EDM  # "edm" (SVD: log-normal sigma) or "flow" (Wan: shifted uniform sigma in (0, 1))
     flow_shift: float = 1.0        # the model's shift, for "flow"
     flow_sigma_range: tuple = (0.0, 1.0)   # "flow": the noise levels learned on (a Wan 2.2 A14B expert's)
+    host_optimizer: bool = False   # Adam's state and a float32 master copy in CPU memory (see HostAdam)
 
     def __post_init__(self):
         if self.steps < 1:
@@ -131,6 +132,36 @@ def _finish(embedding: MotionEmbedding, history: list[float], steps_done: int, s
     return TrainResult(copy, history, steps_done, reason, skipped)
 
 
+class HostAdam:
+    """Adam whose state lives in CPU memory, for learned tensors on an accelerator.
+
+    Keeps a float32 master copy of each learned tensor and Adam's two moments on the CPU;
+    each step copies the gradients there, steps, and copies the new values back. The device
+    then holds only the learned tensors and their gradients (8 bytes a value instead of 16).
+    The arithmetic is ``torch.optim.Adam``'s on the same float32 values, so the result
+    equals a plain Adam's up to the CPU's and the device's rounding.
+    """
+
+    def __init__(self, params: list[torch.Tensor], lr: float):
+        self.params = params
+        self.masters = [p.detach().to("cpu", copy=True) for p in params]
+        self.optimizer = torch.optim.Adam(self.masters, lr=lr)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.params:
+            param.grad = None
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for master, param in zip(self.masters, self.params):
+            master.grad = torch.zeros_like(master) if param.grad is None else param.grad.to("cpu", copy=True)
+        self.optimizer.step()
+        for master, param in zip(self.masters, self.params):
+            param.copy_(master)
+            master.grad = None
+
+
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     """One device sync for the lot."""
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
@@ -152,6 +183,7 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
     kept per step, and none is needed: the tensors change only through Adam steps on
     finite gradients, and an Adam step moves each value by a bounded amount (about the
     learning rate), so the tensors are always the last good values. With
+    ``settings.host_optimizer`` Adam's state waits in CPU memory (:class:`HostAdam`). With
     ``settings.loss_scale`` the loss is scaled for float16 (see :class:`LossScale`).
     If ``callback(step, total, loss)`` raises (a Cancel), :class:`TrainingInterrupted`
     carries the result so far. ``on_gradients(step, grads)`` sees each good step's
@@ -163,7 +195,8 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
     if any(p.dtype != torch.float32 for p in params):
         raise ValueError("the learned tensors must be float32 (the model may compute in half precision)")
     generator = torch.Generator(device="cpu").manual_seed(settings.seed)
-    optimizer = torch.optim.Adam(params, lr=settings.learning_rate)
+    optimizer = HostAdam(params, settings.learning_rate) if settings.host_optimizer else \
+        torch.optim.Adam(params, lr=settings.learning_rate)
     scaler = LossScale(settings.loss_scale)
     history: list[float] = []
     frames = clean.shape[0]

@@ -141,14 +141,16 @@ def _step_callback(total: int, on_step):
 
 def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, initial: MotionEmbedding,
                       settings: TrainSettings, on_step: Optional[Callable[[int, int, float], None]] = None,
-                      checkpointing: bool = True, on_gradients: Optional[GradientCallback] = None) -> TrainResult:
+                      checkpointing: bool = True, on_gradients: Optional[GradientCallback] = None,
+                      offload: bool = False) -> TrainResult:
     """Learn ``initial``'s Motion Embeddings through the frozen Wan ``model``; returns the result.
 
     ``positive``: the conditioning the reference is explained with (the prompt, and for
     I2V the image conditioning); ``reference_latents`` ``(1 c t h w)``: the reference,
     VAE-encoded once, raw latent space. As :func:`train_in_host`: float32 learned tensors,
     checkpointed blocks, ``host_training_mode``, loss scaling for float16, Cancel raises
-    ``TrainingInterrupted`` with the last good embedding.
+    ``TrainingInterrupted`` with the last good embedding. ``offload``: the checkpointed blocks'
+    inputs wait in CPU memory for the backward pass (on an accelerator; the same gradients).
     """
     if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
         settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)
@@ -158,7 +160,7 @@ def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, in
                              "(Apply Motion's output): connect the model from its loader instead")
         embedding = initial.trainable_copy(model.load_device)
         patched, motion = wan_hooks.with_wan_motion(trainable_clone(model), embedding)
-        recomputed = recompute(patched, wan_hooks.recompute_units(patched.model.diffusion_model)) \
+        recomputed = recompute(patched, wan_hooks.recompute_units(patched.model.diffusion_model), offload=offload) \
             if checkpointing else []
         guider = comfy.samplers.CFGGuider(patched)
         guider.set_conds(positive, [])

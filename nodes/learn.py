@@ -36,8 +36,9 @@ LEARN_SCALE_TOOLTIP = ("Learn on the reference downscaled by this factor (0.5: h
                        "activation memory); sampling stays at the size you choose there. It costs motion: on the toy "
                        "world, 0.75 moved 67% of new targets like the reference and 0.5 33%, against 82% at 1.0 "
                        "(docs/quality.md). A last resort for memory: try fewer frames or the widest layers first. "
-                       "On Wan 2.1 1.3B at 832x480x81 in bfloat16 the plan is 11.0 GiB at 1.0 and 4.8 GiB at 0.5; "
-                       "Wan 2.2 5B at 1280x704x121 22.9 GiB at 1.0, 16.9 at 0.75 (docs/benchmarks.md).")
+                       "On Wan 2.1 1.3B at 832x480x81 in bfloat16 the plan is 11.0 GiB at 1.0 (6.7 on an 8 GB card, "
+                       "keeping the blocks' inputs and Adam's state in CPU memory) and 4.8 GiB at 0.5; Wan 2.2 5B at "
+                       "1280x704x121 22.9 GiB at 1.0 (18.2 on a 24 GB card), 16.9 at 0.75 (docs/benchmarks.md).")
 
 
 def _image_embeds(clip_vision, frames: torch.Tensor, width: int) -> torch.Tensor:
@@ -151,7 +152,9 @@ class LearnMotionEmbedding(io.ComfyNode):
                                          "of keeping its activations: about 8x less memory above the weights "
                                          "(1024x576x14 motion-text in float16: 10.6 GiB planned instead of 70) for "
                                          "about 1.15x the step time on SVD, 1.4-1.6x on Wan's blocks on the CPU "
-                                         "(docs/benchmarks.md). Leave on."),
+                                         "(docs/benchmarks.md). On Wan, when the plan does not fit the card, "
+                                         "the blocks' kept inputs wait in CPU memory (and, if still needed, "
+                                         "Adam's state): slower, but it fits. Leave on."),
                 io.Float.Input("learn_scale", default=1.0, min=0.5, max=1.0, step=0.05, optional=True,
                                tooltip=LEARN_SCALE_TOOLTIP),
                 io.ClipVision.Input("clip_vision", optional=True,
@@ -207,7 +210,7 @@ class LearnMotionEmbedding(io.ComfyNode):
         try:
             if prepared.wan_positive is not None:
                 result = train_wan_in_host(prepared.model, prepared.wan_positive, latents, initial, settings, on_step,
-                                           checkpointing=prepared.checkpointing)
+                                           checkpointing=prepared.checkpointing, offload=prepared.offload)
             else:
                 result = train_in_host(prepared.model, make_positive, latents, initial, settings, on_step,
                                        checkpointing=prepared.checkpointing)
@@ -248,6 +251,7 @@ class PreparedLearning:
     checkpointing: bool
     memory_account: str
     wan_positive: object = None           # Wan: the positive conditioning as given
+    offload: bool = False                 # Wan: the checkpointed blocks' inputs kept in CPU memory
 
 
 def prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
@@ -267,12 +271,14 @@ def prepare_learning(model, vae, reference_frames, representation, tokens_per_fr
     if not 0 < learn_scale <= 1:
         raise ValueError(f"learn_scale must be in (0, 1], got {learn_scale}; 0.5 learns at half the width and height")
     if family.family == MODEL_FAMILY_WAN:
-        settings, initial, latents, width, height, account = prepare_wan(
+        settings, initial, latents, width, height, account, offload = prepare_wan(
             model, family, vae, reference_frames, representation, positive, tokens_per_frame, steps, learning_rate,
             seed, loss, augmentation, flip, layers, explicit_layers, learn_scale, activation_checkpointing, noise_range)
-        account += f"; activation checkpointing {'on' if activation_checkpointing else 'off'}"
+        account += f"; activation checkpointing {'on' if activation_checkpointing else 'off'}" + (
+            ", the blocks' inputs kept in CPU memory" if offload else "") + (
+            "; Adam's state kept in CPU memory" if settings.host_optimizer else "")
         return PreparedLearning(model, settings, initial, latents, None, representation, width, height,
-                                activation_checkpointing, account, wan_positive=positive)
+                                activation_checkpointing, account, wan_positive=positive, offload=offload)
     require_svd(model, node)
     if reference_frames.ndim != 4 or reference_frames.shape[0] < 2:
         raise ValueError(f"{node} needs at least 2 reference frames, got IMAGE of shape "

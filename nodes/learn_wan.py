@@ -57,8 +57,9 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
                 tokens_per_frame: int, steps: int, learning_rate: float, seed: int, loss: str, augmentation: bool, flip: bool,
                 layers: str, explicit_layers: str, learn_scale: float, checkpointing: bool = True,
                 expert: str = WHOLE_RANGE):
-    """``(settings, initial, latents (1 c t h w), width, height, memory account)`` for learning on ``model``,
-    or a ValueError (MemoryError) that says what is wrong and how to fix it."""
+    """``(settings, initial, latents (1 c t h w), width, height, memory account, offload)`` for learning on
+    ``model`` (``offload``: keep the checkpointed blocks' inputs in CPU memory, when the plan needs it), or a
+    ValueError (MemoryError) that says what is wrong and how to fix it."""
     node = "Learn Motion Embedding"
     if positive is None:
         raise ValueError(f"{node} on Wan needs the prompt the reference is explained with: connect the positive "
@@ -97,7 +98,7 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
                                           generator=torch.Generator().manual_seed(seed))
     _frames, token_height, token_width = wan_hooks.token_grid(model.model.diffusion_model,
                                                              (latent_frames, height // downscale, width // downscale))
-    account = check_wan_learn_memory(model, chosen, latent_frames, token_height, token_width,   # before the encode
+    account, planned = check_wan_learn_memory(model, chosen, latent_frames, token_height, token_width,   # before the encode
                                      0 if tokens is None else tokens.numel(), checkpointing, usable, learn_scale)
     latents = vae.encode(reference_frames[..., :3])
     channels = int(model.model.diffusion_model.out_dim)
@@ -124,5 +125,6 @@ def prepare_wan(model, family: ModelFamily, vae, reference_frames: torch.Tensor,
                                            + ([] if tokens is None else [f"tokens from the "
                                                                          f"{initial.metadata['token_context']} tokens"])))
     settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, loss=loss, objective=OBJECTIVE_FLOW,
-                             augment=AugmentSettings(enabled=augmentation, flip=flip), flow_sigma_range=sigma_range)
-    return settings, initial, latents, width, height, account
+                             augment=AugmentSettings(enabled=augmentation, flip=flip), flow_sigma_range=sigma_range,
+                             host_optimizer=planned.host_optimizer)
+    return settings, initial, latents, width, height, account, planned.offload

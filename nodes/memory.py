@@ -10,15 +10,14 @@ import comfy.ldm.modules.attention
 import comfy.model_management
 
 from ..motion_core.layers import embedding_cost, select_layers, spread
-from ..motion_core.memory_plan import (GIB, MEMORY_EFFICIENT_KERNELS, LearnShape, MemoryPlan, WanLearnShape,
-                                       alternatives, plan, plan_wan)
+from ..motion_core.memory_plan import (GIB, MEMORY_EFFICIENT_KERNELS, USABLE_FRACTION, LearnShape, MemoryPlan,
+                                       WanLearnShape, alternatives, keep_in_cpu_memory, plan, plan_wan)
 from .host_training import compute_dtype
 from .hooks.svd import spatial_attention_heads, temporal_layout
 
 log = logging.getLogger(__name__)
 
 DTYPE_NAMES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
-USABLE_FRACTION = 0.95      # of the device's total memory; the rest is the driver's and ComfyUI's
 
 
 def attention_kernel() -> str:
@@ -156,16 +155,22 @@ def _learned_at(shape: WanLearnShape, changed: WanLearnShape, blocks: WanLearnSh
 
 def check_wan_learn_memory(model, layers: dict[str, dict], frames: int, token_height: int, token_width: int,
                            motion_tokens: int = 0, checkpointing: bool = True, video_frames: int = 0,
-                           learn_scale: float = 1.0) -> str:
-    """Wan's plan (:func:`motion_core.memory_plan.plan_wan`) and a one-line account of it.
+                           learn_scale: float = 1.0) -> tuple[str, WanLearnShape]:
+    """Wan's plan (:func:`motion_core.memory_plan.plan_wan`): a one-line account of it, and the shape planned,
+    whose ``offload`` and ``host_optimizer`` say what learning keeps in CPU memory.
 
-    Raises ``MemoryError`` naming settings that fit (fewer blocks, learn_scale, fewer
-    frames) when the plan exceeds the device.
+    On an accelerator, when the step would not fit with checkpointing, the blocks' kept inputs
+    go to CPU memory, and if that is not enough Adam's state too (:class:`HostAdam`); what
+    fits stays on the device, which is faster. Raises ``MemoryError`` naming settings that fit (fewer blocks,
+    learn_scale, fewer frames) when the plan exceeds the device even so.
     """
     device = model.load_device
     total = comfy.model_management.get_total_memory(device)
     budget = total * USABLE_FRACTION
     shape = wan_learn_shape(model, layers, frames, token_height, token_width, motion_tokens, checkpointing)
+    accelerator = torch.device(device).type != "cpu"
+    if accelerator:
+        shape = keep_in_cpu_memory(shape, budget)
     memory = plan_wan(shape)
     name = comfy.model_management.get_torch_device_name(device)
     account = (f"memory plan (Wan, {shape.tokens:,} video tokens, {len(layers)} blocks with Motion Embeddings): "
@@ -173,7 +178,8 @@ def check_wan_learn_memory(model, layers: dict[str, dict], frames: int, token_he
                f"{shape.dtype})")
     log.info("Learn Motion Embedding %s", account)
     if memory.total <= budget:
-        return account
+        return account, shape
+    shape = dataclasses.replace(shape, offload=accelerator, host_optimizer=accelerator)   # for every setting tried
     fitting = _wan_alternatives(shape, layers, budget, video_frames or 1 + 4 * (frames - 1), learn_scale)
     advice = ("these would fit: " + "; ".join(fitting)) if fitting else \
         "nothing tried fits: use a smaller reference (Load Reference Video's width/height) and fewer frames"

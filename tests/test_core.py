@@ -343,3 +343,25 @@ def test_training_with_the_flow_objective_lowers_the_loss():
         training_loss(torch.zeros(1), torch.zeros(1), 0.5, 1.0, objective="v")
     with pytest.raises(ValueError, match="objective"):
         TrainSettings(objective="v")
+
+
+def test_adam_with_its_state_in_cpu_memory_learns_exactly_as_plain_adam():
+    """HostAdam keeps master copies and moments apart from the learned tensors; on the CPU the same arithmetic."""
+    from motion_core.training import HostAdam
+
+    plain, _before, _after = _toy_run(steps=15)
+    hosted, _before, _after = _toy_run(steps=15, host_optimizer=True)
+    assert hosted.loss_history == plain.loss_history
+    for name, tensor in plain.embedding.tensors().items():
+        assert torch.equal(hosted.embedding.tensors()[name], tensor), name
+    assert hosted.embedding.metadata["training"]["host_optimizer"] is True
+
+    learned = torch.zeros(3, requires_grad=True)
+    optimizer = HostAdam([learned], lr=0.1)
+    assert optimizer.masters[0] is not learned and optimizer.masters[0].data_ptr() != learned.data_ptr()
+    learned.grad = torch.tensor([1.0, -1.0, 0.0])
+    optimizer.step()
+    assert torch.allclose(learned.detach(), torch.tensor([-0.1, 0.1, 0.0]))      # Adam's first step: lr * sign
+    assert optimizer.masters[0].grad is None and torch.equal(optimizer.masters[0], learned.detach())
+    optimizer.zero_grad()
+    assert learned.grad is None

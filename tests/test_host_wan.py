@@ -517,24 +517,6 @@ def test_an_a14b_expert_learns_on_its_own_share_of_the_noise_levels(comfy_nodes)
         tuple(result.embedding.metadata["training"]["flow_sigma_range"]) == (0.875, 1.0)
 
 
-def test_a_refusal_on_a_24gb_card_names_settings_of_different_kinds_that_fit(comfy_nodes):
-    """Wan 2.1 I2V 14B with fp8 weights at 832x480x81: nothing fits alone; the pairs named are of two kinds."""
-    memory = pack_module("nodes.memory")
-    memory_plan = pack_module("motion_core.memory_plan")
-    layers = {f"block.{i:02d}": {"channels": 5120, "height": 30, "width": 52} for i in (0, 13, 26, 39)}
-    shape = memory_plan.WanLearnShape(21, 30, 52, 5120, 13824, 40, 4 * 21 * 5120 * (1 + 30 * 52), True, "bfloat16",
-                                      16.4e9)
-    budget = 24e9 * memory.USABLE_FRACTION
-    assert memory_plan.plan_wan(shape).total > budget
-    advice = memory._wan_alternatives(shape, layers, budget, 81, 1.0)
-    assert advice and all(" and " in line and "together" in line for line in advice)
-    for line in advice:
-        first, second = line.split(" together")[0].split(" and ")
-        assert first.split(" ")[0] != second.split(" ")[0] or not first[0].isdigit()
-        assert not (first[0].isdigit() and second[0].isdigit())          # never two frame counts
-        assert float(line.rsplit("(", 1)[1].split(" GiB")[0]) * 2 ** 30 <= budget
-
-
 def test_motion_refuses_to_run_on_a_copy_of_the_model_it_was_applied_to(comfy_nodes):
     """ComfyUI's multi-GPU clones deep-copy the diffusion model; the patches hold the original's modules."""
     wan = pack_module("nodes.hooks.wan")

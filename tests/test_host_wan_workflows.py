@@ -135,13 +135,15 @@ def test_wan_workflows_learn_on_frames_the_example_clip_has(comfy_nodes, name):
 
 
 # full-size Wan (ComfyUI's WanModel, built on the meta device), the pixels per token side, and the own clip's
-# frames and learn_scale the notes quote besides the shipped settings
-FULL_SIZE = {"wan_t2v_motion.json": (dict(dim=1536, ffn_dim=8960, num_heads=12, in_dim=16, out_dim=16), 16, 81, 0.5),
-             "wan_i2v_motion.json": (dict(dim=3072, ffn_dim=14336, num_heads=24, in_dim=48, out_dim=48), 32, 121, 0.75)}
+# frames and learn_scale the notes quote besides the shipped settings, and the card (GB) the own clip is planned on
+FULL_SIZE = {"wan_t2v_motion.json": (dict(dim=1536, ffn_dim=8960, num_heads=12, in_dim=16, out_dim=16), 16, 81, 0.5, 8),
+             "wan_i2v_motion.json": (dict(dim=3072, ffn_dim=14336, num_heads=24, in_dim=48, out_dim=48), 32, 121, 0.75,
+                                     24)}
 
 
-def _planned_gib(model, stride, width, height, frames, preset, scale=1.0):
-    """Learn's plan on Wan (``plan_wan``) for a full-size model in bfloat16 with checkpointing, in GiB."""
+def _planned_gib(model, stride, width, height, frames, preset, scale=1.0, card=None):
+    """Learn's plan on Wan (``plan_wan``) for a full-size model in bfloat16 with checkpointing, in GiB; on a ``card``
+    of that many GiB, with what Learn keeps in CPU memory to fit it."""
     layers_module, plan_module = pack_module("motion_core.layers"), pack_module("motion_core.memory_plan")
     token_height, token_width = int(height * scale) // stride, int(width * scale) // stride
     latent_frames = pack_module("nodes.hooks.wan").latent_frames(frames)
@@ -153,6 +155,8 @@ def _planned_gib(model, stride, width, height, frames, preset, scale=1.0):
         ffn_dim=model.blocks[0].ffn[0].out_features, blocks=len(model.blocks),
         learned=layers_module.embedding_cost(layers, latent_frames)["parameters"], checkpointing=True,
         dtype="bfloat16", weight_bytes=2.0 * sum(p.numel() for p in model.parameters()), heads=model.num_heads)
+    if card:
+        shape = plan_module.keep_in_cpu_memory(shape, card * plan_module.GIB * plan_module.USABLE_FRACTION)
     return plan_module.plan_wan(shape).total / plan_module.GIB
 
 
@@ -162,7 +166,7 @@ def test_wan_learning_notes_quote_learns_memory_plan(comfy_nodes, name):
     import comfy.ldm.wan.model
     import comfy.ops
 
-    config, stride, own_frames, scale = FULL_SIZE[name]
+    config, stride, own_frames, scale, card = FULL_SIZE[name]
     with torch.device("meta"):
         model = comfy.ldm.wan.model.WanModel(model_type="t2v", patch_size=(1, 2, 2), text_len=512, text_dim=4096,
                                              freq_dim=256, num_layers=30, window_size=(-1, -1), qk_norm=True,
@@ -183,6 +187,8 @@ def test_wan_learning_notes_quote_learns_memory_plan(comfy_nodes, name):
     missing = {what: f"{gib:.1f} GiB" for what, gib in quoted.items() if f"{gib:.1f} GiB" not in note}
     assert not missing, f"the note does not give Learn's plan {missing}: {note}"
     assert f"{own_frames} frames" in note and f"learn_scale {scale}" in note
+    on_card = _planned_gib(model, stride, width, height, own_frames, preset, card=card)
+    assert on_card < quoted["own clip"] and f"{on_card:.1f} GiB on {'an' if card == 8 else 'a'} {card} GB card" in note, note
 
 
 # ------------------------------------------------------------------ stand-in loaders

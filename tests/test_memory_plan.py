@@ -151,6 +151,24 @@ def test_wan_plan_keeps_each_blocks_input_and_recomputes_one_block():
     assert off.activations > 10 * memory_plan.plan_wan(shape).activations and off.weight_copies == 2.64 * GIB
 
 
+def test_wan_plan_with_offloaded_inputs_moves_exactly_the_kept_inputs_to_cpu_memory():
+    c = memory_plan.WAN_ACTIVATION_BYTES
+    on_device = memory_plan.plan_wan(_wan_shape())
+    offloaded = memory_plan.plan_wan(_wan_shape(offload=True))
+    kept = c["kept_per_block"] * 30 / 2 * 32760                     # 30 tracked blocks, bfloat16
+    assert offloaded.host == pytest.approx(kept) and on_device.host == 0
+    assert on_device.total - offloaded.total == pytest.approx(kept)
+    assert "kept in CPU memory" in offloaded.describe() and "CPU memory" not in on_device.describe()
+    assert memory_plan.plan_wan(_wan_shape(offload=True, first_block=10)).host == pytest.approx(kept * 20 / 30)
+    both = memory_plan.plan_wan(_wan_shape(offload=True, host_optimizer=True))
+    learned = _wan_shape().learned
+    assert both.learned == 8 * learned and both.host == pytest.approx(kept + 16 * learned)
+    assert "with gradients 0." in both.describe() or "with gradients 1." in both.describe()
+    assert "Adam" not in both.describe() and "Adam state" in offloaded.describe()
+    plain = memory_plan.plan_wan(_wan_shape(offload=True, checkpointing=False))      # nothing kept to move
+    assert plain.host == 0 and plain.total == memory_plan.plan_wan(_wan_shape(checkpointing=False)).total
+
+
 def test_wan_plan_scales_with_the_models_width_and_counts_learned_state():
     narrow = memory_plan.plan_wan(_wan_shape())
     wide = memory_plan.plan_wan(_wan_shape(dim=5120, ffn_dim=13824, blocks=30))

@@ -41,10 +41,15 @@ class RecomputedForward:
     ``transformer_options`` dict is copied at call time: ComfyUI mutates the shared dict
     as the forward goes on (``activations_shape``, ``block_index``), and the recompute in
     the backward pass must see the values of the original call.
+
+    ``offload``: the first positional input (a Wan block's tokens ``(b L c)``), when it is on
+    an accelerator, is kept in pinned CPU memory until the backward pass needs it again,
+    so the device holds no block input at all; the plan counts it as host memory.
     """
 
-    def __init__(self, forward):
+    def __init__(self, forward, offload: bool = False):
         self.forward = forward
+        self.offload = offload
 
     def __call__(self, *args, **kwargs):
         if not torch.is_grad_enabled():
@@ -52,6 +57,8 @@ class RecomputedForward:
         options = kwargs.get("transformer_options")
         if isinstance(options, dict):
             kwargs = {**kwargs, "transformer_options": dict(options)}
+        if self.offload and args and torch.is_tensor(args[0]) and off_host(args[0]):
+            return offloaded_checkpoint(self.forward, *args, **kwargs)
         return torch.utils.checkpoint.checkpoint(self.forward, *args, use_reentrant=False,
                                                  preserve_rng_state=False, **kwargs)
 
@@ -59,17 +66,42 @@ class RecomputedForward:
         return self
 
 
-def recompute(model, names: list[str]) -> list[str]:
+def off_host(tokens: torch.Tensor) -> bool:
+    """True if ``tokens`` live on an accelerator, so keeping them in CPU memory frees device memory."""
+    return tokens.device.type != "cpu"
+
+
+def offloaded_checkpoint(forward, tokens: torch.Tensor, *args, **kwargs):
+    """``forward(tokens, *args, **kwargs)`` checkpointed, with ``tokens`` kept in CPU memory meanwhile.
+
+    Non-reentrant checkpointing keeps its inputs alive for the recompute; here the input
+    it keeps is a CPU copy (pinned when ``tokens`` is on CUDA, so both copies are fast),
+    and the recompute copies it back. Gradients flow through both copies unchanged, so
+    they equal plain checkpointing's. The device copy is freed as soon as nothing else
+    holds it (the block's output does not).
+    """
+    device = tokens.device
+    kept = torch.empty(tokens.shape, dtype=tokens.dtype, device="cpu", pin_memory=tokens.is_cuda)
+    kept.copy_(tokens)
+
+    def forward_from_host(host_tokens, *rest, **options):
+        return forward(host_tokens.to(device, non_blocking=True), *rest, **options)
+    return torch.utils.checkpoint.checkpoint(forward_from_host, kept, *args, use_reentrant=False,
+                                             preserve_rng_state=False, **kwargs)
+
+
+def recompute(model, names: list[str], offload: bool = False) -> list[str]:
     """Checkpoint the modules ``names`` (under ``diffusion_model``) of ``model``, a private clone; returns the keys.
 
     Object patches are ComfyUI's undoable attribute patches: applied when the clone is
     loaded for sampling and restored by ``unpatch_model``; :func:`end_recompute` restores
-    them as soon as learning ends.
+    them as soon as learning ends. ``offload``: keep each module's first input in CPU memory
+    (:func:`offloaded_checkpoint`), for modules whose first input is their tokens.
     """
     keys = []
     for name in names:
         key = f"diffusion_model.{name}.forward"
-        model.add_object_patch(key, RecomputedForward(model.get_model_object(key)))
+        model.add_object_patch(key, RecomputedForward(model.get_model_object(key), offload=offload))
         keys.append(key)
     return keys
 
