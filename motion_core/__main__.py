@@ -1,4 +1,4 @@
-"""Command line: ``python -m motion_core {demo,train-toy}``."""
+"""Command line: ``python -m motion_core {demo,train-toy,train-toy-wan}``."""
 from __future__ import annotations
 
 import argparse
@@ -23,13 +23,30 @@ def _train_toy(argv: list[str]) -> int:
     return 0
 
 
+def _train_toy_wan(argv: list[str]) -> int:
+    from .toy.wantrain import WanToyTrainSettings, train_toy_wan
+    from .toy.wanworld import MANIFEST_PATH, WEIGHTS_PATH
+
+    parser = argparse.ArgumentParser(prog="python -m motion_core train-toy-wan",
+                                     description="Train the Wan toy world's text-to-video model (CPU, seeded).")
+    for field in dataclasses.fields(WanToyTrainSettings):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+    parser.add_argument("--out", default=WEIGHTS_PATH, help="weights file to write")
+    parser.add_argument("--manifest", default=MANIFEST_PATH, help="manifest JSON to write")
+    args = vars(parser.parse_args(argv))
+    out, manifest = args.pop("out"), args.pop("manifest")
+    train_toy_wan(WanToyTrainSettings(**args), out, manifest,
+                  command=" ".join(["python -m motion_core train-toy-wan", *argv]))
+    return 0
+
+
 def _demo(argv: list[str]) -> int:
     from .toy.demo import main as demo_main
 
     return demo_main(argv)
 
 
-COMMANDS = {"train-toy": _train_toy, "demo": _demo}
+COMMANDS = {"train-toy": _train_toy, "train-toy-wan": _train_toy_wan, "demo": _demo}
 
 
 def main(argv=None) -> int:

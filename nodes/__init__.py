@@ -15,11 +15,12 @@ from .motion import ApplyMotion, DebiasValueEmbedding
 from .reference_noise import ReferenceNoise
 from .toy.toy_clips import ToyMotionClip, ToyTargetImage, ToyVideoConditioning
 from .toy.toy_model import LoadToyVideoModel
+from .toy.toy_wan_model import LoadToyWanModel
 from .video_nodes import LoadReferenceVideo
 
 NODES = [LoadReferenceVideo, LearnMotionEmbedding, DebiasValueEmbedding, InflateSVDConditioning, ApplyMotion,
          SaveMotionEmbedding, LoadMotionEmbedding, ReferenceNoise, LoadToyVideoModel, MotionFidelityScore,
-         ToyMotionClip, ToyTargetImage, ToyVideoConditioning]
+         ToyMotionClip, ToyTargetImage, ToyVideoConditioning, LoadToyWanModel]
 
 
 class MotionInversionExtension(ComfyExtension):

@@ -1,0 +1,100 @@
+"""The Wan toy world's pieces (host-free): captions, the text encoder, the latent calibration, training, files."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from motion_core.toy import toyclips, wanworld
+from motion_core.toy.wantrain import (WanToyTrainSettings, caption_batch, flow_batch, train_toy_wan,
+                                     train_transformer)
+
+
+def test_captions_name_the_scene_word_by_word_and_read_back_case_blind():
+    spec = wanworld.sample_caption_spec(np.random.default_rng(3), "pan_E", palette="heldout")
+    words = wanworld.caption_words(spec)
+    assert words[0] == "pan_E" and words[-3] == spec.background and len(words) == 1 + 3 * spec.n_objects + 3
+    assert wanworld.caption(spec, with_motion=False) == " ".join(words[1:])
+    ids = wanworld.caption_ids(wanworld.caption(spec).upper())
+    assert ids.shape == (wanworld.CAPTION_TOKENS,) and int((ids != 0).sum()) == len(words)
+    assert [wanworld.VOCABULARY[i] for i in ids[: len(words)]] == words
+    assert int(wanworld.caption_ids("pan_E wobbling")[1]) == wanworld.VOCABULARY.index(wanworld.UNKNOWN)
+    with pytest.raises(ValueError, match="at most 16 words"):
+        wanworld.caption_ids(" ".join(["red"] * 17))
+
+
+def test_the_text_encoder_gives_zeros_where_the_caption_is_padded_and_for_an_empty_prompt():
+    encoder = wanworld.TextEncoder()
+    torch.nn.init.normal_(encoder.positions)
+    encoded = encoder.encode(["red circle", ""])
+    assert encoded.shape == (2, wanworld.CAPTION_TOKENS, wanworld.TEXT_DIM)
+    assert encoded[0, :2].abs().sum() > 0 and encoded[0, 2:].abs().sum() == 0 and encoded[1].abs().sum() == 0
+
+
+def test_calibrating_the_latent_gives_wans_statistics_and_leaves_the_decoded_video_alone():
+    _transformer, vae, _text = wanworld.build_models(0)
+    vae.eval()
+    clips = torch.stack([toyclips.render_clip(wanworld.sample_caption_spec(np.random.default_rng(seed), motion))
+                         for seed, motion in ((1, "bounce"), (2, "zoom_in"), (3, "pan_W"))])[:, :, :32, :32]
+    pixels = clips.permute(0, 4, 1, 2, 3) * 2 - 1
+    with torch.no_grad():
+        before = vae.decode(vae.encode(pixels).latent_dist.mean).sample
+        wanworld.calibrate_latent(vae, clips)
+        raw = vae.encode(pixels).latent_dist.mean
+        after = vae.decode(raw).sample
+    assert raw.shape == (3, 16, 4, 8, 8)                     # 13 frames -> 4 latent frames, 4x smaller sides
+    normalised = wanworld.latent_to_model(raw)
+    assert torch.allclose(normalised.mean(dim=(0, 2, 3, 4)), torch.zeros(16), atol=1e-4)
+    assert torch.allclose(normalised.std(dim=(0, 2, 3, 4)), torch.ones(16), atol=1e-3)
+    assert torch.allclose(wanworld.model_to_latent(normalised), raw, atol=1e-5)
+    assert torch.allclose(after, before, atol=1e-4)
+
+
+def test_training_batches_drop_motion_words_and_captions_at_their_shares():
+    specs = [wanworld.sample_caption_spec(np.random.default_rng(s), "circle_cw") for s in range(400)]
+    generator = torch.Generator().manual_seed(0)
+    ids = caption_batch(specs, torch.arange(400), WanToyTrainSettings(motion_word_share=0.75, caption_drop=0.2),
+                        generator)
+    motion = wanworld.VOCABULARY.index("circle_cw")
+    dropped = (ids == 0).all(dim=1)
+    with_motion = (ids[:, 0] == motion) & ~dropped
+    assert 0.12 < float(dropped.float().mean()) < 0.28
+    assert 0.65 < float(with_motion.sum()) / float((~dropped).sum()) < 0.85
+    clean = torch.randn(64, 16, 4, 8, 8)
+    noisy, timestep, target = flow_batch(clean, generator, shift=3.0)
+    sigma = (timestep / 1000).view(-1, 1, 1, 1, 1)
+    noise = target + clean
+    assert torch.allclose(noisy, (1 - sigma) * clean + sigma * noise, atol=1e-5)
+    assert float((timestep / 1000).median()) > 0.6              # shift 3 leans towards noise
+
+
+def test_the_transformer_learns_the_clips_it_is_shown():
+    torch.manual_seed(0)
+    transformer, _vae, text = wanworld.build_models(0)
+    specs = [wanworld.sample_caption_spec(np.random.default_rng(s), "translate_E_2") for s in range(4)]
+    latents = torch.randn(4, 16, 4, 8, 8) * 0.3 + torch.linspace(-1, 1, 16).view(1, 16, 1, 1, 1)
+    settings = WanToyTrainSettings(steps=60, batch=4, lr=3e-3, warmup_steps=5, checkpoint_every=1000)
+    history, ema = train_transformer(transformer, text, latents, specs, settings, torch.Generator().manual_seed(1),
+                                     lambda *_: None)
+    assert len(history) == 60 and sum(history[-15:]) < 0.8 * sum(history[:15]), history
+    assert not torch.equal(next(ema["transformer"].parameters()), next(transformer.parameters()))   # an average
+
+
+def test_train_toy_wan_writes_weights_that_match_their_manifest(tmp_path):
+    settings = WanToyTrainSettings(clips=26, vae_steps=2, vae_batch=2, steps=30, batch=4, lr=2e-3, warmup_steps=5,
+                                   checkpoint_every=10, threads=1)
+    path, manifest = tmp_path / "toy_wan.safetensors", tmp_path / "manifest.json"
+    record = train_toy_wan(settings, str(path), str(manifest))
+    written = json.loads(manifest.read_text())
+    assert written == record and written["transformer_steps"] == 30 and written["bytes"] == path.stat().st_size
+    import hashlib
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == written["sha256"]
+    assert written["command"].startswith("python -m motion_core train-toy-wan") and "--steps 30" in written["command"]
+    world = wanworld.load_world(str(path))
+    assert world.metadata["transformer_steps_done"] == 30 and not any(
+        p.requires_grad for p in world.transformer.parameters())
+    frames = toyclips.render_clip(wanworld.sample_caption_spec(np.random.default_rng(0), "bounce"))
+    latents = world.encode(frames)
+    assert latents.shape == (1, 16, 4, 16, 16) and world.decode(latents).shape == frames.shape
+    with pytest.raises(ValueError, match="caption_drop"):
+        train_toy_wan(WanToyTrainSettings(caption_drop=1.5), str(path), str(manifest))
