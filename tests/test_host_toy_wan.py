@@ -28,7 +28,9 @@ def toy_file(comfy_nodes, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(comfy_nodes, toy_file):
-    node = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "LoadToyWanModel"]
+    """The node class itself: it is registered once the trained weights ship (issue 47)."""
+    node = pack_module("nodes.toy.toy_wan_model").LoadToyWanModel
+    assert PACK + "LoadToyWanModel" not in comfy_nodes.NODE_CLASS_MAPPINGS       # not offered to users yet
     with torch.inference_mode():
         return node.execute(weights=toy_file).result
 
@@ -50,6 +52,12 @@ def test_the_toy_is_comfyuis_wan_t2v_and_computes_what_it_was_trained_as(comfy_n
         expected = world.transformer(latents, timestep, context, return_dict=False)[0]
         got = model.model.diffusion_model(latents, timestep, context)
     assert float(expected.abs().mean()) > 0.01 and torch.allclose(got, expected, atol=1e-4)
+
+
+def test_a_missing_weights_file_is_named_with_the_command_that_trains_it(comfy_nodes, tmp_path):
+    node = pack_module("nodes.toy.toy_wan_model").LoadToyWanModel
+    with pytest.raises(FileNotFoundError, match="train-toy-wan"):
+        node.execute(weights=str(tmp_path / "none.safetensors"))
 
 
 def test_the_toy_vae_compresses_as_wans_and_the_text_encoder_reads_prompts(comfy_nodes, toy_file, loaded):

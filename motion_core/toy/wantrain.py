@@ -45,6 +45,9 @@ class WanToyTrainSettings:
     vae_batch: int = 4
     vae_crop: int = 32
     vae_lr: float = 1e-3
+    vae_sample_noise: float = 0.0   # share of the posterior's std added to the latent in VAE training (0: its mean,
+    #                                 which is what ComfyUI's WanVAE.encode returns; 1 with a 600-step budget left
+    #                                 the posterior std above the means' spread and a 17.6 dB blur: docs/wan_toy.md)
     steps: int = 4000             # transformer steps
     batch: int = 16
     lr: float = 5e-4              # peak; linear warm-up then cosine decay to 10 %
@@ -74,7 +77,8 @@ def render_dataset(settings: WanToyTrainSettings) -> tuple[torch.Tensor, list[to
 
 
 def train_vae(vae, clips: torch.Tensor, settings: WanToyTrainSettings, generator: torch.Generator) -> list[float]:
-    """Reconstruction (L1 + MSE) and a small KL on ``vae_crop``-pixel crops of whole clips."""
+    """Reconstruction (L1 + MSE) and a small KL on ``vae_crop``-pixel crops of whole clips; the latent is the
+    posterior's mean plus ``vae_sample_noise`` of its std."""
     optimizer = torch.optim.Adam(vae.parameters(), lr=settings.vae_lr)
     schedule = lr_schedule(optimizer, settings.vae_steps, settings.warmup_steps)
     size = clips.shape[2]
@@ -85,7 +89,9 @@ def train_vae(vae, clips: torch.Tensor, settings: WanToyTrainSettings, generator
         batch = clips[chosen, :, top:top + settings.vae_crop, left:left + settings.vae_crop]
         pixels = batch.permute(0, 4, 1, 2, 3) * 2 - 1                    # (b c f h w) in -1..1
         posterior = vae.encode(pixels).latent_dist
-        latent = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        latent = posterior.mean
+        if settings.vae_sample_noise > 0:
+            latent = latent + settings.vae_sample_noise * posterior.std * torch.randn(latent.shape, generator=generator)
         recon = vae.decode(latent).sample
         loss = (recon - pixels).abs().mean() + 0.5 * ((recon - pixels) ** 2).mean() + 1e-6 * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
