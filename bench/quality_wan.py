@@ -82,7 +82,8 @@ class Bench:
         self.hs = start_host("cpu")
         import nodes as comfy_nodes
         self.nodes = comfy_nodes.NODE_CLASS_MAPPINGS
-        loader = self.hs.pack_module("nodes.toy.toy_wan_model").LoadToyWanModel     # registered once weights ship
+        import importlib      # Load Toy Wan Model is registered once trained weights ship: import it by the pack's name
+        loader = importlib.import_module(f"{self.hs.pack_module('nodes').__name__}.toy.toy_wan_model").LoadToyWanModel
         with torch.inference_mode():
             self.model, self.text, self.vae = loader.execute(weights=weights).result
 

@@ -7,37 +7,33 @@ import logging
 import sys
 
 
+def _train(argv: list[str], name: str, description: str, settings_class, train, weights: str, manifest: str) -> int:
+    """``python -m motion_core NAME``: every field of ``settings_class`` as a flag, then ``train``."""
+    parser = argparse.ArgumentParser(prog=f"python -m motion_core {name}", description=description)
+    for field in dataclasses.fields(settings_class):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
+    parser.add_argument("--out", default=weights, help="weights file to write")
+    parser.add_argument("--manifest", default=manifest, help="manifest JSON to write")
+    args = vars(parser.parse_args(argv))
+    out, manifest = args.pop("out"), args.pop("manifest")
+    train(settings_class(**args), out, manifest, command=" ".join([f"python -m motion_core {name}", *argv]))
+    return 0
+
+
 def _train_toy(argv: list[str]) -> int:
     from .toy.toytrain import ToyTrainSettings, train_toy
     from .toy.toyworld import MANIFEST_PATH, WEIGHTS_PATH
 
-    parser = argparse.ArgumentParser(prog="python -m motion_core train-toy",
-                                     description="Train the toy world's SVD-architecture model (CPU, seeded).")
-    for field in dataclasses.fields(ToyTrainSettings):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
-    parser.add_argument("--out", default=WEIGHTS_PATH, help="weights file to write")
-    parser.add_argument("--manifest", default=MANIFEST_PATH, help="manifest JSON to write")
-    args = vars(parser.parse_args(argv))
-    out, manifest = args.pop("out"), args.pop("manifest")
-    train_toy(ToyTrainSettings(**args), out, manifest, command=" ".join(["python -m motion_core train-toy", *argv]))
-    return 0
+    return _train(argv, "train-toy", "Train the toy world's SVD-architecture model (CPU, seeded).",
+                  ToyTrainSettings, train_toy, WEIGHTS_PATH, MANIFEST_PATH)
 
 
 def _train_toy_wan(argv: list[str]) -> int:
     from .toy.wantrain import WanToyTrainSettings, train_toy_wan
     from .toy.wanworld import MANIFEST_PATH, WEIGHTS_PATH
 
-    parser = argparse.ArgumentParser(prog="python -m motion_core train-toy-wan",
-                                     description="Train the Wan toy world's text-to-video model (CPU, seeded).")
-    for field in dataclasses.fields(WanToyTrainSettings):
-        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default), default=field.default)
-    parser.add_argument("--out", default=WEIGHTS_PATH, help="weights file to write")
-    parser.add_argument("--manifest", default=MANIFEST_PATH, help="manifest JSON to write")
-    args = vars(parser.parse_args(argv))
-    out, manifest = args.pop("out"), args.pop("manifest")
-    train_toy_wan(WanToyTrainSettings(**args), out, manifest,
-                  command=" ".join(["python -m motion_core train-toy-wan", *argv]))
-    return 0
+    return _train(argv, "train-toy-wan", "Train the Wan toy world's text-to-video model (CPU, seeded).",
+                  WanToyTrainSettings, train_toy_wan, WEIGHTS_PATH, MANIFEST_PATH)
 
 
 def _demo(argv: list[str]) -> int:

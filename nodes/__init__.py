@@ -15,7 +15,6 @@ from .motion import ApplyMotion, DebiasValueEmbedding
 from .reference_noise import ReferenceNoise
 from .toy.toy_clips import ToyMotionClip, ToyTargetImage, ToyVideoConditioning
 from .toy.toy_model import LoadToyVideoModel
-from .toy import toy_wan_model  # noqa: F401  (Load Toy Wan Model: registered once its weights ship, issue 47)
 from .video_nodes import LoadReferenceVideo
 
 NODES = [LoadReferenceVideo, LearnMotionEmbedding, DebiasValueEmbedding, InflateSVDConditioning, ApplyMotion,

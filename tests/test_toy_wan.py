@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from motion_core.toy import toyclips, wanworld
-from motion_core.toy.wantrain import (WanToyTrainSettings, caption_batch, flow_batch, train_toy_wan,
+from motion_core.toy.wantrain import (WanToyTrainSettings, caption_batch, caption_table, flow_batch, train_toy_wan,
                                      train_transformer)
 
 
@@ -53,8 +53,8 @@ def test_calibrating_the_latent_gives_wans_statistics_and_leaves_the_decoded_vid
 def test_training_batches_drop_motion_words_and_captions_at_their_shares():
     specs = [wanworld.sample_caption_spec(np.random.default_rng(s), "circle_cw") for s in range(400)]
     generator = torch.Generator().manual_seed(0)
-    ids = caption_batch(specs, torch.arange(400), WanToyTrainSettings(motion_word_share=0.75, caption_drop=0.2),
-                        generator)
+    settings = WanToyTrainSettings(motion_word_share=0.75, caption_drop=0.2)
+    ids = caption_batch(caption_table(specs), torch.arange(400), settings, generator)
     motion = wanworld.VOCABULARY.index("circle_cw")
     dropped = (ids == 0).all(dim=1)
     with_motion = (ids[:, 0] == motion) & ~dropped

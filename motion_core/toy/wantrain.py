@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from . import toyclips
-from .toytrain import lr_schedule, sha256
+from .toytrain import _progress, lr_schedule, sha256
 from .wanworld import (FRAMES, MANIFEST_PATH, SAMPLING_SHIFT, WEIGHTS_PATH, WanToyWorld, build_models,
                        calibrate_latent, caption_ids, caption_words, latent_to_model, sample_caption_spec, save_world)
 
@@ -58,13 +58,6 @@ class WanToyTrainSettings:
     threads: int = 2
     minutes: float = 0.0          # > 0: stop the transformer phase after this many minutes (steps done are recorded)
     checkpoint_every: int = 250
-
-
-def _progress(label: str, step: int, total: int, start: float, loss: float) -> None:
-    if step == 1 or step % max(1, total // 40) == 0 or step == total:
-        elapsed = time.time() - start
-        log.info("%s %d/%d  loss %.4f  %.0fs elapsed, ~%.0fs left", label, step, total, loss, elapsed,
-                 elapsed / step * (total - step))
 
 
 def render_dataset(settings: WanToyTrainSettings) -> tuple[torch.Tensor, list[toyclips.ClipSpec]]:
@@ -120,14 +113,19 @@ def flow_batch(latents: torch.Tensor, generator: torch.Generator, shift: float =
     return (1 - s) * latents + s * noise, sigma * 1000, noise - latents
 
 
-def caption_batch(specs: list[toyclips.ClipSpec], chosen: torch.Tensor, settings: WanToyTrainSettings,
+def caption_table(specs: list[toyclips.ClipSpec]) -> torch.Tensor:
+    """Every clip's caption as word indices, once: ``(n 2 CAPTION_TOKENS)``, without and with the motion word."""
+    return torch.stack([torch.stack([caption_ids(" ".join(caption_words(spec, with_motion)))
+                                     for with_motion in (False, True)]) for spec in specs])
+
+
+def caption_batch(captions: torch.Tensor, chosen: torch.Tensor, settings: WanToyTrainSettings,
                   generator: torch.Generator) -> torch.Tensor:
-    """Word indices ``(b CAPTION_TOKENS)``: the motion word kept ``motion_word_share`` of the time, the whole
-    caption dropped (all padding) ``caption_drop`` of the time."""
+    """Word indices ``(b CAPTION_TOKENS)`` of the ``chosen`` clips (``captions``: :func:`caption_table`): the motion
+    word kept ``motion_word_share`` of the time, the whole caption dropped (all padding) ``caption_drop`` of the time."""
     keep = torch.rand(len(chosen), generator=generator) < settings.motion_word_share
     drop = torch.rand(len(chosen), generator=generator) < settings.caption_drop
-    ids = [caption_ids(" ".join(caption_words(specs[int(i)], bool(k)))) for i, k in zip(chosen, keep)]
-    return torch.stack(ids) * (~drop)[:, None]
+    return captions[chosen, keep.long()] * (~drop)[:, None]
 
 
 def train_transformer(transformer, text_encoder, latents: torch.Tensor, specs: list[toyclips.ClipSpec],
@@ -137,13 +135,14 @@ def train_transformer(transformer, text_encoder, latents: torch.Tensor, specs: l
     parameters = list(transformer.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=settings.lr, weight_decay=0.0)
     schedule = lr_schedule(optimizer, settings.steps, settings.warmup_steps)
+    captions = caption_table(specs)
     ema = {"transformer": copy.deepcopy(transformer).requires_grad_(False),
            "text": copy.deepcopy(text_encoder).requires_grad_(False)}
     history, start = [], time.time()
     for step in range(1, settings.steps + 1):
         chosen = torch.randint(0, latents.shape[0], (settings.batch,), generator=generator)
         noisy, timestep, target = flow_batch(latents[chosen], generator)
-        context = text_encoder(caption_batch(specs, chosen, settings, generator))
+        context = text_encoder(caption_batch(captions, chosen, settings, generator))
         velocity = transformer(noisy, timestep, context, return_dict=False)[0]
         loss = ((velocity - target) ** 2).mean()
         optimizer.zero_grad(set_to_none=True)

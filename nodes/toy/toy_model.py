@@ -64,28 +64,36 @@ def build_model(unet_state: dict[str, torch.Tensor]) -> comfy.model_patcher.Mode
     devices come from ComfyUI (``unet_dtype``, ``get_torch_device``, ``unet_offload_device``).
     Raises ValueError when the converted weights do not fill the network exactly.
     """
-    mm = comfy.model_management
     state = diffusers_svd_unet_to_comfy(unet_state, toyworld.UNET_CONFIG)
     model_config = comfy.supported_models.SVD_img2vid(dict(toyworld.COMFY_UNET_CONFIG))
     # SVD's extra config sets 64-channel heads; the toy's 32-channel level needs 16
     model_config.unet_config["num_head_channels"] = toyworld.COMFY_UNET_CONFIG["num_head_channels"]
+    return load_diffusion_model(model_config, state, "toy SVD UNet", "toyworld.COMFY_UNET_CONFIG")
+
+
+def load_diffusion_model(model_config, state: dict[str, torch.Tensor], what: str,
+                         config_name: str) -> comfy.model_patcher.ModelPatcher:
+    """``model_config``'s model holding ``state`` (ComfyUI's keys, loaded strictly) in a ``ModelPatcher``, with the
+    dtype and devices ComfyUI's loaders pick (``unet_dtype``, ``get_torch_device``, ``unet_offload_device``).
+    Raises ValueError when the weights do not fill the network exactly."""
+    mm = comfy.model_management
     parameters = sum(t.numel() for t in state.values())
     load_device = mm.get_torch_device()
     supported = list(model_config.supported_inference_dtypes)
-    unet_dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=supported)
-    model_config.set_inference_dtype(unet_dtype, mm.unet_manual_cast(unet_dtype, load_device, supported))
-    initial_device = mm.unet_inital_load_device(parameters, unet_dtype)
+    dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=supported)
+    model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
+    initial_device = mm.unet_inital_load_device(parameters, dtype)
     model = model_config.get_model({}, "", device=initial_device)
     try:
         model.diffusion_model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise ValueError(f"the toy UNet weights do not fit ComfyUI's SVD UNetModel of toyworld.COMFY_UNET_CONFIG "
-                         f"(was the file written for another config?): {exc}") from exc
+        raise ValueError(f"the {what} weights do not fit ComfyUI's model of {config_name} (was the file written for "
+                         f"another config?): {exc}") from exc
     model.eval()
     patcher = comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
     if initial_device != torch.device("cpu"):
         mm.load_models_gpu([patcher], force_full_load=True)
-    log.info("toy SVD UNet: %s parameters, %s on %s", f"{parameters:,}", unet_dtype, load_device)
+    log.info("%s: %s parameters, %s on %s", what, f"{parameters:,}", dtype, load_device)
     return patcher
 
 

@@ -30,6 +30,7 @@ from ...motion_core.toy import wanworld
 from ...motion_core.toy.wan_convert import diffusers_wan_to_comfy
 from ...motion_core.toy.wan_vae_convert import diffusers_wan_vae_to_comfy
 from ..common import CATEGORY, NODE_PREFIX
+from .toy_model import load_diffusion_model
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +43,10 @@ def _missing_weights_message(path: str) -> str:
 
 def build_wan_model(transformer_state: dict[str, torch.Tensor]) -> comfy.model_patcher.ModelPatcher:
     """A ``ModelPatcher`` around ComfyUI's Wan 2.1 T2V model holding the toy transformer, as UNETLoader sets one up."""
-    mm = comfy.model_management
-    state = diffusers_wan_to_comfy(transformer_state)
     model_config = comfy.supported_models.WAN21_T2V(dict(wanworld.COMFY_WAN_CONFIG))
     model_config.sampling_settings = dict(model_config.sampling_settings, shift=wanworld.SAMPLING_SHIFT)
-    parameters = sum(t.numel() for t in state.values())
-    load_device = mm.get_torch_device()
-    supported = list(model_config.supported_inference_dtypes)
-    dtype = mm.unet_dtype(model_params=parameters, supported_dtypes=supported)
-    model_config.set_inference_dtype(dtype, mm.unet_manual_cast(dtype, load_device, supported))
-    model = model_config.get_model({}, "", device=mm.unet_inital_load_device(parameters, dtype))
-    try:
-        model.diffusion_model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"the toy Wan weights do not fit ComfyUI's WanModel of wanworld.COMFY_WAN_CONFIG (was the "
-                         f"file written for another config?): {exc}") from exc
-    model.eval()
-    log.info("toy Wan transformer: %s parameters, %s on %s", f"{parameters:,}", dtype, load_device)
-    return comfy.model_patcher.ModelPatcher(model, load_device=load_device, offload_device=mm.unet_offload_device())
+    return load_diffusion_model(model_config, diffusers_wan_to_comfy(transformer_state), "toy Wan transformer",
+                                "wanworld.COMFY_WAN_CONFIG")
 
 
 # the keys by which comfy.sd.VAE recognises a Wan 2.1 VAE, at the shapes of its one built-in size (dim 96)
