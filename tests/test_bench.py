@@ -298,3 +298,14 @@ def test_wan_memory_fit_recovers_the_constants_and_the_plan_keeps_the_measured_o
     with open(os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json"), encoding="utf-8") as fh:
         measured = json.load(fh)["wan_cpu"]
     assert WAN_ACTIVATION_BYTES == pytest.approx(fit_wan_constants(measured["rows"]), rel=0.01)
+
+
+def test_wan_toy_vae_reading_keeps_every_motion_through_a_lossless_codec_and_only_stillness_through_a_frozen_one():
+    from bench.wan_toy_vae import held_out_clips, read_round_trips
+    from motion_core.toy import toyclips
+
+    clips = held_out_clips(per_class=1)
+    lossless = read_round_trips(lambda pixels: pixels.clone(), clips)
+    assert lossless["kept"] == lossless["of"] == len(toyclips.MOTION_CLASSES)
+    frozen = read_round_trips(lambda pixels: pixels[:, :, :1].expand_as(pixels), clips)
+    assert frozen["kept"] == 1 and frozen["psnr_frame0"] > 60 and frozen["psnr"] < lossless["psnr"]

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from motion_core.toy import toyclips, wanworld
-from motion_core.toy.wantrain import (WanToyTrainSettings, caption_batch, caption_table, flow_batch, train_toy_wan,
-                                     train_transformer)
+from motion_core.toy.wantrain import (WanToyTrainSettings, caption_batch, caption_table, fit_latent_basis, flow_batch,
+                                     start_per_frame, start_temporal_as_copies, train_toy_wan, train_transformer,
+                                     train_vae)
 
 
 def test_captions_name_the_scene_word_by_word_and_read_back_case_blind():
@@ -50,6 +51,62 @@ def test_calibrating_the_latent_gives_wans_statistics_and_leaves_the_decoded_vid
     assert torch.allclose(after, before, atol=1e-4)
 
 
+def _clips(count: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    motions = toyclips.MOTION_CLASSES
+    return torch.stack([toyclips.render_clip(wanworld.sample_caption_spec(rng, motions[i % len(motions)]))
+                        for i in range(count)])
+
+
+def test_the_latent_basis_has_wans_causal_geometry_and_keeps_more_than_the_mean():
+    clips = _clips(12)
+    basis = fit_latent_basis(clips, samples=4000)
+    pixels = clips.permute(0, 4, 1, 2, 3) * 2 - 1                       # (b c 13 64 64)
+    coefficients = basis.encode(pixels)
+    assert coefficients.shape == (12, wanworld.LATENT_CHANNELS, 4, 16, 16)
+    changed = pixels.clone()
+    changed[:, :, 5:] = torch.rand_like(changed[:, :, 5:])              # frames 5.. belong to latent frames 2, 3
+    recoded = basis.encode(changed)
+    assert torch.equal(recoded[:, :, :2], coefficients[:, :, :2]) and not torch.equal(recoded[:, :, 2], coefficients[:, :, 2])
+    # an orthonormal basis: projecting back keeps far more than the mean patch does
+    first, _ = basis.patches(pixels)
+    kept = torch.einsum("bkhw,kp->bhwp", coefficients[:, :, 0], basis.first_basis) + basis.first_mean
+    assert torch.allclose(basis.first_basis @ basis.first_basis.T, torch.eye(wanworld.LATENT_CHANNELS), atol=1e-4)
+    assert ((kept - first) ** 2).mean() < 0.2 * ((basis.first_mean - first) ** 2).mean()
+
+
+def test_each_vae_stage_lowers_its_own_loss():
+    clips = _clips(8)
+    _, vae, _ = wanworld.build_models(0)
+    steps = 25
+    settings = WanToyTrainSettings(vae_encoder_steps=steps, vae_decoder_steps=steps, vae_image_steps=0, vae_steps=0,
+                                   vae_image_batch=4, vae_crop=16, warmup_steps=2)
+    history = train_vae(vae, clips, settings, torch.Generator().manual_seed(0))
+    assert len(history) == 2 * steps
+    for stage in (history[:steps], history[steps:]):
+        assert sum(stage[-5:]) < 0.8 * sum(stage[:5]), stage
+
+
+def test_the_vae_starts_per_frame_and_its_temporal_convolutions_as_averages_and_copies():
+    _, vae, _ = wanworld.build_models(0)
+    start_per_frame(vae)
+    convolution = vae.encoder.down_blocks[0].conv1                     # a causal 3x3x3 convolution
+    frames = torch.randn(1, convolution.in_channels, 3, 6, 6)
+    alone = convolution(frames[:, :, 2:])
+    assert torch.allclose(convolution(frames)[:, :, 2:], alone, atol=1e-5)   # frame 2 sees only itself
+    start_temporal_as_copies(vae)
+    down = next(m for m in vae.encoder.modules() if getattr(m, "time_conv", None) is not None)
+    up = next(m for m in vae.decoder.modules() if getattr(m, "time_conv", None) is not None)
+    frames = torch.randn(1, down.time_conv.in_channels, 5, 4, 4)       # (previous, a, b, c, d)
+    averaged = down.time_conv(frames)
+    assert averaged.shape[2] == 2
+    assert torch.allclose(averaged[:, :, 0], (frames[:, :, 1] + frames[:, :, 2]) / 2, atol=1e-6)
+    assert torch.allclose(averaged[:, :, 1], (frames[:, :, 3] + frames[:, :, 4]) / 2, atol=1e-6)
+    current = torch.randn(1, up.time_conv.in_channels, 1, 4, 4)
+    copied = up.time_conv(current)
+    assert torch.allclose(copied, torch.cat([current, current], dim=1), atol=1e-6)
+
+
 def test_training_batches_drop_motion_words_and_captions_at_their_shares():
     specs = [wanworld.sample_caption_spec(np.random.default_rng(s), "circle_cw") for s in range(400)]
     generator = torch.Generator().manual_seed(0)
@@ -81,7 +138,9 @@ def test_the_transformer_learns_the_clips_it_is_shown():
 
 
 def test_train_toy_wan_writes_weights_that_match_their_manifest(tmp_path):
-    settings = WanToyTrainSettings(clips=26, vae_steps=2, vae_batch=2, steps=30, batch=4, lr=2e-3, warmup_steps=5,
+    settings = WanToyTrainSettings(clips=26, vae_encoder_steps=2, vae_decoder_steps=2, vae_image_steps=2, vae_steps=2,
+                                   vae_batch=2,
+                                   steps=30, batch=4, lr=2e-3, warmup_steps=5,
                                    checkpoint_every=10, threads=1)
     path, manifest = tmp_path / "toy_wan.safetensors", tmp_path / "manifest.json"
     record = train_toy_wan(settings, str(path), str(manifest))

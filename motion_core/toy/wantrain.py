@@ -2,9 +2,15 @@
 
 1. Render clips of every motion class, 13 frames at 64x64, scenes drawn from both palettes
    (the captions name colours and shapes, so the text encoder has to have met every word).
-2. Train the Wan VAE on spatial crops of whole clips (it is convolutional; the causal
-   temporal compression sees all 13 frames), then calibrate its latent to ComfyUI's Wan21
-   latent format (:func:`wanworld.calibrate_latent`).
+2. Train the Wan VAE on spatial crops in stages, because trained end to end from scratch its
+   decoder sits at the clips' mean colour for hundreds of steps (docs/wan_toy.md): on single
+   frames (cheap, and Wan's VAE encodes frame 0 alone), the encoder first learns a linear
+   codec's coefficients (:func:`fit_latent_basis`, a PCA of the patches one latent position
+   covers), the decoder then learns to reconstruct from them, then both train together (as a
+   per-frame codec, :func:`start_per_frame`); the temporal convolutions then start as averages
+   and copies (:func:`start_temporal_as_copies`),
+   and the whole VAE trains on whole clips, learning the 4x temporal compression. Its latent
+   is then calibrated to ComfyUI's Wan21 latent format (:func:`wanworld.calibrate_latent`).
 3. Encode every clip once and train the transformer and the text encoder the way Wan is
    trained: flow matching, ``x_t = (1 - s) x0 + s eps``, the velocity ``eps - x0`` as the
    target, ``s`` drawn uniformly and shifted by ``SAMPLING_SHIFT``, the timestep ``1000 s``.
@@ -31,7 +37,7 @@ import torch
 
 from . import toyclips
 from .toytrain import _progress, lr_schedule, sha256
-from .wanworld import (FRAMES, MANIFEST_PATH, SAMPLING_SHIFT, WEIGHTS_PATH, WanToyWorld, build_models,
+from .wanworld import (FRAMES, LATENT_CHANNELS, MANIFEST_PATH, SAMPLING_SHIFT, WEIGHTS_PATH, WanToyWorld, build_models,
                        calibrate_latent, caption_ids, caption_words, latent_to_model, sample_caption_spec, save_world)
 
 log = logging.getLogger(__name__)
@@ -41,10 +47,17 @@ log = logging.getLogger(__name__)
 class WanToyTrainSettings:
     seed: int = 0
     clips: int = 3000
-    vae_steps: int = 600
+    # The VAE, in stages (trained end to end from scratch it sits at the mean colour; docs/wan_toy.md):
+    vae_encoder_steps: int = 150  # 1. images: the encoder regresses a linear codec's coefficients (LatentBasis)
+    vae_decoder_steps: int = 250  # 2. images: the decoder reconstructs from those coefficients
+    vae_image_steps: int = 150    # 3. images: both, end to end; then the temporal convolutions start as averages
+    vae_steps: int = 300          # 4. whole clips: both, end to end, learning the 4x temporal compression
+    vae_image_batch: int = 16
     vae_batch: int = 4
     vae_crop: int = 32
-    vae_lr: float = 1e-3
+    vae_encoder_lr: float = 1e-3
+    vae_decoder_lr: float = 3e-4  # the Wan decoder falls to the mean colour at 1e-3 (docs/wan_toy.md)
+    vae_lr: float = 1e-4
     vae_sample_noise: float = 0.0   # share of the posterior's std added to the latent in VAE training (0: its mean,
     #                                 which is what ComfyUI's WanVAE.encode returns; 1 with a 600-step budget left
     #                                 the posterior std above the means' spread and a 17.6 dB blur: docs/wan_toy.md)
@@ -69,30 +82,158 @@ def render_dataset(settings: WanToyTrainSettings) -> tuple[torch.Tensor, list[to
     return torch.stack([toyclips.render_clip(spec) for spec in specs]), specs
 
 
+@dataclasses.dataclass
+class LatentBasis:
+    """A linear video codec with the Wan VAE's geometry, the target the encoder starts from.
+
+    Latent frame 0 holds frame 0, latent frame ``i >= 1`` frames ``4i-3 .. 4i`` (Wan's causal
+    compression); each latent position covers a ``SPATIAL x SPATIAL`` pixel patch. The
+    patches' principal components (``first``: ``(16 3*S*S)`` for frame 0, ``chunk``: ``(16
+    4*3*S*S)`` for the later frames) give the ``LATENT_CHANNELS`` coefficients.
+    """
+    first_mean: torch.Tensor
+    first_basis: torch.Tensor
+    chunk_mean: torch.Tensor
+    chunk_basis: torch.Tensor
+
+    def patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``pixels (b c f h w)`` -> frame 0 ``(b h' w' 3*S*S)`` and the chunks ``(b t-1 h' w' 4*3*S*S)``."""
+        first = torch.nn.functional.pixel_unshuffle(pixels[:, :, 0], SPATIAL).permute(0, 2, 3, 1)
+        rest = pixels[:, :, 1:]
+        b, c, f, h, w = rest.shape
+        chunks = torch.nn.functional.pixel_unshuffle(rest.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), SPATIAL)
+        chunks = chunks.view(b, f // TEMPORAL, TEMPORAL, -1, h // SPATIAL, w // SPATIAL)
+        return first, chunks.permute(0, 1, 4, 5, 2, 3).flatten(-2)
+
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``pixels (b c f h w)``, ``f = 1 + 4k`` -> coefficients ``(b 16 1+k h/S w/S)``."""
+        if pixels.shape[2] == 1:                                        # a single frame: frame 0's basis alone
+            first = torch.nn.functional.pixel_unshuffle(pixels[:, :, 0], SPATIAL).permute(0, 2, 3, 1)
+            return torch.einsum("bhwp,kp->bkhw", first - self.first_mean, self.first_basis)[:, :, None]
+        first, chunks = self.patches(pixels)
+        first = torch.einsum("bhwp,kp->bkhw", first - self.first_mean, self.first_basis)[:, :, None]
+        chunks = torch.einsum("bthwp,kp->bkthw", chunks - self.chunk_mean, self.chunk_basis)
+        return torch.cat([first, chunks], dim=2)
+
+    def decode(self, coefficients: torch.Tensor) -> torch.Tensor:
+        """The codec's own reconstruction: ``(b 16 1+k h' w')`` -> ``pixels (b 3 1+4k h'*S w'*S)``."""
+        first = torch.einsum("bkhw,kp->bphw", coefficients[:, :, 0], self.first_basis) + self.first_mean[:, None, None]
+        chunks = torch.einsum("bkthw,kp->bthwp", coefficients[:, :, 1:], self.chunk_basis) + self.chunk_mean
+        b, t, h, w, _ = chunks.shape
+        chunks = chunks.view(b, t, h, w, TEMPORAL, -1).permute(0, 1, 4, 5, 2, 3).reshape(b * t * TEMPORAL, -1, h, w)
+        shuffle = torch.nn.functional.pixel_shuffle
+        rest = shuffle(chunks, SPATIAL).view(b, t * TEMPORAL, 3, h * SPATIAL, w * SPATIAL).permute(0, 2, 1, 3, 4)
+        return torch.cat([shuffle(first, SPATIAL)[:, :, None], rest], dim=2)
+
+
+SPATIAL, TEMPORAL = 4, 4            # the toy VAE's compression (two spatial, two temporal downsamplings)
+
+
+def fit_latent_basis(clips: torch.Tensor, samples: int = 20000, seed: int = 0) -> LatentBasis:
+    """Principal components of the patches a latent position covers, from ``clips (n f h w c)`` in 0..1."""
+    empty = LatentBasis(*(torch.zeros(()) for _ in range(4)))
+    first, chunks = empty.patches(clips.permute(0, 4, 1, 2, 3) * 2 - 1)
+    generator = torch.Generator().manual_seed(seed)
+    fitted = []
+    for patches in (first.reshape(-1, first.shape[-1]), chunks.reshape(-1, chunks.shape[-1])):
+        patches = patches[torch.randperm(len(patches), generator=generator)[:samples]]
+        mean = patches.mean(0)
+        basis = torch.linalg.svd(patches - mean, full_matrices=False).Vh[:LATENT_CHANNELS]
+        fitted += [mean, basis]
+    return LatentBasis(*fitted)
+
+
+def _crops(clips: torch.Tensor, count: int, crop: int, generator: torch.Generator, single_frames: bool) -> torch.Tensor:
+    """``count`` crops of ``crop`` pixels, ``(b c f h w)`` in -1..1: of whole clips, or of single frames (f = 1)."""
+    chosen = torch.randint(0, clips.shape[0], (count,), generator=generator)
+    top, left = (int(v) for v in torch.randint(0, clips.shape[2] - crop + 1, (2,), generator=generator))
+    batch = clips[chosen, :, top:top + crop, left:left + crop]
+    if single_frames:
+        frame = torch.randint(0, clips.shape[1], (count,), generator=generator)
+        batch = batch[torch.arange(count), frame][:, None]
+    return batch.permute(0, 4, 1, 2, 3) * 2 - 1
+
+
+@torch.no_grad()
+def start_per_frame(vae) -> None:
+    """Zero the causal 3D convolutions' taps on past frames, so the VAE starts as a per-frame (2D) codec.
+
+    Single frames see only zero padding there, so those taps get no gradient in the image
+    stages: left random, they would mix noise into every later frame of a clip.
+    """
+    for name, module in vae.named_modules():
+        if isinstance(module, torch.nn.Conv3d) and module.weight.shape[2] > 1 and not name.endswith("time_conv"):
+            module.weight[:, :, :-1] = 0
+
+
+@torch.no_grad()
+def start_temporal_as_copies(vae) -> None:
+    """The encoder's temporal downsamplings average their two frames, the decoder's upsamplings copy theirs.
+
+    Single-frame training never runs them (Wan's VAE encodes and decodes frame 0 alone); started
+    this way, a clip decodes as its frames' averages, four at a time, and training on clips
+    goes on from there rather than from random temporal mixing.
+    """
+    for module in vae.modules():
+        convolution = getattr(module, "time_conv", None)
+        if convolution is None:
+            continue
+        outputs, inputs = convolution.weight.shape[:2]
+        identity = torch.eye(inputs).view(inputs, inputs, 1, 1)
+        convolution.weight.zero_()
+        convolution.bias.zero_()
+        if outputs == inputs:                                   # downsample: taps (previous, first, second)
+            convolution.weight[:, :, 1] = 0.5 * identity
+            convolution.weight[:, :, 2] = 0.5 * identity
+        else:                                                   # upsample: two frames from the current one
+            convolution.weight[:inputs, :, 2] = identity
+            convolution.weight[inputs:, :, 2] = identity
+
+
 def train_vae(vae, clips: torch.Tensor, settings: WanToyTrainSettings, generator: torch.Generator) -> list[float]:
-    """Reconstruction (L1 + MSE) and a small KL on ``vae_crop``-pixel crops of whole clips; the latent is the
-    posterior's mean plus ``vae_sample_noise`` of its std."""
-    optimizer = torch.optim.Adam(vae.parameters(), lr=settings.vae_lr)
-    schedule = lr_schedule(optimizer, settings.vae_steps, settings.warmup_steps)
-    size = clips.shape[2]
-    history, start = [], time.time()
-    for step in range(1, settings.vae_steps + 1):
-        chosen = torch.randint(0, clips.shape[0], (settings.vae_batch,), generator=generator)
-        top, left = (int(v) for v in torch.randint(0, size - settings.vae_crop + 1, (2,), generator=generator))
-        batch = clips[chosen, :, top:top + settings.vae_crop, left:left + settings.vae_crop]
-        pixels = batch.permute(0, 4, 1, 2, 3) * 2 - 1                    # (b c f h w) in -1..1
+    """The four stages (see the settings); returns the loss history of all of them, in order."""
+    basis = fit_latent_basis(clips, seed=settings.seed)
+    encoder = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
+    decoder = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    history = []
+
+    def reconstruction(recon, pixels):
+        return (recon - pixels).abs().mean() + 0.5 * ((recon - pixels) ** 2).mean()
+
+    def stage_loss(stage, pixels):
+        if stage == "vae encoder":
+            return ((vae.encode(pixels).latent_dist.mean - basis.encode(pixels)) ** 2).mean()
+        if stage == "vae decoder":
+            return reconstruction(vae.decode(basis.encode(pixels)).sample, pixels)
         posterior = vae.encode(pixels).latent_dist
         latent = posterior.mean
         if settings.vae_sample_noise > 0:
             latent = latent + settings.vae_sample_noise * posterior.std * torch.randn(latent.shape, generator=generator)
-        recon = vae.decode(latent).sample
-        loss = (recon - pixels).abs().mean() + 0.5 * ((recon - pixels) ** 2).mean() + 1e-6 * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        history.append(float(loss.detach()))
-        _progress("vae", step, settings.vae_steps, start, history[-1])
+        return reconstruction(vae.decode(latent).sample, pixels) + 1e-6 * posterior.kl().mean()
+
+    stages = (("vae encoder", encoder, settings.vae_encoder_steps, settings.vae_encoder_lr, True),
+              ("vae decoder", decoder, settings.vae_decoder_steps, settings.vae_decoder_lr, True),
+              ("vae images", encoder + decoder, settings.vae_image_steps, settings.vae_lr, True),
+              ("vae", encoder + decoder, settings.vae_steps, settings.vae_lr, False))
+    if any(steps > 0 for _, _, steps, _, single_frames in stages if single_frames):
+        start_per_frame(vae)
+    for stage, parameters, steps, lr, single_frames in stages:
+        if steps <= 0:
+            continue
+        if not single_frames:
+            start_temporal_as_copies(vae)
+        optimizer = torch.optim.Adam(parameters, lr=lr)
+        schedule = lr_schedule(optimizer, steps, min(settings.warmup_steps, steps // 10))
+        start = time.time()
+        count = settings.vae_image_batch if single_frames else settings.vae_batch
+        for step in range(1, steps + 1):
+            loss = stage_loss(stage, _crops(clips, count, settings.vae_crop, generator, single_frames))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            history.append(float(loss.detach()))
+            _progress(stage, step, steps, start, history[-1])
     return history
 
 
@@ -206,7 +347,8 @@ def train_toy_wan(settings: WanToyTrainSettings, path: str = WEIGHTS_PATH, manif
         record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
                   "command": command or _command(settings), "reproduce": reproduce,
                   "transformer_steps": len(history), "transformer_steps_planned": settings.steps,
-                  "vae_steps": settings.vae_steps, "clips": settings.clips, "seed": settings.seed,
+                  "vae_steps": [settings.vae_encoder_steps, settings.vae_decoder_steps, settings.vae_image_steps,
+                                settings.vae_steps], "clips": settings.clips, "seed": settings.seed,
                   "final_transformer_loss_mean_last_100": round(metadata["transformer_final_loss"], 5),
                   "final_vae_loss_mean_last_50": round(vae_loss, 5), "minutes": round(minutes, 1),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
