@@ -157,3 +157,16 @@ def test_train_toy_wan_writes_weights_that_match_their_manifest(tmp_path):
     assert latents.shape == (1, 16, 4, 16, 16) and world.decode(latents).shape == frames.shape
     with pytest.raises(ValueError, match="caption_drop"):
         train_toy_wan(WanToyTrainSettings(caption_drop=1.5), str(path), str(manifest))
+    # going on from the file: its VAE is kept as it is, its transformer trains on from its weights
+    second = tmp_path / "second.safetensors"
+    settings = WanToyTrainSettings(clips=26, steps=5, batch=4, lr=2e-3, warmup_steps=1, checkpoint_every=100,
+                                   threads=1, init_weights=str(path))
+    again = train_toy_wan(settings, str(second), str(tmp_path / "second.json"))
+    assert again["vae_steps"] == [0, 0, 0, 0] and f"--init-weights {path}" in again["reproduce"]
+    went_on = wanworld.load_world(str(second))
+    assert all(torch.equal(a, b) for a, b in zip(world.vae.state_dict().values(), went_on.vae.state_dict().values()))
+    moved = [not torch.equal(a, b) for a, b in zip(world.transformer.parameters(), went_on.transformer.parameters())]
+    assert any(moved) and went_on.metadata["latent_calibration"] == world.metadata["latent_calibration"]
+    with pytest.raises(FileNotFoundError, match="init_weights"):
+        train_toy_wan(WanToyTrainSettings(init_weights=str(tmp_path / "none.safetensors")), str(second),
+                      str(tmp_path / "second.json"))

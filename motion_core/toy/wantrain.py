@@ -38,7 +38,8 @@ import torch
 from . import toyclips
 from .toytrain import _progress, lr_schedule, sha256
 from .wanworld import (FRAMES, LATENT_CHANNELS, MANIFEST_PATH, SAMPLING_SHIFT, WEIGHTS_PATH, WanToyWorld, build_models,
-                       calibrate_latent, caption_ids, caption_words, latent_to_model, sample_caption_spec, save_world)
+                       calibrate_latent, caption_ids, caption_words, latent_to_model, load_world, sample_caption_spec,
+                       save_world)
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class WanToyTrainSettings:
     threads: int = 2
     minutes: float = 0.0          # > 0: stop the transformer phase after this many minutes (steps done are recorded)
     checkpoint_every: int = 250
+    init_weights: str = ""        # a trained toy Wan file to go on from: keeps its VAE and latent calibration (no VAE
+    #                               stages), its transformer and text encoder train on (and their averages restart)
 
 
 def render_dataset(settings: WanToyTrainSettings) -> tuple[torch.Tensor, list[toyclips.ClipSpec]]:
@@ -317,6 +320,9 @@ def _command(settings: WanToyTrainSettings) -> str:
 def train_toy_wan(settings: WanToyTrainSettings, path: str = WEIGHTS_PATH, manifest: str = MANIFEST_PATH,
                   command: Optional[str] = None) -> dict:
     """Train, then write the weights to ``path`` and their manifest to ``manifest``."""
+    if settings.init_weights and not os.path.isfile(settings.init_weights):          # before minutes of rendering
+        raise FileNotFoundError(f"init_weights: no toy Wan weights file at {settings.init_weights!r}; give a file "
+                                "that `python -m motion_core train-toy-wan` wrote")
     for name in ("motion_word_share", "caption_drop"):
         if not 0.0 <= getattr(settings, name) <= 1.0:
             raise ValueError(f"{name} is a share, 0..1; got {getattr(settings, name)}")
@@ -326,13 +332,22 @@ def train_toy_wan(settings: WanToyTrainSettings, path: str = WEIGHTS_PATH, manif
     started = time.time()
     log.info("rendering %d clips of %d frames", settings.clips, FRAMES)
     clips, specs = render_dataset(settings)
-    transformer, vae, text_encoder = build_models(settings.seed)
-    vae_history = train_vae(vae, clips, settings, generator)
-    vae.requires_grad_(False).eval()
-    measured = calibrate_latent(vae, clips[:256])
+    if settings.init_weights:
+        world = load_world(settings.init_weights)
+        transformer, vae, text_encoder = world.transformer, world.vae, world.text_encoder
+        transformer.train().requires_grad_(True)
+        text_encoder.train().requires_grad_(True)
+        vae_history, measured = [], world.metadata.get("latent_calibration", {})
+        log.info("going on from %s (its VAE and latent calibration kept)", settings.init_weights)
+    else:
+        transformer, vae, text_encoder = build_models(settings.seed)
+        vae_history = train_vae(vae, clips, settings, generator)
+        vae.requires_grad_(False).eval()
+        measured = calibrate_latent(vae, clips[:256])
     latents = encode_clips(vae, clips)
     log.info("latents %s, std %.3f", tuple(latents.shape), float(latents.std()))
-    vae_loss = sum(vae_history[-50:]) / max(1, len(vae_history[-50:]))
+    vae_loss = (sum(vae_history[-50:]) / len(vae_history[-50:]) if vae_history
+                else float(world.metadata.get("vae_final_loss", 0.0)) if settings.init_weights else 0.0)
 
     def write(ema, history):
         minutes = (time.time() - started) / 60
@@ -347,8 +362,8 @@ def train_toy_wan(settings: WanToyTrainSettings, path: str = WEIGHTS_PATH, manif
         record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
                   "command": command or _command(settings), "reproduce": reproduce,
                   "transformer_steps": len(history), "transformer_steps_planned": settings.steps,
-                  "vae_steps": [settings.vae_encoder_steps, settings.vae_decoder_steps, settings.vae_image_steps,
-                                settings.vae_steps], "clips": settings.clips, "seed": settings.seed,
+                  "vae_steps": [0, 0, 0, 0] if settings.init_weights else [
+                      settings.vae_encoder_steps, settings.vae_decoder_steps, settings.vae_image_steps, settings.vae_steps], "clips": settings.clips, "seed": settings.seed,
                   "final_transformer_loss_mean_last_100": round(metadata["transformer_final_loss"], 5),
                   "final_vae_loss_mean_last_50": round(vae_loss, 5), "minutes": round(minutes, 1),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
