@@ -309,3 +309,17 @@ def test_wan_toy_vae_reading_keeps_every_motion_through_a_lossless_codec_and_onl
     assert lossless["kept"] == lossless["of"] == len(toyclips.MOTION_CLASSES)
     frozen = read_round_trips(lambda pixels: pixels[:, :, :1].expand_as(pixels), clips)
     assert frozen["kept"] == 1 and frozen["psnr_frame0"] > 60 and frozen["psnr"] < lossless["psnr"]
+
+
+def test_wan_toy_sample_reads_every_clip_it_draws():
+    import torch
+
+    from bench.wan_toy_sample import read, sample
+    from motion_core.toy import wanworld
+
+    transformer, vae, text = wanworld.build_models(seed=0)
+    world = wanworld.WanToyWorld(transformer.eval(), vae.eval(), text, {})
+    result = read(world, motions=("static", "bounce"), steps=2)
+    assert result["of"] == 2 and sum(result["readings"].values()) == 2 and 0 <= result["hits"] <= 2
+    latents = sample(world, ["red circle", ""], steps=1)
+    assert latents.shape == (2, 16, 4, 16, 16) and torch.isfinite(latents).all()
