@@ -27,9 +27,6 @@ from motion_core.toy.wanworld import build_models, sample_caption_spec
 from motion_core.toy.wantrain import (WanToyTrainSettings, fit_latent_basis, render_dataset, start_temporal_as_copies,
                                       train_vae)
 
-log = logging.getLogger("bench.wan_toy_vae")
-
-
 def held_out_clips(per_class: int = 2, seed: int = 3) -> list[tuple[str, torch.Tensor]]:
     rng = np.random.default_rng(seed)
     return [(motion, toyclips.render_clip(sample_caption_spec(rng, motion, palette="heldout")))

@@ -7,8 +7,8 @@ import torch
 
 from motion_core.toy import toyclips, wanworld
 from motion_core.toy.wantrain import (WanToyTrainSettings, caption_batch, caption_table, fit_latent_basis, flow_batch,
-                                     start_per_frame, start_temporal_as_copies, train_toy_wan, train_transformer,
-                                     train_vae)
+                                     latent_patches, start_per_frame, start_temporal_as_copies, train_toy_wan,
+                                     train_transformer, train_vae)
 
 
 def test_captions_name_the_scene_word_by_word_and_read_back_case_blind():
@@ -69,7 +69,7 @@ def test_the_latent_basis_has_wans_causal_geometry_and_keeps_more_than_the_mean(
     recoded = basis.encode(changed)
     assert torch.equal(recoded[:, :, :2], coefficients[:, :, :2]) and not torch.equal(recoded[:, :, 2], coefficients[:, :, 2])
     # an orthonormal basis: projecting back keeps far more than the mean patch does
-    first, _ = basis.patches(pixels)
+    first, _ = latent_patches(pixels)
     kept = torch.einsum("bkhw,kp->bhwp", coefficients[:, :, 0], basis.first_basis) + basis.first_mean
     assert torch.allclose(basis.first_basis @ basis.first_basis.T, torch.eye(wanworld.LATENT_CHANNELS), atol=1e-4)
     assert ((kept - first) ** 2).mean() < 0.2 * ((basis.first_mean - first) ** 2).mean()

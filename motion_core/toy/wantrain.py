@@ -99,21 +99,9 @@ class LatentBasis:
     chunk_mean: torch.Tensor
     chunk_basis: torch.Tensor
 
-    def patches(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``pixels (b c f h w)`` -> frame 0 ``(b h' w' 3*S*S)`` and the chunks ``(b t-1 h' w' 4*3*S*S)``."""
-        first = torch.nn.functional.pixel_unshuffle(pixels[:, :, 0], SPATIAL).permute(0, 2, 3, 1)
-        rest = pixels[:, :, 1:]
-        b, c, f, h, w = rest.shape
-        chunks = torch.nn.functional.pixel_unshuffle(rest.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), SPATIAL)
-        chunks = chunks.view(b, f // TEMPORAL, TEMPORAL, -1, h // SPATIAL, w // SPATIAL)
-        return first, chunks.permute(0, 1, 4, 5, 2, 3).flatten(-2)
-
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """``pixels (b c f h w)``, ``f = 1 + 4k`` -> coefficients ``(b 16 1+k h/S w/S)``."""
-        if pixels.shape[2] == 1:                                        # a single frame: frame 0's basis alone
-            first = torch.nn.functional.pixel_unshuffle(pixels[:, :, 0], SPATIAL).permute(0, 2, 3, 1)
-            return torch.einsum("bhwp,kp->bkhw", first - self.first_mean, self.first_basis)[:, :, None]
-        first, chunks = self.patches(pixels)
+        first, chunks = latent_patches(pixels)
         first = torch.einsum("bhwp,kp->bkhw", first - self.first_mean, self.first_basis)[:, :, None]
         chunks = torch.einsum("bthwp,kp->bkthw", chunks - self.chunk_mean, self.chunk_basis)
         return torch.cat([first, chunks], dim=2)
@@ -132,10 +120,21 @@ class LatentBasis:
 SPATIAL, TEMPORAL = 4, 4            # the toy VAE's compression (two spatial, two temporal downsamplings)
 
 
+def latent_patches(pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pixels (b c f h w)`` -> frame 0 ``(b h' w' 3*S*S)`` and the chunks ``(b t-1 h' w' 4*3*S*S)`` (none for f = 1)."""
+    first = torch.nn.functional.pixel_unshuffle(pixels[:, :, 0], SPATIAL).permute(0, 2, 3, 1)
+    rest = pixels[:, :, 1:]
+    b, c, f, h, w = rest.shape
+    if f == 0:
+        return first, first.new_zeros(b, 0, h // SPATIAL, w // SPATIAL, TEMPORAL * c * SPATIAL * SPATIAL)
+    chunks = torch.nn.functional.pixel_unshuffle(rest.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w), SPATIAL)
+    chunks = chunks.view(b, f // TEMPORAL, TEMPORAL, -1, h // SPATIAL, w // SPATIAL)
+    return first, chunks.permute(0, 1, 4, 5, 2, 3).flatten(-2)
+
+
 def fit_latent_basis(clips: torch.Tensor, samples: int = 20000, seed: int = 0) -> LatentBasis:
     """Principal components of the patches a latent position covers, from ``clips (n f h w c)`` in 0..1."""
-    empty = LatentBasis(*(torch.zeros(()) for _ in range(4)))
-    first, chunks = empty.patches(clips.permute(0, 4, 1, 2, 3) * 2 - 1)
+    first, chunks = latent_patches(clips.permute(0, 4, 1, 2, 3) * 2 - 1)
     generator = torch.Generator().manual_seed(seed)
     fitted = []
     for patches in (first.reshape(-1, first.shape[-1]), chunks.reshape(-1, chunks.shape[-1])):
@@ -150,10 +149,11 @@ def _crops(clips: torch.Tensor, count: int, crop: int, generator: torch.Generato
     """``count`` crops of ``crop`` pixels, ``(b c f h w)`` in -1..1: of whole clips, or of single frames (f = 1)."""
     chosen = torch.randint(0, clips.shape[0], (count,), generator=generator)
     top, left = (int(v) for v in torch.randint(0, clips.shape[2] - crop + 1, (2,), generator=generator))
-    batch = clips[chosen, :, top:top + crop, left:left + crop]
     if single_frames:
         frame = torch.randint(0, clips.shape[1], (count,), generator=generator)
-        batch = batch[torch.arange(count), frame][:, None]
+        batch = clips[chosen, frame, top:top + crop, left:left + crop][:, None]
+    else:
+        batch = clips[chosen, :, top:top + crop, left:left + crop]
     return batch.permute(0, 4, 1, 2, 3) * 2 - 1
 
 
@@ -195,7 +195,8 @@ def start_temporal_as_copies(vae) -> None:
 
 def train_vae(vae, clips: torch.Tensor, settings: WanToyTrainSettings, generator: torch.Generator) -> list[float]:
     """The four stages (see the settings); returns the loss history of all of them, in order."""
-    basis = fit_latent_basis(clips, seed=settings.seed)
+    basis = (fit_latent_basis(clips, seed=settings.seed)
+             if settings.vae_encoder_steps > 0 or settings.vae_decoder_steps > 0 else None)
     encoder = list(vae.encoder.parameters()) + list(vae.quant_conv.parameters())
     decoder = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     history = []
@@ -337,17 +338,19 @@ def train_toy_wan(settings: WanToyTrainSettings, path: str = WEIGHTS_PATH, manif
         transformer, vae, text_encoder = world.transformer, world.vae, world.text_encoder
         transformer.train().requires_grad_(True)
         text_encoder.train().requires_grad_(True)
-        vae_history, measured = [], world.metadata.get("latent_calibration", {})
+        measured = world.metadata.get("latent_calibration", {})
+        vae_loss = float(world.metadata.get("vae_final_loss", 0.0))
         log.info("going on from %s (its VAE and latent calibration kept)", settings.init_weights)
     else:
         transformer, vae, text_encoder = build_models(settings.seed)
         vae_history = train_vae(vae, clips, settings, generator)
         vae.requires_grad_(False).eval()
         measured = calibrate_latent(vae, clips[:256])
+        vae_loss = sum(vae_history[-50:]) / max(1, len(vae_history[-50:]))
+    vae_steps = [0, 0, 0, 0] if settings.init_weights else [settings.vae_encoder_steps, settings.vae_decoder_steps,
+                                                            settings.vae_image_steps, settings.vae_steps]
     latents = encode_clips(vae, clips)
     log.info("latents %s, std %.3f", tuple(latents.shape), float(latents.std()))
-    vae_loss = (sum(vae_history[-50:]) / len(vae_history[-50:]) if vae_history
-                else float(world.metadata.get("vae_final_loss", 0.0)) if settings.init_weights else 0.0)
 
     def write(ema, history):
         minutes = (time.time() - started) / 60
@@ -362,8 +365,7 @@ def train_toy_wan(settings: WanToyTrainSettings, path: str = WEIGHTS_PATH, manif
         record = {"file": os.path.basename(path), "sha256": sha256(path), "bytes": os.path.getsize(path),
                   "command": command or _command(settings), "reproduce": reproduce,
                   "transformer_steps": len(history), "transformer_steps_planned": settings.steps,
-                  "vae_steps": [0, 0, 0, 0] if settings.init_weights else [
-                      settings.vae_encoder_steps, settings.vae_decoder_steps, settings.vae_image_steps, settings.vae_steps], "clips": settings.clips, "seed": settings.seed,
+                  "vae_steps": vae_steps, "clips": settings.clips, "seed": settings.seed,
                   "final_transformer_loss_mean_last_100": round(metadata["transformer_final_loss"], 5),
                   "final_vae_loss_mean_last_50": round(vae_loss, 5), "minutes": round(minutes, 1),
                   "date": datetime.date.today().isoformat(), "torch": torch.__version__, "threads": settings.threads}
