@@ -12,6 +12,12 @@ Flow matching as Wan is trained: ``x_t = (1 - sigma) * x0 + sigma * eps`` with s
 it returns ``D = x_t - sigma * v``, so the velocity loss is ``mean(((D - x0) / sigma)^2)``.
 Training noise levels are uniform, shifted towards high noise by the model's shift
 (``sigma = shift * u / (1 + (shift - 1) * u)``, SD3's and Wan's timestep shift).
+
+Epsilon prediction as SD1.5 (and AnimateDiff on it) is trained: a DDPM beta schedule of
+1000 steps; in ComfyUI's form ``x_t = x0 + sigma_t * eps`` with ``sigma_t`` the schedule's
+``sqrt((1 - alphabar_t) / alphabar_t)`` (the model's ``model_sampling.sigmas``), the timestep
+``t`` uniform over the schedule, and the loss the noise's MSE, ``mean(((D - x0) / sigma)^2)``
+(the denoised estimate is ``D = x_t - sigma * eps_hat``).
 """
 from __future__ import annotations
 
@@ -26,7 +32,8 @@ LOSS_APPEARANCE_DEBIASED = "appearance_debiased"
 LOSSES = (LOSS_EDM, LOSS_APPEARANCE_DEBIASED)
 OBJECTIVE_EDM = "edm"      # SVD
 OBJECTIVE_FLOW = "flow"    # Wan
-OBJECTIVES = (OBJECTIVE_EDM, OBJECTIVE_FLOW)
+OBJECTIVE_EPS = "eps"      # SD1.5 + AnimateDiff: epsilon prediction on a discrete DDPM schedule
+OBJECTIVES = (OBJECTIVE_EDM, OBJECTIVE_FLOW, OBJECTIVE_EPS)
 FLOW_SIGMA_MIN = 1e-3      # keeps 1 / sigma finite
 
 
@@ -50,8 +57,15 @@ def sample_flow_sigma(generator: torch.Generator, shift: float = 1.0, low: float
     return min(1.0, max(FLOW_SIGMA_MIN, sigma))
 
 
+def sample_discrete_sigma(generator: torch.Generator, schedule: tuple) -> float:
+    """One epsilon-prediction noise level: the schedule's sigma at a timestep drawn uniformly from all of them."""
+    if not schedule:
+        raise ValueError("epsilon prediction needs the model's noise schedule (its model_sampling.sigmas)")
+    return float(schedule[int(torch.randint(0, len(schedule), (), generator=generator))])
+
+
 def noised(clean: torch.Tensor, noise: torch.Tensor, sigma: float, objective: str = OBJECTIVE_EDM) -> torch.Tensor:
-    """``x_t``: EDM ``x0 + sigma * eps``; flow ``(1 - sigma) * x0 + sigma * eps``."""
+    """``x_t``: EDM and epsilon prediction ``x0 + sigma * eps``; flow ``(1 - sigma) * x0 + sigma * eps``."""
     if objective == OBJECTIVE_FLOW:
         return (1.0 - sigma) * clean + sigma * noise
     return clean + sigma * noise
@@ -83,7 +97,10 @@ def anchor_debiased(frames: torch.Tensor, anchor: int, beta: float = 1.0) -> tor
 
 
 def flow_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Velocity loss of flow matching, ``mean(((D - x0) / sigma)^2)``, computed in float32."""
+    """Velocity loss of flow matching, ``mean(((D - x0) / sigma)^2)``, computed in float32.
+
+    The same expression is epsilon prediction's noise MSE (``D - x0 = sigma * (eps - eps_hat)``).
+    """
     return ((denoised.float() - clean.float()) ** 2).mean() / sigma ** 2
 
 
@@ -91,8 +108,8 @@ def training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: float, sig
                   kind: str = LOSS_EDM, anchor: int = 0, objective: str = OBJECTIVE_EDM) -> torch.Tensor:
     """The Learn node's loss: the model's objective, or it plus its appearance-debiased twin.
 
-    ``objective``: ``"edm"`` (SVD, weighted by ``lambda(sigma)``) or ``"flow"`` (Wan's
-    velocity loss). ``kind == "appearance_debiased"``: the same loss also computed after
+    ``objective``: ``"edm"`` (SVD, weighted by ``lambda(sigma)``), ``"flow"`` (Wan's
+    velocity loss) or ``"eps"`` (SD1.5 / AnimateDiff's noise MSE). ``kind == "appearance_debiased"``: the same loss also computed after
     the ``anchor`` frame is subtracted from every frame of target and prediction (Motion
     Inversion, sec. 3.3, after MotionDirector), the two added. Frames on axis 0.
     """
@@ -100,7 +117,7 @@ def training_loss(denoised: torch.Tensor, clean: torch.Tensor, sigma: float, sig
         raise ValueError(f"unknown objective {objective!r}; expected one of {OBJECTIVES}")
 
     def one(prediction, target):
-        if objective == OBJECTIVE_FLOW:
+        if objective in (OBJECTIVE_FLOW, OBJECTIVE_EPS):
             return flow_loss(prediction, target, sigma)
         return edm_loss(prediction, target, sigma, sigma_data)
 

@@ -21,7 +21,8 @@ import torch
 from .augment import AugmentSettings, augment_clip
 from .embedding import MotionEmbedding
 from .objectives import (DEFAULT_LOG_SIGMA_MEAN, DEFAULT_LOG_SIGMA_STD, LOSS_EDM, LOSSES, OBJECTIVE_EDM,
-                         OBJECTIVE_FLOW, OBJECTIVES, noised, sample_flow_sigma, sample_sigma, training_loss)
+                         OBJECTIVE_EPS, OBJECTIVE_FLOW, OBJECTIVES, noised, sample_discrete_sigma, sample_flow_sigma,
+                         sample_sigma, training_loss)
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,12 @@ class TrainSettings:
     augment: AugmentSettings = dataclasses.field(default_factory=AugmentSettings)
     loss_scale: float = 0.0        # > 0: dynamic loss scaling from this scale (float16 models); 0: off
     max_bad_steps: int = 25        # this many non-finite steps in a row stop the run
-    objective: str = OBJECTIVE_EDM  # "edm" (SVD: log-normal sigma) or "flow" (Wan: shifted uniform sigma in (0, 1))
+    objective: str = OBJECTIVE_EDM  # "edm" (SVD: log-normal sigma), "flow" (Wan: shifted uniform sigma in (0, 1)) or
+    #                                 "eps" (SD1.5 + AnimateDiff: a timestep of eps_schedule, uniform)
     flow_shift: float = 1.0        # the model's shift, for "flow"
     flow_sigma_range: tuple = (0.0, 1.0)   # "flow": the noise levels learned on (a Wan 2.2 A14B expert's)
     host_optimizer: bool = False   # Adam's state and a float32 master copy in CPU memory (see HostAdam)
+    eps_schedule: tuple = ()       # "eps": the noise levels drawn uniformly: the model's sigma at each timestep
 
     def __post_init__(self):
         if self.steps < 1:
@@ -65,9 +68,16 @@ class TrainSettings:
         low, high = self.flow_sigma_range
         if not 0.0 <= low < high <= 1.0:
             raise ValueError(f"flow_sigma_range must be (low, high) with 0 <= low < high <= 1, got {self.flow_sigma_range}")
+        if self.objective == OBJECTIVE_EPS and self.eps_schedule and not all(
+                math.isfinite(sigma) and sigma > 0 for sigma in self.eps_schedule):
+            raise ValueError("eps_schedule must hold positive noise levels (the model's model_sampling.sigmas)")
 
     def as_metadata(self) -> dict:
-        return dataclasses.asdict(self)
+        record = dataclasses.asdict(self)
+        schedule = record.pop("eps_schedule")       # 1000 numbers the model holds: recorded by their range
+        if schedule:
+            record["eps_schedule"] = {"timesteps": len(schedule), "sigma_min": min(schedule), "sigma_max": max(schedule)}
+        return record
 
 
 @dataclasses.dataclass
@@ -206,6 +216,8 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
         sample = augment_clip(clean, generator, settings.augment)
         if settings.objective == OBJECTIVE_FLOW:
             sigma = sample_flow_sigma(generator, settings.flow_shift, *settings.flow_sigma_range)
+        elif settings.objective == OBJECTIVE_EPS:
+            sigma = sample_discrete_sigma(generator, settings.eps_schedule)
         else:
             sigma = sample_sigma(generator, settings.log_sigma_mean, settings.log_sigma_std)
         noise = torch.randn(sample.shape, generator=generator).to(sample)

@@ -345,6 +345,39 @@ def test_training_with_the_flow_objective_lowers_the_loss():
         TrainSettings(objective="v")
 
 
+def test_epsilon_objective_is_the_noise_mse_on_the_models_discrete_schedule():
+    """SD1.5 / AnimateDiff: x_t = x0 + sigma_t * eps, sigma_t from the model's 1000 timesteps drawn uniformly,
+    the loss the noise's MSE read off the denoised estimate D = x_t - sigma * eps_hat."""
+    from motion_core.objectives import noised, sample_discrete_sigma, training_loss
+
+    clean, noise, eps_hat = torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2), torch.randn(3, 4, 2, 2)
+    sigma = 2.5
+    noisy = noised(clean, noise, sigma, "eps")
+    assert torch.allclose(noisy, clean + sigma * noise)
+    denoised = noisy - sigma * eps_hat
+    assert torch.allclose(training_loss(denoised, clean, sigma, 1.0, objective="eps"), ((eps_hat - noise) ** 2).mean(),
+                          atol=1e-5)
+    schedule = tuple(0.03 * 1.01 ** t for t in range(1000))
+    generator = torch.Generator().manual_seed(0)
+    draws = [sample_discrete_sigma(generator, schedule) for _ in range(2000)]
+    assert set(draws) <= set(schedule)
+    upper = sum(s >= schedule[500] for s in draws) / len(draws)          # uniform over timesteps, not over sigma
+    assert 0.45 < upper < 0.55
+    with pytest.raises(ValueError, match="noise schedule"):
+        sample_discrete_sigma(generator, ())
+    with pytest.raises(ValueError, match="eps_schedule"):
+        TrainSettings(objective="eps", eps_schedule=(0.1, float("nan")))
+
+
+def test_training_with_the_epsilon_objective_lowers_the_loss_and_records_the_schedule_briefly():
+    schedule = tuple(0.05 * 1.003 ** t for t in range(1000))       # 0.05 .. 1.0
+    result, before, after = _toy_run(steps=60, objective="eps", eps_schedule=schedule)
+    assert result.completed and after < before
+    recorded = result.embedding.metadata["training"]
+    assert recorded["objective"] == "eps"
+    assert recorded["eps_schedule"] == {"timesteps": 1000, "sigma_min": schedule[0], "sigma_max": schedule[-1]}
+
+
 def test_adam_with_its_state_in_cpu_memory_learns_exactly_as_plain_adam():
     """HostAdam keeps master copies and moments apart from the learned tensors; on the CPU the same arithmetic."""
     from motion_core.training import HostAdam
