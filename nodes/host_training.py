@@ -21,10 +21,12 @@ import comfy.utils
 
 from ..motion_core.embedding import MotionEmbedding
 from ..motion_core.training import GradientCallback, TrainResult, TrainSettings, train_motion_embedding
-from ..motion_core.objectives import OBJECTIVE_FLOW
+from ..motion_core.objectives import OBJECTIVE_EPS, OBJECTIVE_FLOW
+from .hooks import animatediff as ad_hooks
 from .hooks import wan as wan_hooks
-from .hooks.common import end_recompute, recompute, trainable_clone
-from .hooks.svd import MotionAttentionPatch, TrainingFrame, with_recompute, with_temporal_marks, with_training_frame
+from .hooks.common import end_recompute, recompute, trainable_clone, trainable_weights
+from .hooks.svd import (MotionAttentionPatch, TrainingFrame, recompute_units, with_recompute, with_temporal_marks,
+                        with_training_frame)
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,80 @@ class _WanTrainingSampler(comfy.samplers.Sampler):
         self.result = train_motion_embedding(denoiser, clip, self.embedding, settings,
                                              _step_callback(settings.steps, self.on_step), self.on_gradients)
         return torch.zeros_like(latent_image)
+
+
+class _EpsTrainingSampler(comfy.samplers.Sampler):
+    """The training loop as a sampler for SD1.5 + AnimateDiff: frames are the batch ``(f c h w)``, the objective
+    epsilon prediction on the MODEL's own noise schedule (the beta schedule ADE's Use Evolved Sampling set),
+    unless the settings name noise levels of their own (``eps_schedule``; tests)."""
+
+    def __init__(self, embedding: MotionEmbedding, settings: TrainSettings,
+                 on_step: Optional[Callable[[int, int, float], None]], on_gradients: Optional[GradientCallback] = None):
+        self.embedding = embedding
+        self.settings = settings
+        self.on_step = on_step
+        self.on_gradients = on_gradients
+        self.result: Optional[TrainResult] = None
+
+    def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
+               disable_pbar=False):
+        clean = latent_image.float()   # the guider already applied process_latent_in
+        schedule = self.settings.eps_schedule or tuple(float(sigma)
+                                                       for sigma in model_wrap.inner_model.model_sampling.sigmas)
+        settings = dataclasses.replace(self.settings, objective=OBJECTIVE_EPS, eps_schedule=schedule)
+
+        def denoiser(noisy, sigma, _first_frame):
+            return model_wrap(noisy.to(latent_image.dtype), sigma, **extra_args)
+
+        self.result = train_motion_embedding(denoiser, clean, self.embedding, settings,
+                                             _step_callback(settings.steps, self.on_step), self.on_gradients)
+        return torch.zeros_like(latent_image)
+
+
+def train_ad_in_host(model, positive: list, reference_latents: torch.Tensor, initial: MotionEmbedding,
+                     settings: TrainSettings, on_step: Optional[Callable[[int, int, float], None]] = None,
+                     checkpointing: bool = True, on_gradients: Optional[GradientCallback] = None) -> TrainResult:
+    """Learn ``initial``'s Motion Embeddings through the frozen SD1.5 UNet and its ADE motion model.
+
+    ``model``: the MODEL from ADE's Use Evolved Sampling (one motion model attached);
+    ``positive``: the prompt's conditioning; ``reference_latents`` ``(f c h w)``: the reference,
+    VAE-encoded once, raw latent space. It runs through ComfyUI's guider, so ADE's own
+    sampling wrapper injects the motion model and sets its video length to the frames, as
+    when sampling. Checkpointing recomputes the UNet's blocks and each motion module; the
+    patches come off when learning ends, also after an error or a Cancel, which raises
+    ``TrainingInterrupted`` with the last good embedding.
+    """
+    if settings.loss_scale == 0 and compute_dtype(model) == torch.float16:
+        settings = dataclasses.replace(settings, loss_scale=FLOAT16_LOSS_SCALE)
+    motion_model = ad_hooks.single_motion_model(model, "Learn Motion Embedding")
+    with torch.inference_mode(False), torch.enable_grad(), host_training_mode(), frozen_weights(model), \
+            frozen_weights(motion_model):
+        if ad_hooks.has_motion(model):
+            raise ValueError("Learn Motion Embedding got an AnimateDiff model that already has Motion Embeddings "
+                             "applied (Apply Motion's output): connect the MODEL from Use Evolved Sampling instead")
+        embedding = initial.trainable_copy(model.load_device)
+        patched, motion = ad_hooks.with_ad_motion(trainable_clone(model), embedding, node="Learn Motion Embedding")
+        patched_motion_model = ad_hooks.motion_models(patched)[0]
+        trainable_weights(patched_motion_model, patched_motion_model.model)
+        recomputed = recompute(patched, recompute_units(patched.model.diffusion_model)) if checkpointing else []
+        recomputed_modules = recompute(patched_motion_model, ad_hooks.recompute_units(patched_motion_model),
+                                       prefix="") if checkpointing else []
+        guider = comfy.samplers.CFGGuider(patched)
+        guider.set_conds(positive, [])
+        guider.set_cfg(1.0)
+        sampler = _EpsTrainingSampler(embedding, settings, on_step, on_gradients)
+        latents = reference_latents.detach().clone()
+        try:
+            guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
+                          disable_pbar=True)
+        finally:
+            end_recompute(patched, recomputed)
+            end_recompute(patched_motion_model, recomputed_modules + motion.keys)
+            for tensor in embedding.tensors().values():
+                tensor.grad = None
+        if sampler.result is None:
+            raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
+        return sampler.result
 
 
 def _step_callback(total: int, on_step):

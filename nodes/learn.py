@@ -23,8 +23,9 @@ from ..motion_core.resample import downscale_frames
 from ..motion_core.training import TrainingInterrupted, TrainSettings
 from .conditioning import reference_conditioning
 from .common import CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, send_event
-from .hooks import MODEL_FAMILY_WAN, require_family
-from .host_training import train_in_host, train_wan_in_host
+from .hooks import MODEL_FAMILY_ANIMATEDIFF, MODEL_FAMILY_WAN, require_family
+from .host_training import train_ad_in_host, train_in_host, train_wan_in_host
+from .learn_animatediff import prepare_animatediff
 from .learn_wan import NOISE_RANGES, WHOLE_RANGE, prepare_wan
 from .memory import check_learn_memory, learn_shape
 from .hooks.svd import context_width, require_svd, temporal_layout
@@ -86,14 +87,19 @@ class LearnMotionEmbedding(io.ComfyNode):
                         "(Reenact Anything: N tokens per frame for the spatial cross-attention plus N for the "
                         "temporal one) and/or Motion Embeddings in the temporal self-attention (Motion Inversion). "
                         "On Wan 2.1 / 2.2: Motion Embeddings in the blocks' self-attention, learned by flow matching "
-                        "with the model's shift, explained by the prompt given as positive. "
+                        "with the model's shift, explained by the prompt given as positive. On AnimateDiff (the SD1.5 "
+                        "MODEL from AnimateDiff-Evolved's Use Evolved Sampling): Motion Embeddings in the motion "
+                        "model's temporal attention, learned by epsilon prediction on the schedule ADE set. "
                         "Takes minutes to hours on a GPU (1000 steps by default); shows progress and honours Cancel, "
                         "which saves what was learned so far to output/motion_embeddings/. Plans its memory before "
                         "the first step and refuses, naming settings that fit, when the plan exceeds the device.",
             inputs=[
-                io.Model.Input("model", tooltip="The video model, frozen: SVD / SVD-XT (ImageOnlyCheckpointLoader) "
-                                                "or Wan 2.1 / 2.2 (UNETLoader)."),
-                io.Vae.Input("vae", tooltip="The model's VAE (SVD's, or Wan's: wan_2.1_vae, wan2.2_vae for TI2V 5B); "
+                io.Model.Input("model", tooltip="The video model, frozen: SVD / SVD-XT (ImageOnlyCheckpointLoader), "
+                                                "Wan 2.1 / 2.2 (UNETLoader), or AnimateDiff: the SD1.5 MODEL out of "
+                                                "AnimateDiff-Evolved's Use Evolved Sampling with one motion model "
+                                                "(needs ComfyUI-AnimateDiff-Evolved)."),
+                io.Vae.Input("vae", tooltip="The model's VAE (SVD's; Wan's: wan_2.1_vae, wan2.2_vae for TI2V 5B; the SD1.5 "
+                                            "checkpoint's for AnimateDiff); "
                                             "encodes the reference once before training."),
                 io.Image.Input("reference_frames", tooltip="The reference clip, e.g. from Load Reference Video."),
                 io.Combo.Input("representation", options=list(REPRESENTATIONS), default="motion_text",
@@ -105,7 +111,8 @@ class LearnMotionEmbedding(io.ComfyNode):
                                        "(docs/quality_svd_like.md). On Wan the same three: motion_text puts the "
                                        "tokens in every block's cross-attention, beside the prompt's (beside the "
                                        "CLIP image tokens on Wan 2.1 I2V), and Apply Motion carries them; temporal "
-                                       "uses the blocks' self-attention. Not yet measured on Wan."),
+                                       "uses the blocks' self-attention. Not yet measured on Wan. On AnimateDiff only "
+                                       "temporal (the motion model's temporal attention)."),
                 io.Int.Input("tokens_per_frame", default=5, min=1, max=77,
                              tooltip="Motion-text tokens per frame (N). The paper uses 5. On Wan: per latent "
                                      "frame (81 video frames are 21 latent frames)."),
@@ -143,7 +150,9 @@ class LearnMotionEmbedding(io.ComfyNode):
                                        "block. Each block's value embedding at 832x480x81 on Wan 1.3B costs about "
                                        "0.75 GiB while learning (0.19 GiB at learn_scale 0.5; 1.3 / 2.5 GiB a block "
                                        "on 5B / 14B at their sizes); Learn plans the memory first, refuses what cannot "
-                                       "fit and names what would. Not yet measured for motion quality on Wan."),
+                                       "fit and names what would. Not yet measured for motion quality on Wan. On AnimateDiff, "
+                                       "widest = the motion model's 1280-channel temporal attentions (the lowest-"
+                                       "resolution levels), all = every one (42 on mm_sd_v15_v2)."),
                 io.String.Input("explicit_layers", default="", optional=True,
                                 tooltip="For layers = explicit: comma-separated layer numbers, e.g. 0, 1, 14, 15 "
                                         "(SVD's temporal layers, or Wan's blocks, counted from 0)."),
@@ -161,8 +170,9 @@ class LearnMotionEmbedding(io.ComfyNode):
                                     tooltip="CLIP-H vision model: initialises the tokens from the frames (paper). "
                                             "Without it the tokens start as small noise."),
                 io.Conditioning.Input("positive", optional=True,
-                                      tooltip="Wan only (required there): the prompt the reference is explained "
-                                              "with, from CLIP Text Encode with Wan's text encoder (for I2V, the "
+                                      tooltip="Wan and AnimateDiff (required there): the prompt the reference is "
+                                              "explained with, from CLIP Text Encode with the model's text encoder "
+                                              "(Wan's; the SD1.5 checkpoint's CLIP for AnimateDiff; for Wan I2V, the "
                                               "positive of WanImageToVideo made from the reference's first frame). "
                                               "SVD ignores it."),
                 io.Combo.Input("noise_range", options=list(NOISE_RANGES), default=WHOLE_RANGE, optional=True,
@@ -208,7 +218,10 @@ class LearnMotionEmbedding(io.ComfyNode):
                  prepared.width, prepared.height, steps,
                  comfy.model_management.get_torch_device_name(prepared.model.load_device))
         try:
-            if prepared.wan_positive is not None:
+            if prepared.family == MODEL_FAMILY_ANIMATEDIFF:
+                result = train_ad_in_host(prepared.model, prepared.wan_positive, latents, initial, settings, on_step,
+                                          checkpointing=prepared.checkpointing)
+            elif prepared.wan_positive is not None:
                 result = train_wan_in_host(prepared.model, prepared.wan_positive, latents, initial, settings, on_step,
                                            checkpointing=prepared.checkpointing, offload=prepared.offload)
             else:
@@ -250,8 +263,9 @@ class PreparedLearning:
     height: int
     checkpointing: bool
     memory_account: str
-    wan_positive: object = None           # Wan: the positive conditioning as given
+    wan_positive: object = None           # Wan, AnimateDiff: the positive conditioning as given
     offload: bool = False                 # Wan: the checkpointed blocks' inputs kept in CPU memory
+    family: str = "svd"
 
 
 def prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
@@ -278,7 +292,15 @@ def prepare_learning(model, vae, reference_frames, representation, tokens_per_fr
             ", the blocks' inputs kept in CPU memory" if offload else "") + (
             "; Adam's state kept in CPU memory" if settings.host_optimizer else "")
         return PreparedLearning(model, settings, initial, latents, None, representation, width, height,
-                                activation_checkpointing, account, wan_positive=positive, offload=offload)
+                                activation_checkpointing, account, wan_positive=positive, offload=offload,
+                                family=MODEL_FAMILY_WAN)
+    if family.family == MODEL_FAMILY_ANIMATEDIFF:
+        settings, initial, latents, width, height, account = prepare_animatediff(
+            model, family, vae, reference_frames, representation, positive, steps, learning_rate, seed, loss,
+            augmentation, flip, layers, explicit_layers, learn_scale, activation_checkpointing)
+        return PreparedLearning(model, settings, initial, latents, None, representation, width, height,
+                                activation_checkpointing, account, wan_positive=positive,
+                                family=MODEL_FAMILY_ANIMATEDIFF)
     require_svd(model, node)
     if reference_frames.ndim != 4 or reference_frames.shape[0] < 2:
         raise ValueError(f"{node} needs at least 2 reference frames, got IMAGE of shape "

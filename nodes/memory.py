@@ -13,6 +13,7 @@ from ..motion_core.layers import embedding_cost, select_layers, spread
 from ..motion_core.memory_plan import (GIB, MEMORY_EFFICIENT_KERNELS, USABLE_FRACTION, LearnShape, MemoryPlan,
                                        WanLearnShape, alternatives, keep_in_cpu_memory, plan, plan_wan)
 from .host_training import compute_dtype
+from .hooks import animatediff as ad_hooks
 from .hooks.svd import spatial_attention_heads, temporal_layout
 
 log = logging.getLogger(__name__)
@@ -188,3 +189,59 @@ def check_wan_learn_memory(model, layers: dict[str, dict], frames: int, token_he
                    "with --use-pytorch-cross-attention")
     raise MemoryError(f"Learn Motion Embedding would need about {memory.total / GIB:.1f} GiB on Wan but {name} has "
                       f"{total / GIB:.1f} GiB ({memory.describe()}); {advice}. Nothing was learned yet.")
+
+
+# ---- AnimateDiff ----------------------------------------------------------------------------
+def ad_learn_shape(model, motion_model, layers: dict[str, dict], frames: int, latent_height: int, latent_width: int,
+                   checkpointing: bool) -> LearnShape:
+    """AnimateDiff's plan shape: SVD's (:func:`motion_core.memory_plan.plan`), whose activations scale with the
+    temporal layout's width, here one entry per motion module (SVD has one temporal block per spatial one, as
+    SD1.5 + AnimateDiff has one motion module per UNet block: sum channels / downsample^2 is 2920 against SVD's
+    2820); the weights are the UNet's and the motion model's."""
+    every = ad_hooks.motion_layout(motion_model, latent_height, latent_width)
+    modules = {}
+    for layer in ad_hooks.motion_layers(motion_model):
+        modules.setdefault(layer.module, every[layer.name])
+    diffusion_model = model.model.diffusion_model
+    return LearnShape(frames=frames, latent_height=latent_height, latent_width=latent_width,
+                      representation="temporal", checkpointing=checkpointing,
+                      dtype=DTYPE_NAMES.get(compute_dtype(model), "float32"),
+                      weight_bytes=float(model.model_size()) + float(motion_model.model_size()),
+                      model_layout=modules, layers=layers, tokens=0,
+                      spatial_heads=ad_hooks.spatial_attention_heads(diffusion_model),
+                      attention_kernel=attention_kernel(),
+                      copies_weights=any(p.is_inference() for p in diffusion_model.parameters()))
+
+
+def check_ad_learn_memory(model, motion_model, layers: dict[str, dict], frames: int, latent_height: int,
+                          latent_width: int, checkpointing: bool, layer_preset: str,
+                          explicit_layers: str) -> tuple[str, MemoryPlan]:
+    """AnimateDiff's plan: a one-line account and the plan; ``MemoryError`` naming settings that fit when it does
+    not (checkpointing on, the widest layers, fewer frames, a smaller reference)."""
+    device = model.load_device
+    shape = ad_learn_shape(model, motion_model, layers, frames, latent_height, latent_width, checkpointing)
+    memory = plan(shape)
+    total = comfy.model_management.get_total_memory(device)
+    budget = total * USABLE_FRACTION
+    name = comfy.model_management.get_torch_device_name(device)
+    account = (f"memory plan (AnimateDiff, {len(layers)} temporal attention layers with Motion Embeddings): "
+               f"{memory.describe()}; {name} has {total / GIB:.1f} GiB (attention: {shape.attention_kernel}, "
+               f"{shape.dtype}, checkpointing {'on' if checkpointing else 'off'})")
+    log.info("Learn Motion Embedding %s", account)
+    if memory.total <= budget:
+        return account, memory
+
+    def reshape(current: LearnShape, **changes) -> LearnShape:
+        factor = changes.get("size_factor", 1.0)
+        height = max(1, round(current.latent_height * factor))
+        width = max(1, round(current.latent_width * factor))
+        every = ad_hooks.motion_layout(motion_model, height, width)
+        chosen = select_layers(every, changes.get("layers", layer_preset), explicit_layers)
+        return dataclasses.replace(ad_learn_shape(model, motion_model, chosen, changes.get("frames", current.frames),
+                                                  height, width, changes.get("checkpointing", current.checkpointing)),
+                                   dtype=current.dtype)
+    fitting = alternatives(shape, budget, reshape)
+    advice = ("; these would fit: " + ", ".join(fitting)) if fitting else \
+        "; nothing tried fits: use a smaller reference (Load Reference Video's width/height) and fewer frames"
+    raise MemoryError(f"Learn Motion Embedding would need about {memory.total / GIB:.1f} GiB on AnimateDiff but "
+                      f"{name} has {total / GIB:.1f} GiB ({memory.describe()}){advice}. Nothing was learned yet.")

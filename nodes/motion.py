@@ -7,7 +7,8 @@ from comfy_api.v0_0_2 import io, ui
 
 from ..motion_core.debias import DEBIAS_MODES, DIFFERENCE, debias
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
-from .hooks import MODEL_FAMILY_WAN, check_family, require_family
+from .hooks import MODEL_FAMILY_ANIMATEDIFF, MODEL_FAMILY_WAN, check_family, require_family
+from .hooks import animatediff as ad_hooks
 from .hooks import wan as wan_hooks
 from .hooks.svd import with_motion
 
@@ -54,15 +55,19 @@ class ApplyMotion(io.ComfyNode):
             category=CATEGORY,
             description="Returns a copy of the model whose self-attention across frames adds the learned Motion "
                         "Embeddings (Motion Inversion eq. 3) while sampling: SVD's temporal attention, or the "
-                        "self-attention of Wan 2.1 / 2.2's blocks. On Wan it also routes learned per-frame motion "
+                        "self-attention of Wan 2.1 / 2.2's blocks, or the temporal attention of the AnimateDiff motion "
+                        "model on an SD1.5 MODEL from AnimateDiff-Evolved's Use Evolved Sampling (its context "
+                        "windows index the embedding by their frames). On Wan it also routes learned per-frame motion "
                         "tokens (motion_text / both) into each frame's cross-attention, for the positive prompt only (the "
                         "first conditioning a sampler batches: KSampler's or CFGGuider's positive; not DualCFGGuider "
                         "or SAG). "
                         "Resizes value embeddings to the sampling resolution and resamples them to its frame count. "
                         "The original MODEL is untouched.",
             inputs=[
-                io.Model.Input("model", tooltip="The model to sample with: SVD / SVD-XT, or the Wan model the "
-                                                "embedding was learned on."),
+                io.Model.Input("model", tooltip="The model to sample with: SVD / SVD-XT, the Wan model the "
+                                                "embedding was learned on, or for AnimateDiff the MODEL out of "
+                                                "AnimateDiff-Evolved's Use Evolved Sampling (with the motion model "
+                                                "it was learned with)."),
                 MotionEmbeddingSocket.Input("motion_embedding", tooltip="Learned with representation temporal or both "
                                                                        "(debiased, usually); on Wan also motion_text."),
                 io.Float.Input("strength", default=1.0, min=0.0, max=2.0, step=0.01,
@@ -73,9 +78,10 @@ class ApplyMotion(io.ComfyNode):
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01,
                                tooltip="Sampling progress after which it stops acting (1 = last step)."),
                 io.Int.Input("frames", default=0, min=0, max=256,
-                             tooltip="Frames of the video to make; 0 = the embedding's frame count. On Wan the "
-                                     "embedding follows the sampled latent's length by itself (81 video frames "
-                                     "are 21 latent frames); a value here resamples it to that many video frames."),
+                             tooltip="Frames of the video to make; 0 = the embedding's frame count. On Wan and "
+                                     "AnimateDiff the embedding follows the sampled length by itself (on Wan 81 "
+                                     "video frames are 21 latent frames); a value here resamples it to that many "
+                                     "video frames."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with the motion applied.")],
         )
@@ -101,7 +107,10 @@ class ApplyMotion(io.ComfyNode):
         sampling = model.get_model_object("model_sampling")
         sigma_start = sampling.percent_to_sigma(start_percent)
         sigma_end = sampling.percent_to_sigma(end_percent)
-        if on_wan:
+        if family.family == MODEL_FAMILY_ANIMATEDIFF:
+            embedding = motion_embedding.resampled(frames) if frames else motion_embedding
+            patched, _motion = ad_hooks.with_ad_motion(model, embedding, strength, sigma_start, sigma_end)
+        elif on_wan:
             wan_hooks.check_compatible(motion_embedding, model)
             embedding = motion_embedding.resampled(wan_hooks.latent_frames(frames)) if frames else motion_embedding
             patched, _motion = wan_hooks.with_wan_motion(model, embedding, strength, sigma_start, sigma_end)

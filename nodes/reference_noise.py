@@ -21,7 +21,8 @@ from ..motion_core.inversion import blend_noise, euler_inversion_step, inversion
 from ..motion_core.resample import resample_frames
 from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
 from .conditioning import reference_conditioning
-from .hooks import MODEL_FAMILY_WAN, check_family, require_family
+from .hooks import MODEL_FAMILY_ANIMATEDIFF, MODEL_FAMILY_WAN, check_family, require_family
+from .hooks import animatediff as ad_hooks
 from .hooks import wan as wan_hooks
 from .hooks.svd import context_width, require_svd, with_motion
 
@@ -116,6 +117,19 @@ def invert_wan_reference(model, family, vae, frames, positive, sigma_target, ste
     return _invert(run_model, positive, latents, sigma_target, steps)
 
 
+@torch.no_grad()
+def invert_ad_reference(model, family, vae, frames, positive, sigma_target, steps, embedding=None):
+    """AnimateDiff: the reference ``(f c h w)`` along SD1.5's probability-flow ODE in ComfyUI's form
+    (``x = x0 + sigma * eps``), whose Euler steps are DDIM's inversion, with the motion model injected by ADE's
+    sampling wrapper as when sampling, and the embedding installed unless the MODEL already carries it."""
+    latents = vae.encode(frames[..., :3])
+    run_model = model
+    if embedding is not None and embedding.has_temporal and not ad_hooks.has_motion(model):
+        check_family(embedding, family)
+        run_model, _motion = ad_hooks.with_ad_motion(model, embedding, node="Reference Noise")
+    return _invert(run_model, positive, latents, sigma_target, steps)
+
+
 class ReferenceNoise(io.ComfyNode):
     @classmethod
     def define_schema(cls):
@@ -123,12 +137,14 @@ class ReferenceNoise(io.ComfyNode):
             node_id=NODE_PREFIX + "ReferenceNoise",
             display_name="Reference Noise",
             category=CATEGORY,
-            description="Inverts the reference clip along the model's own ODE (Euler; SVD's EDM, or Wan's flow) up "
+            description="Inverts the reference clip along the model's own ODE (Euler; SVD's EDM, Wan's flow, or SD1.5's "
+                        "for AnimateDiff, where Euler is DDIM's inversion) up "
                         "to the first sampling sigma and blends it with seeded fresh noise. Connect to "
                         "SamplerCustomAdvanced's noise input: "
                         "Motion Embeddings work much better starting from it (Motion Inversion's code, prior 0.5).",
             inputs=[
-                io.Model.Input("model", tooltip="The SVD or Wan model (plain; Apply Motion's output also works)."),
+                io.Model.Input("model", tooltip="The SVD or Wan model, or AnimateDiff's MODEL from Use Evolved "
+                                                "Sampling (plain; Apply Motion's output also works)."),
                 io.Vae.Input("vae", tooltip="The model's VAE, to encode the reference."),
                 io.Image.Input("reference_frames", tooltip="The reference clip the motion was learned from."),
                 io.Sigmas.Input("sigmas", tooltip="The sampling schedule; the inversion goes up to its first sigma."),
@@ -145,8 +161,8 @@ class ReferenceNoise(io.ComfyNode):
                 MotionEmbeddingSocket.Input("motion_embedding", optional=True,
                                             tooltip="Condition the inversion like the Learn run (recommended)."),
                 io.Conditioning.Input("positive", optional=True,
-                                      tooltip="Wan only (required there): the prompt the reference was learned "
-                                              "with, as given to Learn Motion Embedding. SVD ignores it."),
+                                      tooltip="Wan and AnimateDiff (required there): the prompt the reference "
+                                              "was learned with, as given to Learn Motion Embedding. SVD ignores it."),
             ],
             outputs=[io.Noise.Output(display_name="noise", tooltip="For SamplerCustomAdvanced.")],
         )
@@ -158,6 +174,13 @@ class ReferenceNoise(io.ComfyNode):
         if sigmas.numel() < 2 or float(sigmas[0]) <= 0:
             raise ValueError(f"sigmas must start with a positive noise level, got {sigmas.tolist()[:3]}...; connect "
                              "the SIGMAS of a scheduler node (e.g. KarrasScheduler or BasicScheduler)")
+        if family.family == MODEL_FAMILY_ANIMATEDIFF:
+            if positive is None:
+                raise ValueError("Reference Noise on AnimateDiff needs the prompt: connect the same positive "
+                                 "CONDITIONING that Learn Motion Embedding was given")
+            inverted = invert_ad_reference(model, family, vae, reference_frames, positive, float(sigmas[0]),
+                                           inversion_steps, motion_embedding)
+            return io.NodeOutput(BlendedNoise(inverted, prior, seed))
         if family.family == MODEL_FAMILY_WAN:
             if positive is None:
                 raise ValueError("Reference Noise on Wan needs the prompt: connect the same positive CONDITIONING "

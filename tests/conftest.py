@@ -3,7 +3,7 @@ import os
 import pytest
 import torch
 
-from host_support import comfy_path, host_required, start_comfy, tree_state
+from host_support import ade_path, comfy_path, host_required, start_comfy, tree_state
 
 
 def need_host(reason: str):
@@ -23,16 +23,14 @@ def comfy_nodes():
 
 @pytest.fixture(scope="session", autouse=True)
 def comfy_tree_untouched():
-    """Tests never write into the ComfyUI tree (CI's copy is read-only): its files are the same at the end."""
-    root = comfy_path()
-    if root is None:
-        yield
-        return
-    before = tree_state(root)
+    """Tests never write into the ComfyUI tree or the AnimateDiff-Evolved source loaded beside the pack (CI's
+    copies are read-only): their files are the same at the end."""
+    roots = [root for root in (comfy_path(), ade_path()) if root is not None]
+    before = {root: tree_state(root) for root in roots}
     yield
-    after = tree_state(root)
-    changed = sorted(set(before.items()) ^ set(after.items()))
-    assert not changed, f"the tests wrote into the ComfyUI tree {root}: {[path for path, _ in changed][:10]}"
+    for root in roots:
+        changed = sorted(set(before[root].items()) ^ set(tree_state(root).items()))
+        assert not changed, f"the tests wrote into {root}: {[path for path, _ in changed][:10]}"
 
 
 @pytest.fixture(scope="module")

@@ -54,8 +54,44 @@ def tree_state(root: str) -> dict[str, tuple[int, int]]:
     return state
 
 
+ADE_FOR_OLDEST_HOST = "animatediff-evolved-1.5.6"     # the last ADE release for ComfyUI 0.3.64
+ADE_FOR_NEWEST_HOST = "animatediff-evolved-1.5.7"     # for ComfyUI 0.33
+
+
+def comfy_version(root: str) -> str:
+    try:
+        with open(os.path.join(root, "comfyui_version.py"), encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("__version__"):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return ""
+
+
+def ade_path() -> str | None:
+    """The AnimateDiff-Evolved source to load beside the pack: ``ADE_PATH``, or the ADE snapshot beside the
+    ComfyUI tree for its version (1.5.6 for 0.3.x, 1.5.7 for newer); None with ``MI_WITHOUT_ADE=1``."""
+    if os.environ.get("MI_WITHOUT_ADE") == "1":
+        return None
+    explicit = os.environ.get("ADE_PATH")
+    if explicit:
+        return os.path.abspath(explicit) if os.path.isdir(os.path.join(explicit, "animatediff")) else None
+    root = comfy_path()
+    if root is None:
+        return None
+    name = ADE_FOR_OLDEST_HOST if comfy_version(root).startswith("0.3.") else ADE_FOR_NEWEST_HOST
+    candidate = os.path.join(os.path.dirname(root), name)
+    return candidate if os.path.isdir(os.path.join(candidate, "animatediff")) else None
+
+
+def ade_loaded() -> bool:
+    return bool(_state.get("ade"))
+
+
 def start_comfy():
-    """Import ComfyUI on the CPU, load its extra nodes and this pack; returns ComfyUI's ``nodes`` module."""
+    """Import ComfyUI on the CPU, load its extra nodes, this pack and AnimateDiff-Evolved beside it (when its
+    source is found, :func:`ade_path`); returns ComfyUI's ``nodes`` module."""
     if "nodes" in _state:
         return _state["nodes"]
     root = comfy_path()
@@ -92,6 +128,13 @@ def start_comfy():
     loaded = asyncio.run(nodes.load_custom_node(pack_path))
     if not loaded:
         raise RuntimeError("ComfyUI failed to load the node pack; see the log above")
+    ade = ade_path()
+    if ade is not None:          # a companion pack, loaded after ours as ComfyUI orders them (by folder name)
+        link = os.path.join(custom, "ComfyUI-AnimateDiff-Evolved")
+        os.symlink(ade, link)
+        if not asyncio.run(nodes.load_custom_node(link)):
+            raise RuntimeError(f"ComfyUI failed to load AnimateDiff-Evolved from {ade}; see the log above")
+        _state["ade"] = ade
     embeddings = os.path.join(work, "models", "motion_embeddings")
     os.makedirs(embeddings)
     folder_paths.folder_names_and_paths["motion_embeddings"] = ([embeddings], {".safetensors"})
@@ -250,3 +293,108 @@ def svd_conditioning(frames_latent: torch.Tensor, image_token: torch.Tensor | No
     positive = [[token, dict(extra, concat_latent_image=frames_latent)]]
     negative = [[torch.zeros_like(token), dict(extra, concat_latent_image=torch.zeros_like(frames_latent))]]
     return positive, negative
+
+
+# ---- AnimateDiff (through AnimateDiff-Evolved, loaded beside the pack) ------------------------------
+# Stable Diffusion 1.5's UNet as ComfyUI detects it from a checkpoint. ADE's motion modules are built at
+# SD1.5's widths (320, 640, 1280, 1280; hard-coded in ADE) and injected after the UNet's blocks, so the
+# UNet cannot be narrower: it is the real one (860M parameters), with random weights, run at tiny sizes.
+SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True,
+             "legacy": False, "adm_in_channels": None, "in_channels": 4, "model_channels": 320,
+             "num_res_blocks": [2, 2, 2, 2], "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+             "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1, "use_linear_in_transformer": False,
+             "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+             "use_temporal_attention": False, "use_temporal_resblock": False}
+TINY_MOTION_MODEL = "tiny_mm_sd15_v2.safetensors"
+
+
+def build_sd15(seed: int = 0):
+    """A ``ModelPatcher`` around SD1.5 (``model_base.BaseModel``, epsilon prediction), random weights; cached."""
+    key = ("sd15", seed)
+    if key not in _state:
+        import comfy.model_management
+        import comfy.model_patcher
+        import comfy.supported_models
+
+        model_config = comfy.supported_models.SD15(dict(SD15_UNET))
+        model = model_config.get_model({}, "", device=torch.device("cpu"))
+        _init_weights(model, seed)
+        model.eval()
+        _state[key] = comfy.model_patcher.ModelPatcher(
+            model, load_device=comfy.model_management.get_torch_device(),
+            offload_device=comfy.model_management.unet_offload_device())
+    return _state[key]
+
+
+def ade_module(name: str):
+    """A module of the loaded AnimateDiff-Evolved, e.g. ``ade_module("animatediff.motion_module_ad")``."""
+    for module_name, module in list(sys.modules.items()):
+        if module_name.endswith("." + name) and "AnimateDiff" in module_name.replace("_x_", "."):
+            return module
+    for module_name, module in list(sys.modules.items()):
+        if module_name.endswith("." + name) and os.path.realpath(getattr(module, "__file__", "") or "").startswith(
+                os.path.realpath(_state.get("ade", "/nonexistent"))):
+            return module
+    raise LookupError(f"AnimateDiff-Evolved's {name} is not loaded")
+
+
+def write_tiny_motion_model(seed: int = 0, frames: int = 32) -> str:
+    """An SD1.5 AnimateDiff motion model in AnimateDiff's key layout (down blocks and the mid block, one
+    temporal self-attention per module, positional encoding of ``frames``), random weights, written in float16
+    to the ``animatediff_models`` folder for ADE's own loader; returns its file name. Its key set comes from
+    ADE's own ``AnimateDiffModel`` built for that layout."""
+    import folder_paths
+    import safetensors.torch
+
+    name = TINY_MOTION_MODEL
+    folder = os.path.join(folder_paths.models_dir, "animatediff_models")
+    path = os.path.join(folder, name)
+    if os.path.isfile(path):
+        return name
+    motion_module_ad = ade_module("animatediff.motion_module_ad")
+    prefix = "temporal_transformer.transformer_blocks.0.attention_blocks.0"
+    layout = {f"down_blocks.{level}.motion_modules.0.{prefix}.pos_encoder.pe": torch.zeros(1, frames, width)
+              for level, width in enumerate((320, 640, 1280, 1280))}
+    layout[f"mid_block.motion_modules.0.{prefix}.pos_encoder.pe"] = torch.zeros(1, frames, 1280)
+    info = motion_module_ad.AnimateDiffInfo(sd_type="SD1.5", mm_format="AnimateDiff", mm_version="v2", mm_name=name)
+    with torch.device("meta"):
+        model = motion_module_ad.AnimateDiffModel(mm_state_dict=layout, mm_info=info)
+    generator = torch.Generator().manual_seed(seed)
+    weights = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("pos_encoder.pe"):
+            position = torch.arange(frames, dtype=torch.float32)[:, None]
+            channels = value.shape[-1]
+            scale = torch.exp(torch.arange(0, channels, 2, dtype=torch.float32) * (-9.21 / channels))
+            pe = torch.zeros(1, frames, channels)
+            pe[0, :, 0::2], pe[0, :, 1::2] = torch.sin(position * scale), torch.cos(position * scale)
+            weights[key] = pe
+        elif key.endswith(("norm.weight", "norms.0.weight", "ff_norm.weight")):
+            weights[key] = torch.ones(value.shape)
+        elif value.ndim >= 2:
+            weights[key] = torch.randn(value.shape, generator=generator) / value.shape[1] ** 0.5
+        else:
+            weights[key] = torch.randn(value.shape, generator=generator) * 0.01
+    os.makedirs(folder, exist_ok=True)
+    safetensors.torch.save_file({k: v.half().contiguous() for k, v in weights.items()}, path)
+    return name
+
+
+def ade_model(sd_model, motion_model_name: str, context_length: int = 0):
+    """The SD MODEL with the motion model attached as a user's graph does it, through ADE's own Gen2 nodes run
+    under inference mode as ComfyUI's executor runs them: Load AnimateDiff Model -> Apply AnimateDiff Model ->
+    Use Evolved Sampling (beta schedule autoselect; with standard static context options of
+    ``context_length`` frames when given). Returns ``(MODEL, MOTION_MODEL_ADE)``."""
+    import nodes
+
+    mappings = nodes.NODE_CLASS_MAPPINGS
+    with torch.inference_mode():
+        motion_model, = mappings["ADE_LoadAnimateDiffModel"]().load_motion_model(motion_model_name)
+        m_models, = mappings["ADE_ApplyAnimateDiffModelSimple"]().apply_motion_model(motion_model)
+        context = None
+        if context_length:
+            context, = mappings["ADE_StandardStaticContextOptions"]().create_options(
+                context_length=context_length, context_overlap=context_length // 2)
+        model, = mappings["ADE_UseEvolvedSampling"]().use_evolved_sampling(sd_model, "autoselect", m_models,
+                                                                           context_options=context)
+    return model, motion_model

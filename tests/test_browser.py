@@ -1,7 +1,8 @@
 """The shipped workflows in ComfyUI's real frontend, in Debian's headless Chromium.
 
-Starts ``main.py`` of the ComfyUI at ``COMFYUI_PATH`` on 127.0.0.1 with this pack as its only
-custom node pack and every folder it writes (input, output, temp, user, models, custom_nodes)
+Starts ``main.py`` of the ComfyUI at ``COMFYUI_PATH`` on 127.0.0.1 with this pack (and
+AnimateDiff-Evolved beside it, when its source is found: ``host_support.ade_path``) as its custom
+node packs and every folder it writes (input, output, temp, user, models, custom_nodes)
 in a temporary directory (``--base-directory``), then drives the page with
 ``tests/browser/run_workflows.mjs`` (playwright-core from ``tests/browser/node_modules``,
 pointed at ``/usr/bin/chromium``; it never downloads a browser). Screenshots go to the
@@ -22,7 +23,7 @@ import urllib.request
 
 import pytest
 
-from host_support import PACK_DIR_NAME, REPO_ROOT, comfy_path
+from host_support import PACK_DIR_NAME, REPO_ROOT, ade_path, comfy_path
 from workflow_support import FRONTEND_ONLY, WORKFLOW_DIR, workflow_names
 
 BROWSER_DIR = os.path.join(REPO_ROOT, "tests", "browser")
@@ -39,17 +40,22 @@ DOWNLOADS = {  # per workflow, the files its Missing Models dialog (or 1.49's pa
                             "wan_2.1_vae.safetensors"},
     "wan_i2v_motion.json": {"wan2.2_ti2v_5B_fp16.safetensors", "umt5_xxl_fp8_e4m3fn_scaled.safetensors",
                             "wan2.2_vae.safetensors"},
+    "animatediff_motion.json": {"v1-5-pruned-emaonly-fp16.safetensors", "mm_sd15_v2.safetensors"},
     TOY: set(),
 }
 MISSING_HERE = {"ckpt_name=svd.safetensors", "embedding=motion_00001.safetensors",
                 "unet_name=wan2.1_t2v_1.3B_fp16.safetensors", "unet_name=wan2.2_ti2v_5B_fp16.safetensors",
                 "clip_name=umt5_xxl_fp8_e4m3fn_scaled.safetensors", "vae_name=wan_2.1_vae.safetensors",
-                "vae_name=wan2.2_vae.safetensors"}
+                "vae_name=wan2.2_vae.safetensors", "ckpt_name=v1-5-pruned-emaonly-fp16.safetensors",
+                "model_name=mm_sd15_v2.safetensors"}
 
 
 def _missing_tools() -> str | None:
     if comfy_path() is None:
         return "needs a real ComfyUI: set COMFYUI_PATH to a ComfyUI checkout (see README, 'Development')"
+    if ade_path() is None:
+        return ("needs AnimateDiff-Evolved's source for animatediff_motion.json: put it beside the ComfyUI tree "
+                "(../shared/animatediff-evolved-1.5.x) or set ADE_PATH")
     if not os.access(CHROMIUM, os.X_OK):
         return f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium, or set MI_CHROMIUM)"
     if shutil.which("node") is None:
@@ -82,6 +88,8 @@ def server(tmp_path_factory):
     for name in ("custom_nodes", "input", "output", "temp", "user", "models"):
         (base / name).mkdir()
     os.symlink(REPO_ROOT, base / "custom_nodes" / PACK_DIR_NAME)
+    if ade_path() is not None:      # AnimateDiff-Evolved beside the pack, for animatediff_motion.json
+        os.symlink(ade_path(), base / "custom_nodes" / "ComfyUI-AnimateDiff-Evolved")
     (base / "user" / "default").mkdir()    # screenshots with every node's text, even zoomed out; no tutorial
     (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
         {"LiteGraph.Canvas.MinFontSizeForLOD": 1, "Comfy.TutorialCompleted": True}))

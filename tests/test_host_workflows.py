@@ -16,16 +16,19 @@ import numpy as np
 import pytest
 import torch
 
-from host_support import build_tiny_svd, build_tiny_vae, pack_module, prompt_executor, work_dir
+from conftest import need_host
+from host_support import ade_loaded, build_tiny_svd, build_tiny_vae, pack_module, prompt_executor, work_dir
 from workflow_support import (FRONTEND_ONLY, check_links, check_slots, check_values, load_workflow, set_inputs,
                               widget_index, workflow_names, workflow_to_api_prompt)
 
 SVD_WORKFLOWS = ["reenact_svd.json", "apply_saved_motion.json", "motion_embeddings_svd.json"]
 WAN_WORKFLOWS = ["wan_t2v_motion.json", "wan_i2v_motion.json"]
-WORKFLOWS = SVD_WORKFLOWS + WAN_WORKFLOWS + ["toy_reenact.json"]
+AD_WORKFLOW = "animatediff_motion.json"        # needs AnimateDiff-Evolved's nodes
+WORKFLOWS = SVD_WORKFLOWS + WAN_WORKFLOWS + [AD_WORKFLOW, "toy_reenact.json"]
 LOADER = "ImageOnlyCheckpointLoader"
 MODEL_FOLDERS = {LOADER: "checkpoints", "UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders",
-                 "VAELoader": "vae"}          # the loaders the workflows use, and where their files go
+                 "VAELoader": "vae", "CheckpointLoaderSimple": "checkpoints",
+                 "ADE_LoadAnimateDiffModel": "animatediff_models"}   # the workflows' loaders, where their files go
 TEST_LOADER = "MotionInversionTest_TinySVDLoader"
 PACK = "MotionInversion_"
 
@@ -136,8 +139,14 @@ def test_every_shipped_workflow_is_covered():
     assert workflow_names() == sorted(WORKFLOWS)
 
 
+def _need_ade(name):
+    if name == AD_WORKFLOW and not ade_loaded():
+        need_host(f"{name} needs AnimateDiff-Evolved's nodes: put its source beside the ComfyUI tree or set ADE_PATH")
+
+
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_nodes_links_and_widgets_match_definitions(comfy_nodes, name):
+    _need_ade(name)
     workflow = load_workflow(name)
     assert workflow["version"] == 0.4 and workflow["last_node_id"] == max(n["id"] for n in workflow["nodes"])
     assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
@@ -162,6 +171,7 @@ def test_workflow_declares_its_checkpoint_download(comfy_nodes, name):
 
 @pytest.mark.parametrize("name", WORKFLOWS)
 def test_workflow_passes_comfyui_validation_as_shipped(comfy_nodes, stand_ins, name):
+    _need_ade(name)
     prompt = workflow_to_api_prompt(load_workflow(name), comfy_nodes.NODE_CLASS_MAPPINGS)
     assert not any(node["class_type"] in FRONTEND_ONLY for node in prompt.values())
     assert set(_validate(prompt)) == _output_nodes(comfy_nodes, prompt)
@@ -171,6 +181,7 @@ def test_workflow_passes_comfyui_validation_as_shipped(comfy_nodes, stand_ins, n
 def test_workflow_widget_values_fit_choices_and_ranges(comfy_nodes, stand_ins, name):
     # ComfyUI 0.3.64's validate_prompt does not check V3 combos, nor ranges of inputs a
     # node's validate_inputs takes: check_values does it for every widget
+    _need_ade(name)
     assert check_values(load_workflow(name), comfy_nodes.NODE_CLASS_MAPPINGS) == []
 
 
@@ -205,6 +216,42 @@ def test_link_check_catches_a_type_mismatch(comfy_nodes):
     link[2], link[5] = 0, "MODEL"          # MODEL output into VAEDecode's vae input
     problems = check_links(workflow, comfy_nodes.NODE_CLASS_MAPPINGS)
     assert any(f"link {link[0]} " in p and "takes VAE" in p for p in problems)
+
+
+def test_animatediff_workflow_learns_on_the_evolved_sampling_model_and_declares_its_downloads(comfy_nodes):
+    """SD1.5 + mm_sd_v15_v2 through ADE's Gen2 nodes; Learn, Reference Noise and Apply Motion on Use Evolved
+    Sampling's MODEL; the files as ADE's README and ComfyUI's SD1.5 templates name them, with their URLs."""
+    _need_ade(AD_WORKFLOW)
+    workflow = load_workflow(AD_WORKFLOW)
+    downloads = {model["name"]: model for node in workflow["nodes"] for model in node["properties"].get("models", [])}
+    assert set(downloads) == {"v1-5-pruned-emaonly-fp16.safetensors", "mm_sd15_v2.safetensors"}
+    assert downloads["mm_sd15_v2.safetensors"] == {
+        "name": "mm_sd15_v2.safetensors", "directory": "animatediff_models",
+        "url": "https://huggingface.co/conrevo/AnimateDiff-A1111/resolve/main/motion_module/mm_sd15_v2.safetensors"}
+    assert downloads["v1-5-pruned-emaonly-fp16.safetensors"]["directory"] == "checkpoints"
+    assert downloads["v1-5-pruned-emaonly-fp16.safetensors"]["url"].startswith(
+        "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/")
+    prompt = workflow_to_api_prompt(workflow, comfy_nodes.NODE_CLASS_MAPPINGS)
+    (learn,) = _nodes_of(prompt, PACK + "LearnMotionEmbedding")
+    assert {k: prompt[learn]["inputs"][k] for k in ("representation", "loss", "layers")} == {
+        "representation": "temporal", "loss": "appearance_debiased", "layers": "widest"}
+    evolved = ["ADE_UseEvolvedSampling", "CheckpointLoaderSimple"]
+    assert _model_chain(prompt, learn) == evolved
+    (use_evolved,) = _nodes_of(prompt, "ADE_UseEvolvedSampling")
+    assert _source(prompt, use_evolved, "m_models")[0] == "ADE_ApplyAnimateDiffModelSimple"
+    (apply,) = _nodes_of(prompt, PACK + "ApplyMotion")
+    (noise,) = _nodes_of(prompt, PACK + "ReferenceNoise")
+    (guider,) = _nodes_of(prompt, "CFGGuider")
+    assert _model_chain(prompt, apply) == evolved and _model_chain(prompt, noise) == evolved
+    assert _model_chain(prompt, guider) == [PACK + "ApplyMotion"] + evolved
+    assert _source(prompt, apply, "motion_embedding")[0] == PACK + "DebiasValueEmbedding"
+    assert _source(prompt, noise, "positive")[1] == _source(prompt, learn, "positive")[1]
+    assert _source(prompt, guider, "positive")[1] != _source(prompt, learn, "positive")[1]
+    (video,) = _nodes_of(prompt, PACK + "LoadReferenceVideo")
+    assert (prompt[video]["inputs"]["width"], prompt[video]["inputs"]["height"]) == (512, 512)
+    assert prompt[video]["inputs"]["frames"] <= 16          # within mm_sd_v15_v2's window, as learning needs
+    (latent,) = _nodes_of(prompt, "EmptyLatentImage")
+    assert prompt[latent]["inputs"]["batch_size"] == 16
 
 
 def test_reenact_workflow_uses_paper_defaults_and_svd_settings(comfy_nodes):

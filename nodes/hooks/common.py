@@ -19,18 +19,24 @@ def trainable_clone(model):
     out ordinary copies; the frozen weights themselves are untouched.
     """
     clone = model.clone()
-    if not any(p.is_inference() for p in clone.model.parameters()):
-        return clone
+    trainable_weights(clone, clone.model.diffusion_model, "diffusion_model.")
+    return clone
 
-    def identity(weight):
-        return weight
 
-    for name, module in clone.model.diffusion_model.named_modules():
+def _identity(weight):
+    return weight
+
+
+def trainable_weights(patcher, root: torch.nn.Module, prefix: str = "") -> None:
+    """Identity weight wrappers on every comfy cast layer under ``root`` (at ``prefix`` in ``patcher.model``),
+    if its weights are inference tensors (see :func:`trainable_clone`); for a patcher that is already a clone."""
+    if not any(p.is_inference() for p in root.parameters()):
+        return
+    for name, module in root.named_modules():
         if hasattr(module, "weight_function"):
             for attr in ("weight", "bias"):
                 if getattr(module, attr, None) is not None:
-                    clone.add_weight_wrapper(f"diffusion_model.{name}.{attr}", identity)
-    return clone
+                    patcher.add_weight_wrapper(f"{prefix}{name}.{attr}", _identity)
 
 
 class RecomputedForward:
@@ -90,8 +96,9 @@ def offloaded_checkpoint(forward, tokens: torch.Tensor, *args, **kwargs):
                                              preserve_rng_state=False, **kwargs)
 
 
-def recompute(model, names: list[str], offload: bool = False) -> list[str]:
-    """Checkpoint the modules ``names`` (under ``diffusion_model``) of ``model``, a private clone; returns the keys.
+def recompute(model, names: list[str], offload: bool = False, prefix: str = "diffusion_model.") -> list[str]:
+    """Checkpoint the modules ``names`` (under ``prefix`` in ``model.model``: the diffusion model, or ``""`` for
+    a model that is its own root, as ADE's motion models) of ``model``, a private clone; returns the keys.
 
     Object patches are ComfyUI's undoable attribute patches: applied when the clone is
     loaded for sampling and restored by ``unpatch_model``; :func:`end_recompute` restores
@@ -100,7 +107,7 @@ def recompute(model, names: list[str], offload: bool = False) -> list[str]:
     """
     keys = []
     for name in names:
-        key = f"diffusion_model.{name}.forward"
+        key = f"{prefix}{name}.forward"
         model.add_object_patch(key, RecomputedForward(model.get_model_object(key), offload=offload))
         keys.append(key)
     return keys
