@@ -31,17 +31,47 @@ from .hooks.svd import (MotionAttentionPatch, TrainingFrame, recompute_units, wi
 log = logging.getLogger(__name__)
 
 
-class _TrainingSampler(comfy.samplers.Sampler):
-    def __init__(self, embedding: MotionEmbedding, settings: TrainSettings, frame: TrainingFrame,
-                 process_latent_out: Callable, on_step: Optional[Callable[[int, int, float], None]],
-                 on_gradients: Optional[GradientCallback] = None):
+class _LoopSampler(comfy.samplers.Sampler):
+    """The training loop as a ``comfy.samplers.Sampler``: the guider hands ``sample`` itself as ``model_wrap``, a
+    denoiser; each family's subclass shapes the clip and picks the objective, then :meth:`train` runs the loop."""
+
+    def __init__(self, embedding: MotionEmbedding, settings: TrainSettings,
+                 on_step: Optional[Callable[[int, int, float], None]], on_gradients: Optional[GradientCallback] = None):
         self.embedding = embedding
         self.settings = settings
-        self.frame = frame
-        self.process_latent_out = process_latent_out
         self.on_step = on_step
         self.on_gradients = on_gradients
         self.result: Optional[TrainResult] = None
+
+    def train(self, denoiser, clip: torch.Tensor, settings: TrainSettings) -> None:
+        self.result = train_motion_embedding(denoiser, clip, self.embedding, settings,
+                                             _step_callback(settings.steps, self.on_step), self.on_gradients)
+
+
+def _run_guider(patched, positive: list, reference_latents: torch.Tensor, sampler: _LoopSampler,
+                seed: int) -> TrainResult:
+    """Sample ``patched`` with ``sampler`` through ComfyUI's ``CFGGuider`` (positive only, CFG 1), so every
+    wrapper and patch of the MODEL runs as when sampling; the sampler's result, or an error if none ran."""
+    guider = comfy.samplers.CFGGuider(patched)
+    guider.set_conds(positive, [])
+    guider.set_cfg(1.0)
+    latents = reference_latents.detach().clone()
+    guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=seed, disable_pbar=True)
+    if sampler.result is None:
+        raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
+    return sampler.result
+
+
+class _TrainingSampler(_LoopSampler):
+    """SVD: frames are the batch ``(f c h w)``; EDM with the model's ``sigma_data``; the loop's augmented first
+    frame becomes the image conditioning (``frame``)."""
+
+    def __init__(self, embedding: MotionEmbedding, settings: TrainSettings, frame: TrainingFrame,
+                 process_latent_out: Callable, on_step: Optional[Callable[[int, int, float], None]],
+                 on_gradients: Optional[GradientCallback] = None):
+        super().__init__(embedding, settings, on_step, on_gradients)
+        self.frame = frame
+        self.process_latent_out = process_latent_out
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -53,8 +83,7 @@ class _TrainingSampler(comfy.samplers.Sampler):
             self.frame.latent = self.process_latent_out(first_frame.detach())
             return model_wrap(noisy.to(latent_image.dtype), sigma, **extra_args)
 
-        self.result = train_motion_embedding(denoiser, clean, self.embedding, settings,
-                                             _step_callback(settings.steps, self.on_step), self.on_gradients)
+        self.train(denoiser, clean, settings)
         return torch.zeros_like(latent_image)
 
 
@@ -100,20 +129,9 @@ def frozen_weights(model) -> Iterator[int]:
                 parameter.requires_grad_(True)
 
 
-class _WanTrainingSampler(comfy.samplers.Sampler):
-    """The training loop as a sampler for Wan: the latent is ``(1 c t h w)``, the loop's clip ``(t c h w)``.
-
-    The objective is flow matching with the shift of the MODEL's own ``model_sampling``
-    (what ModelSamplingSD3 set, or the model's default).
-    """
-
-    def __init__(self, embedding: MotionEmbedding, settings: TrainSettings,
-                 on_step: Optional[Callable[[int, int, float], None]], on_gradients: Optional[GradientCallback] = None):
-        self.embedding = embedding
-        self.settings = settings
-        self.on_step = on_step
-        self.on_gradients = on_gradients
-        self.result: Optional[TrainResult] = None
+class _WanTrainingSampler(_LoopSampler):
+    """Wan: the latent is ``(1 c t h w)``, the loop's clip ``(t c h w)``; flow matching with the shift of the
+    MODEL's own ``model_sampling`` (what ModelSamplingSD3 set, or the model's default)."""
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -125,23 +143,14 @@ class _WanTrainingSampler(comfy.samplers.Sampler):
             video = noisy.transpose(0, 1)[None].to(latent_image.dtype)          # (t c h w) -> (1 c t h w)
             return model_wrap(video, sigma[:1], **extra_args)[0].transpose(0, 1)
 
-        self.result = train_motion_embedding(denoiser, clip, self.embedding, settings,
-                                             _step_callback(settings.steps, self.on_step), self.on_gradients)
+        self.train(denoiser, clip, settings)
         return torch.zeros_like(latent_image)
 
 
-class _EpsTrainingSampler(comfy.samplers.Sampler):
-    """The training loop as a sampler for SD1.5 + AnimateDiff: frames are the batch ``(f c h w)``, the objective
-    epsilon prediction on the MODEL's own noise schedule (the beta schedule ADE's Use Evolved Sampling set),
-    unless the settings name noise levels of their own (``eps_schedule``; tests)."""
-
-    def __init__(self, embedding: MotionEmbedding, settings: TrainSettings,
-                 on_step: Optional[Callable[[int, int, float], None]], on_gradients: Optional[GradientCallback] = None):
-        self.embedding = embedding
-        self.settings = settings
-        self.on_step = on_step
-        self.on_gradients = on_gradients
-        self.result: Optional[TrainResult] = None
+class _EpsTrainingSampler(_LoopSampler):
+    """SD1.5 + AnimateDiff: frames are the batch ``(f c h w)``; epsilon prediction on the MODEL's own noise
+    schedule (the beta schedule ADE's Use Evolved Sampling set), unless the settings name noise levels of their
+    own (``eps_schedule``; tests)."""
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
@@ -153,8 +162,7 @@ class _EpsTrainingSampler(comfy.samplers.Sampler):
         def denoiser(noisy, sigma, _first_frame):
             return model_wrap(noisy.to(latent_image.dtype), sigma, **extra_args)
 
-        self.result = train_motion_embedding(denoiser, clean, self.embedding, settings,
-                                             _step_callback(settings.steps, self.on_step), self.on_gradients)
+        self.train(denoiser, clean, settings)
         return torch.zeros_like(latent_image)
 
 
@@ -186,22 +194,14 @@ def train_ad_in_host(model, positive: list, reference_latents: torch.Tensor, ini
         recomputed = recompute(patched, recompute_units(patched.model.diffusion_model)) if checkpointing else []
         recomputed_modules = recompute(patched_motion_model, ad_hooks.recompute_units(patched_motion_model),
                                        prefix="") if checkpointing else []
-        guider = comfy.samplers.CFGGuider(patched)
-        guider.set_conds(positive, [])
-        guider.set_cfg(1.0)
-        sampler = _EpsTrainingSampler(embedding, settings, on_step, on_gradients)
-        latents = reference_latents.detach().clone()
         try:
-            guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
-                          disable_pbar=True)
+            return _run_guider(patched, positive, reference_latents,
+                               _EpsTrainingSampler(embedding, settings, on_step, on_gradients), settings.seed)
         finally:
             end_recompute(patched, recomputed)
             end_recompute(patched_motion_model, recomputed_modules + motion.keys)
             for tensor in embedding.tensors().values():
                 tensor.grad = None
-        if sampler.result is None:
-            raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
-        return sampler.result
 
 
 def _step_callback(total: int, on_step):
@@ -238,23 +238,15 @@ def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, in
         patched, motion = wan_hooks.with_wan_motion(trainable_clone(model), embedding)
         recomputed = recompute(patched, wan_hooks.recompute_units(patched.model.diffusion_model), offload=offload) \
             if checkpointing else []
-        guider = comfy.samplers.CFGGuider(patched)
-        guider.set_conds(positive, [])
-        guider.set_cfg(1.0)
-        sampler = _WanTrainingSampler(embedding, settings, on_step, on_gradients)
-        latents = reference_latents.detach().clone()
         try:
-            guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
-                          disable_pbar=True)
+            return _run_guider(patched, positive, reference_latents,
+                               _WanTrainingSampler(embedding, settings, on_step, on_gradients), settings.seed)
         finally:
             # the projection patches sit on the shared modules until ComfyUI next unpatches; they
             # hold the learned tensors (and their gradients) on the device: take them off now
             end_recompute(patched, recomputed + motion.keys)
             for tensor in embedding.tensors().values():
                 tensor.grad = None
-        if sampler.result is None:
-            raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
-        return sampler.result
 
 
 def compute_dtype(model) -> torch.dtype:
@@ -294,17 +286,9 @@ def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], refer
         if embedding.has_temporal:
             with_temporal_marks(patched)
             patched.set_model_attn1_patch(MotionAttentionPatch(embedding))
-        guider = comfy.samplers.CFGGuider(patched)
-        guider.set_conds(positive, [])
-        guider.set_cfg(1.0)
         sampler = _TrainingSampler(embedding, settings, frame, patched.model.process_latent_out, on_step,
                                    on_gradients)
-        latents = reference_latents.detach().clone()
         try:
-            guider.sample(torch.zeros_like(latents), latents, sampler, torch.tensor([1.0, 0.0]), seed=settings.seed,
-                          disable_pbar=True)
+            return _run_guider(patched, positive, reference_latents, sampler, settings.seed)
         finally:
             end_recompute(patched, recomputed)
-        if sampler.result is None:
-            raise RuntimeError("the training sampler did not run; ComfyUI's guider skipped sampling")
-        return sampler.result
