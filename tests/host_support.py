@@ -309,21 +309,18 @@ TINY_MOTION_MODEL = "tiny_mm_sd15_v2.safetensors"
 
 
 def build_sd15(seed: int = 0):
-    """A ``ModelPatcher`` around SD1.5 (``model_base.BaseModel``, epsilon prediction), random weights; cached."""
-    key = ("sd15", seed)
-    if key not in _state:
-        import comfy.model_management
-        import comfy.model_patcher
-        import comfy.supported_models
+    """A ``ModelPatcher`` around SD1.5 (``model_base.BaseModel``, epsilon prediction), random weights (3.4 GB:
+    hold it only as long as needed)."""
+    import comfy.model_management
+    import comfy.model_patcher
+    import comfy.supported_models
 
-        model_config = comfy.supported_models.SD15(dict(SD15_UNET))
-        model = model_config.get_model({}, "", device=torch.device("cpu"))
-        _init_weights(model, seed)
-        model.eval()
-        _state[key] = comfy.model_patcher.ModelPatcher(
-            model, load_device=comfy.model_management.get_torch_device(),
-            offload_device=comfy.model_management.unet_offload_device())
-    return _state[key]
+    model_config = comfy.supported_models.SD15(dict(SD15_UNET))
+    model = model_config.get_model({}, "", device=torch.device("cpu"))
+    _init_weights(model, seed)
+    model.eval()
+    return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
+                                            offload_device=comfy.model_management.unet_offload_device())
 
 
 def ade_module(name: str):
@@ -380,11 +377,11 @@ def write_tiny_motion_model(seed: int = 0, frames: int = 32) -> str:
     return name
 
 
-def ade_model(sd_model, motion_model_name: str, context_length: int = 0):
+def ade_model(sd_model, motion_model_name: str, context_length: int = 0, context_overlap: int = 0):
     """The SD MODEL with the motion model attached as a user's graph does it, through ADE's own Gen2 nodes run
     under inference mode as ComfyUI's executor runs them: Load AnimateDiff Model -> Apply AnimateDiff Model ->
     Use Evolved Sampling (beta schedule autoselect; with standard static context options of
-    ``context_length`` frames when given). Returns ``(MODEL, MOTION_MODEL_ADE)``."""
+    ``context_length`` frames, ``context_overlap`` shared, when given). Returns ``(MODEL, MOTION_MODEL_ADE)``."""
     import nodes
 
     mappings = nodes.NODE_CLASS_MAPPINGS
@@ -394,7 +391,7 @@ def ade_model(sd_model, motion_model_name: str, context_length: int = 0):
         context = None
         if context_length:
             context, = mappings["ADE_StandardStaticContextOptions"]().create_options(
-                context_length=context_length, context_overlap=context_length // 2)
+                context_length=context_length, context_overlap=context_overlap)
         model, = mappings["ADE_UseEvolvedSampling"]().use_evolved_sampling(sd_model, "autoselect", m_models,
                                                                            context_options=context)
     return model, motion_model

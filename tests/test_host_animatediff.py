@@ -1,5 +1,6 @@
 """Motion Embeddings on AnimateDiff through the real AnimateDiff-Evolved (ADE), loaded beside the pack in a real
 ComfyUI: SD1.5's UNet and a motion model in ADE's key layout, random weights, loaded through ADE's own nodes."""
+import gc
 import os
 import subprocess
 import sys
@@ -19,14 +20,19 @@ DOWNSAMPLE = [1, 1, 2, 2, 4, 4, 8, 8, 8]
 
 
 @pytest.fixture(scope="module")
-def animatediff(comfy_nodes, one_thread):
+def animatediff(comfy_nodes):
     """``(MODEL from Use Evolved Sampling, MOTION_MODEL_ADE, the plain SD1.5 MODEL)``."""
     if not ade_loaded():
         need_host("needs AnimateDiff-Evolved beside the pack: put its source beside the ComfyUI tree "
                   "(../shared/animatediff-evolved-1.5.x) or set ADE_PATH")
     sd_model = build_sd15()
     model, motion_model = ade_model(sd_model, write_tiny_motion_model())
-    return model, motion_model, sd_model
+    yield model, motion_model, sd_model
+    import comfy.model_management          # the 860M-parameter UNet goes before the next test module
+
+    del model, motion_model, sd_model
+    comfy.model_management.unload_all_models()
+    gc.collect()
 
 
 def _positive(seed=3):
@@ -180,30 +186,20 @@ def test_a_short_learning_run_reaches_every_embedding_and_lowers_the_loss(animat
                    for m in ad.motion_models(model)[0].model.modules())
 
 
-def test_checkpointing_gives_the_gradients_of_the_plain_backward_on_ades_schedule(animatediff):
+def test_checkpointing_gives_the_gradients_of_the_plain_backward_and_cancel_keeps_the_last_good_embedding(
+        animatediff):
     """Epsilon prediction with the timestep drawn from the MODEL's own schedule (ADE's sqrt_linear, set by Use
-    Evolved Sampling); the same gradients with the UNet's blocks and the motion modules recomputed."""
-    model, _motion_model, _sd = animatediff
-    grads, results = {}, {}
-    for checkpointing in (False, True):
-        results[checkpointing] = _learn(model, steps=1, checkpointing=checkpointing,
-                                        names=["temporal_attn.00", "temporal_attn.08"],
-                                        on_gradients=lambda step, values, key=checkpointing: grads.setdefault(key,
-                                                                                                             values))
-    for plain, recomputed in zip(grads[False], grads[True]):
-        assert torch.allclose(plain, recomputed, rtol=1e-4, atol=1e-6)
-    training = results[True].embedding.metadata["training"]
-    sigmas = model.get_model_object("model_sampling").sigmas
-    assert training["objective"] == "eps" and training["eps_schedule"]["timesteps"] == len(sigmas) == 1000
-    assert training["eps_schedule"]["sigma_max"] == pytest.approx(float(sigmas.max()))
-
-
-def test_cancel_keeps_the_last_good_embedding_and_takes_every_patch_off(animatediff):
+    Evolved Sampling); the same gradients with the UNet's blocks and the motion modules recomputed; a Cancel after
+    the first step keeps that step's embedding and takes every patch off."""
     import comfy.model_management
 
     ad = pack_module("nodes.hooks.animatediff")
     TrainingInterrupted = pack_module("motion_core.training").TrainingInterrupted
     model, _motion_model, _sd = animatediff
+    names = ["temporal_attn.00", "temporal_attn.08"]
+    grads = {}
+    plain = _learn(model, steps=1, checkpointing=False, names=names,
+                   on_gradients=lambda step, values: grads.setdefault(False, values))
 
     def cancel_at_one(step, _total, _loss):
         if step == 1:
@@ -211,9 +207,16 @@ def test_cancel_keeps_the_last_good_embedding_and_takes_every_patch_off(animated
 
     try:
         with pytest.raises(TrainingInterrupted) as stop:
-            _learn(model, steps=3, checkpointing=True, on_step=cancel_at_one, names=["temporal_attn.08"])
+            _learn(model, steps=3, checkpointing=True, names=names, on_step=cancel_at_one,
+                   on_gradients=lambda step, values: grads.setdefault(True, values))
     finally:
         comfy.model_management.interrupt_current_processing(False)
+    for without, recomputed in zip(grads[False], grads[True]):
+        assert torch.allclose(without, recomputed, rtol=1e-4, atol=1e-6)
+    training = plain.embedding.metadata["training"]
+    sigmas = model.get_model_object("model_sampling").sigmas
+    assert training["objective"] == "eps" and training["eps_schedule"]["timesteps"] == len(sigmas) == 1000
+    assert training["eps_schedule"]["sigma_max"] == pytest.approx(float(sigmas.max()))
     kept = stop.value.result
     assert kept.steps_done == 1 and kept.embedding.all_finite()
     assert float(kept.embedding.temporal_qk["temporal_attn.08"].abs().max()) > 0       # the one step it learned
@@ -229,7 +232,7 @@ def test_context_windows_take_the_window_frames_of_the_whole_videos_embedding(an
     ad = pack_module("nodes.hooks.animatediff")
     resample = pack_module("motion_core.resample").resample_frames
     _model, _motion, sd_model = animatediff
-    windowed, _ = ade_model(sd_model, write_tiny_motion_model(), context_length=4)
+    windowed, _ = ade_model(sd_model, write_tiny_motion_model(), context_length=4, context_overlap=0)
     embedding = _embedding(["temporal_attn.00"])
     patched, motion = ad.with_ad_motion(windowed, embedding)
     windows = []
@@ -258,6 +261,8 @@ def test_apply_motion_reference_noise_and_learn_on_the_ade_model(animatediff, co
     apply_motion = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "ApplyMotion"]
     patched = apply_motion.execute(model, embedding, 1.0, 0.0, 1.0, 0).result[0]
     assert ad.has_motion(patched) and not ad.has_motion(model)
+    with pytest.raises(ValueError, match="already carries Motion Embeddings"):
+        apply_motion.execute(patched, embedding, 1.0, 0.0, 1.0, 0)
     vae = build_tiny_vae()
     frames = torch.rand(FRAMES, HEIGHT * 8, WIDTH * 8, 3, generator=torch.Generator().manual_seed(2))
     reference_noise = comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "ReferenceNoise"]

@@ -311,6 +311,9 @@ def with_ad_motion(model, embedding: MotionEmbedding, strength: float = 1.0, sig
     and its motion model are untouched. Returns ``(clone, motion)``.
     """
     single_motion_model(model, node)
+    if has_motion(model):
+        raise ValueError(f"{node}: this MODEL's motion model already carries Motion Embeddings (an Apply Motion "
+                         "output); connect the MODEL from Use Evolved Sampling: one embedding a motion model")
     patched = model.clone()                     # clones its additional models too
     motion_model = motion_models(patched)[0]
     check_compatible(embedding, motion_model)
