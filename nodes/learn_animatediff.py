@@ -55,9 +55,7 @@ def prepare_animatediff(model, family: ModelFamily, vae, reference_frames: torch
     account, _plan = check_ad_learn_memory(model, motion_model, chosen, frames, height // 8, width // 8, checkpointing,
                                            layers, explicit_layers)
     latents = vae.encode(reference_frames[..., :3])          # (f c h w), raw latent space; the only encode
-    channels = int(model.model.diffusion_model.in_channels) if hasattr(model.model.diffusion_model, "in_channels") \
-        else 4
-    expected = (frames, channels, height // 8, width // 8)
+    expected = (frames, int(model.model.diffusion_model.in_channels), height // 8, width // 8)
     if tuple(latents.shape) != expected:
         raise ValueError(f"the VAE gives latents of shape {tuple(latents.shape)}, SD1.5 works on {expected} for "
                          "these frames: connect the VAE of the SD1.5 checkpoint")

@@ -174,19 +174,15 @@ class ReferenceNoise(io.ComfyNode):
         if sigmas.numel() < 2 or float(sigmas[0]) <= 0:
             raise ValueError(f"sigmas must start with a positive noise level, got {sigmas.tolist()[:3]}...; connect "
                              "the SIGMAS of a scheduler node (e.g. KarrasScheduler or BasicScheduler)")
-        if family.family == MODEL_FAMILY_ANIMATEDIFF:
+        prompted = {MODEL_FAMILY_ANIMATEDIFF: ("AnimateDiff", invert_ad_reference),
+                    MODEL_FAMILY_WAN: ("Wan", invert_wan_reference)}
+        if family.family in prompted:                 # inverted with the prompt the reference was learned with
+            name, invert = prompted[family.family]
             if positive is None:
-                raise ValueError("Reference Noise on AnimateDiff needs the prompt: connect the same positive "
+                raise ValueError(f"Reference Noise on {name} needs the prompt: connect the same positive "
                                  "CONDITIONING that Learn Motion Embedding was given")
-            inverted = invert_ad_reference(model, family, vae, reference_frames, positive, float(sigmas[0]),
-                                           inversion_steps, motion_embedding)
-            return io.NodeOutput(BlendedNoise(inverted, prior, seed))
-        if family.family == MODEL_FAMILY_WAN:
-            if positive is None:
-                raise ValueError("Reference Noise on Wan needs the prompt: connect the same positive CONDITIONING "
-                                 "that Learn Motion Embedding was given")
-            inverted = invert_wan_reference(model, family, vae, reference_frames, positive, float(sigmas[0]),
-                                            inversion_steps, motion_embedding)
+            inverted = invert(model, family, vae, reference_frames, positive, float(sigmas[0]), inversion_steps,
+                              motion_embedding)
             return io.NodeOutput(BlendedNoise(inverted, prior, seed))
         require_svd(model, "Reference Noise")
         inverted = invert_reference(model, vae, reference_frames, float(sigmas[0]), inversion_steps, motion_embedding)

@@ -65,9 +65,9 @@ def model_family(model) -> ModelFamily | None:
             and type(inner) in (comfy.model_base.WAN21, comfy.model_base.WAN22):
         widths = {"dim": int(diffusion_model.dim), "blocks": len(diffusion_model.blocks)}
         return ModelFamily(MODEL_FAMILY_WAN, _wan_variant(inner, diffusion_model), widths)
-    if is_sd15(model) and len(animatediff.motion_models(model)) == 1 \
-            and animatediff.is_motion_model(animatediff.motion_models(model)[0]):
-        layers = animatediff.motion_layers(animatediff.motion_models(model)[0])
+    attached = animatediff.motion_models(model)
+    if is_sd15(model) and len(attached) == 1 and animatediff.is_motion_model(attached[0]):
+        layers = animatediff.motion_layers(attached[0])
         widths = {"motion_layers": len(layers), "channels": sum(layer.channels for layer in layers)}
         return ModelFamily(MODEL_FAMILY_ANIMATEDIFF, "AnimateDiff on SD1.5", widths)
     return None
