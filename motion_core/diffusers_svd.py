@@ -18,7 +18,7 @@ layer's latent grid, c channels, n tokens, d token width):
 from __future__ import annotations
 
 import logging
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn.functional as nnf
@@ -463,19 +463,25 @@ class SVDDenoiser:
 # ---- the Learn node, in diffusers -------------------------------------------------------------------
 def learn_motion(unet, encode: Callable[[torch.Tensor], torch.Tensor], frames: torch.Tensor,
                  embedding: MotionEmbedding, settings: TrainSettings, denoiser_kwargs: Optional[dict] = None,
-                 callback: Optional[StepCallback] = None, strength: float = 1.0) -> TrainResult:
-    """Learn ``embedding`` from a reference clip with the frozen ``unet``.
+                 callback: Optional[StepCallback] = None, strength: float = 1.0,
+                 more_frames: Sequence[torch.Tensor] = (),
+                 image_embeds_per_clip: Sequence[torch.Tensor] = ()) -> TrainResult:
+    """Learn ``embedding`` from a reference clip (and ``more_frames``, other clips of the motion conformed to it:
+    each step learns from one of them all) with the frozen ``unet``.
 
     ``frames`` ``(f h w 3)`` in 0..1; ``encode(frames) -> latents (f c h' w')`` in the UNet's
-    latent space, called exactly once. ``embedding`` is trained in place when it already is
+    latent space, called exactly once per clip. ``embedding`` is trained in place when it already is
     a trainable copy (``trainable_copy``) on the UNet's device, otherwise a trainable copy
     is; either way :class:`TrainResult` carries the result. ``denoiser_kwargs`` go to
-    :class:`SVDDenoiser`. The processors are removed afterwards, also on errors.
+    :class:`SVDDenoiser`; ``image_embeds_per_clip`` (one per clip, the reference first): the image embedding
+    each step's clip is conditioned on. The processors are removed afterwards, also on errors.
     """
     with torch.no_grad():
         clean = encode(frames)
+        more = [encode(clip) for clip in more_frames]
     device = unet.device
     clean = clean.detach().to(device=device, dtype=torch.float32)
+    clips = [clean] + [latent.detach().to(device=device, dtype=torch.float32) for latent in more]
     count, _, latent_height, latent_width = clean.shape
     params = embedding.parameters()
     if not params or not all(p.requires_grad and p.is_leaf and p.device == device for p in params):
@@ -483,4 +489,11 @@ def learn_motion(unet, encode: Callable[[torch.Tensor], torch.Tensor], frames: t
     denoiser = SVDDenoiser(unet, **(denoiser_kwargs or {}))
     log.info("learning motion on %d frames at latent %dx%d: %s", count, latent_width, latent_height, embedding.summary())
     with install_motion(unet, embedding, latent_height, latent_width, strength, frames=count):
-        return train_motion_embedding(denoiser, clean, embedding, settings, callback)
+        if image_embeds_per_clip and len(image_embeds_per_clip) != len(clips):
+            raise ValueError(f"{len(image_embeds_per_clip)} image embeddings for {len(clips)} clips")
+
+        def select_clip(index):
+            if image_embeds_per_clip:
+                denoiser.image_embeds = image_embeds_per_clip[index].reshape(1, 1, -1)
+        return train_motion_embedding(denoiser, clips if more else clean, embedding, settings, callback,
+                                      select_clip=select_clip)

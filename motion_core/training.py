@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import torch
 
@@ -177,13 +177,28 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all())
 
 
-def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: MotionEmbedding,
+def check_clips(clean: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The reference clips as a list, checked to be of one shape ``(f c h w)`` (one clip or several)."""
+    clips = [clean] if isinstance(clean, torch.Tensor) else list(clean)
+    if not clips:
+        raise ValueError("no reference clip to learn from")
+    shapes = {tuple(clip.shape) for clip in clips}
+    if len(shapes) != 1:
+        raise ValueError(f"the reference clips differ in shape ({sorted(shapes)}); conform them to the first "
+                         "(same frames and size) before learning")
+    return clips
+
+
+def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor | Sequence[torch.Tensor], embedding: MotionEmbedding,
                            settings: TrainSettings, callback: Optional[StepCallback] = None,
-                           on_gradients: Optional[GradientCallback] = None) -> TrainResult:
+                           on_gradients: Optional[GradientCallback] = None,
+                           select_clip: Optional[Callable[[int], None]] = None) -> TrainResult:
     """Optimise ``embedding``'s tensors (in place) so ``denoiser`` reproduces ``clean``.
 
     ``clean`` ``(f c h w)``: the reference clip's latents in the model's latent space,
-    encoded once by the caller. Each step: one augmentation draw for the whole clip, one
+    encoded once by the caller; or a sequence of such clips of one motion, all of one
+    shape, of which each step draws one (uniformly; with one clip nothing is drawn, so a
+    one-clip run is the same whichever way it is passed). Each step: one augmentation draw for the whole clip, one
     sigma for all frames, fresh noise, the objective, one Adam step. Random numbers come
     from one CPU generator seeded with ``settings.seed``: same seed, same run.
 
@@ -198,6 +213,8 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
     If ``callback(step, total, loss)`` raises (a Cancel), :class:`TrainingInterrupted`
     carries the result so far. ``on_gradients(step, grads)`` sees each good step's
     unscaled gradients, in the order of ``embedding.parameters()`` (benchmarks, tests).
+    ``select_clip(index)`` hears which of several clips a step learns from, before its
+    denoiser call (a conditioning of each clip's own, such as SVD's image embedding).
     """
     params = embedding.parameters()
     if not params or not all(p.requires_grad for p in params):
@@ -209,11 +226,16 @@ def train_motion_embedding(denoiser: Denoiser, clean: torch.Tensor, embedding: M
         torch.optim.Adam(params, lr=settings.learning_rate)
     scaler = LossScale(settings.loss_scale)
     history: list[float] = []
-    frames = clean.shape[0]
+    clips = check_clips(clean)
+    frames = clips[0].shape[0]
     skipped = bad_in_a_row = 0
 
     for step in range(settings.steps):
-        sample = augment_clip(clean, generator, settings.augment)
+        index = int(torch.randint(0, len(clips), (), generator=generator)) if len(clips) > 1 else 0
+        if select_clip is not None:
+            select_clip(index)
+        clip = clips[index]
+        sample = augment_clip(clip, generator, settings.augment)
         if settings.objective == OBJECTIVE_FLOW:
             sigma = sample_flow_sigma(generator, settings.flow_shift, *settings.flow_sigma_range)
         elif settings.objective == OBJECTIVE_EPS:

@@ -10,6 +10,7 @@ from .conditioning import InflateSVDConditioning
 from .examples import install_examples
 from .files import LoadMotionEmbedding, SaveMotionEmbedding
 from .learn import LearnMotionEmbedding
+from .library_nodes import BlendMotionEmbeddings, GatherReferenceClips
 from .metrics_node import MotionFidelityScore
 from .motion import ApplyMotion, DebiasValueEmbedding
 from .reference_noise import ReferenceNoise
@@ -19,7 +20,7 @@ from .video_nodes import LoadReferenceVideo
 
 NODES = [LoadReferenceVideo, LearnMotionEmbedding, DebiasValueEmbedding, InflateSVDConditioning, ApplyMotion,
          SaveMotionEmbedding, LoadMotionEmbedding, ReferenceNoise, LoadToyVideoModel, MotionFidelityScore,
-         ToyMotionClip, ToyTargetImage, ToyVideoConditioning]
+         ToyMotionClip, ToyTargetImage, ToyVideoConditioning, GatherReferenceClips, BlendMotionEmbeddings]
 
 
 class MotionInversionExtension(ComfyExtension):

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from comfy_api.v0_0_2 import io
 
 from ..motion_core.embedding import MotionEmbedding
-from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
+from ..motion_core.library import frame_weights, parse_frame_strengths
+from .common import CATEGORY, FRAME_STRENGTHS_TOOLTIP, NODE_PREFIX, MotionEmbeddingSocket, check_percent_range
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +20,8 @@ NEGATIVE_MODES = (NEGATIVE_ZEROS, NEGATIVE_KEEP)
 
 
 def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: int,
-            negative_mode: str = NEGATIVE_ZEROS) -> tuple[list, list]:
+            negative_mode: str = NEGATIVE_ZEROS, frame_strengths: Sequence[float] = (),
+            start_percent: float = 0.0, end_percent: float = 1.0) -> tuple[list, list]:
     """Replace SVD's single image token by the embedding's tokens.
 
     positive: ``[[tokens (f n d), {..., "time_conditioning": (1 n d)}]]`` (row f of the
@@ -31,6 +33,12 @@ def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: 
     its own options (its first-frame latent): guidance against a model with no motion
     tokens, e.g. the toy model's image token. Either way cond and uncond have equal shapes
     and batch in one forward.
+
+    ``frame_strengths`` (spread evenly over the frames, ``w (f)``): frame f's tokens become
+    ``w_f * tokens[f] + (1 - w_f) * t`` with ``t`` the positive's own image token (its mean
+    token), so 0 is plain SVD for that frame. ``start_percent`` / ``end_percent``: the motion
+    tokens act over that share of the sampling steps and the positive as it came over the
+    rest (ComfyUI's conditioning timestep ranges, as ConditioningSetTimestepRange sets them).
     """
     if negative_mode not in NEGATIVE_MODES:
         raise ValueError(f"unknown negative mode {negative_mode!r}; choose one of {', '.join(NEGATIVE_MODES)}")
@@ -51,7 +59,19 @@ def inflate(positive: list, negative: list, embedding: MotionEmbedding, frames: 
         if cond_tokens.shape[-1] != width:
             raise ValueError(f"the positive conditioning has {cond_tokens.shape[-1]}-wide tokens, the motion "
                              f"embedding {width}-wide: connect the positive of SVD_img2vid_Conditioning")
-        new_positive.append([spatial.clone(), dict(options, time_conditioning=temporal.clone())])
+        tokens_here = spatial.clone()
+        if frame_strengths:
+            weights = frame_weights(frame_strengths, frames)[:, None, None]                  # (f 1 1)
+            own = cond_tokens.detach().float().cpu().reshape(-1, width).mean(0)             # (d)
+            tokens_here = weights * tokens_here + (1 - weights) * own
+        if start_percent <= 0.0 and end_percent >= 1.0:
+            new_positive.append([tokens_here, dict(options, time_conditioning=temporal.clone())])
+            continue
+        new_positive.append([tokens_here, dict(options, time_conditioning=temporal.clone(),
+                                               start_percent=start_percent, end_percent=end_percent)])
+        for low, high in ((0.0, start_percent), (end_percent, 1.0)):     # the positive as it came, outside
+            if high > low:
+                new_positive.append([cond_tokens, dict(options, start_percent=low, end_percent=high)])
     new_negative = []
     for cond_tokens, options in negative:
         if negative_mode == NEGATIVE_ZEROS:
@@ -111,6 +131,14 @@ class InflateSVDConditioning(io.ComfyNode):
                              tooltip="Frames of the video to make; 0 = from the latent input, else the embedding's."),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="The video latent to sample (its frame count is used when frames = 0)."),
+                io.String.Input("frame_strengths", default="", optional=True,
+                                tooltip=FRAME_STRENGTHS_TOOLTIP + " Here 0 gives a frame the target image's own "
+                                        "token (plain SVD) instead of the motion tokens."),
+                io.Float.Input("start_percent", default=0.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Sampling progress at which the motion tokens start acting (0 = first step); "
+                                       "before it the positive works as it came."),
+                io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
+                               tooltip="Sampling progress after which the motion tokens stop acting (1 = last step)."),
                 io.Combo.Input("negative_mode", options=list(NEGATIVE_MODES), default=NEGATIVE_ZEROS, optional=True,
                                tooltip="zeros (SVD): SVD's unconditional tokens, for SVD checkpoints. keep input "
                                        "negative: the negative's own tokens (repeated to the motion token count), so "
@@ -125,11 +153,16 @@ class InflateSVDConditioning(io.ComfyNode):
         )
 
     @classmethod
-    def execute(cls, positive, negative, motion_embedding, frames, latent=None,
-                negative_mode=NEGATIVE_ZEROS) -> io.NodeOutput:
+    def validate_inputs(cls, start_percent=None, end_percent=None):
+        return check_percent_range(start_percent, end_percent)
+
+    @classmethod
+    def execute(cls, positive, negative, motion_embedding, frames, latent=None, frame_strengths="",
+                start_percent=0.0, end_percent=1.0, negative_mode=NEGATIVE_ZEROS) -> io.NodeOutput:
         if frames == 0:
             frames = int(latent["samples"].shape[0]) if latent is not None else motion_embedding.frames
         if frames != motion_embedding.frames:
             log.info("Inflate SVD Conditioning: resampling motion tokens from %d to %d frames",
                      motion_embedding.frames, frames)
-        return io.NodeOutput(*inflate(positive, negative, motion_embedding, frames, negative_mode))
+        return io.NodeOutput(*inflate(positive, negative, motion_embedding, frames, negative_mode,
+                                      parse_frame_strengths(frame_strengths or ""), start_percent, end_percent))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterator, Optional, Sequence
 
 import torch
 
@@ -36,15 +36,29 @@ class _LoopSampler(comfy.samplers.Sampler):
     denoiser; each family's subclass shapes the clip and picks the objective, then :meth:`train` runs the loop."""
 
     def __init__(self, embedding: MotionEmbedding, settings: TrainSettings,
-                 on_step: Optional[Callable[[int, int, float], None]], on_gradients: Optional[GradientCallback] = None):
+                 on_step: Optional[Callable[[int, int, float], None]], on_gradients: Optional[GradientCallback] = None,
+                 more_latents: Sequence[torch.Tensor] = ()):
         self.embedding = embedding
         self.settings = settings
         self.on_step = on_step
         self.on_gradients = on_gradients
+        self.more_latents = list(more_latents)   # more clips of the motion, raw latents laid out as the reference
         self.result: Optional[TrainResult] = None
 
-    def train(self, denoiser, clip: torch.Tensor, settings: TrainSettings) -> None:
-        self.result = train_motion_embedding(denoiser, clip, self.embedding, settings,
+    @staticmethod
+    def to_clip(latent: torch.Tensor) -> torch.Tensor:
+        """The guider's latent as the loop's clip ``(f c h w)`` (SVD and SD1.5: the frames are the batch)."""
+        return latent.float()
+
+    def clips(self, model_wrap, latent_image: torch.Tensor) -> list[torch.Tensor]:
+        """The reference (``latent_image``, already through ``process_latent_in``) and the other clips, put through
+        the model's ``process_latent_in`` here, each as the loop's clip."""
+        process_in = model_wrap.inner_model.process_latent_in
+        return [self.to_clip(latent_image)] + [self.to_clip(process_in(latent.to(latent_image)))
+                                               for latent in self.more_latents]
+
+    def train(self, denoiser, clips: list[torch.Tensor], settings: TrainSettings) -> None:
+        self.result = train_motion_embedding(denoiser, clips, self.embedding, settings,
                                              _step_callback(settings.steps, self.on_step), self.on_gradients)
 
 
@@ -68,14 +82,13 @@ class _TrainingSampler(_LoopSampler):
 
     def __init__(self, embedding: MotionEmbedding, settings: TrainSettings, frame: TrainingFrame,
                  process_latent_out: Callable, on_step: Optional[Callable[[int, int, float], None]],
-                 on_gradients: Optional[GradientCallback] = None):
-        super().__init__(embedding, settings, on_step, on_gradients)
+                 on_gradients: Optional[GradientCallback] = None, more_latents: Sequence[torch.Tensor] = ()):
+        super().__init__(embedding, settings, on_step, on_gradients, more_latents)
         self.frame = frame
         self.process_latent_out = process_latent_out
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        clean = latent_image.float()   # the guider already applied process_latent_in
         sigma_data = float(model_wrap.inner_model.model_sampling.sigma_data)
         settings = dataclasses.replace(self.settings, sigma_data=sigma_data)
 
@@ -83,7 +96,7 @@ class _TrainingSampler(_LoopSampler):
             self.frame.latent = self.process_latent_out(first_frame.detach())
             return model_wrap(noisy.to(latent_image.dtype), sigma, **extra_args)
 
-        self.train(denoiser, clean, settings)
+        self.train(denoiser, self.clips(model_wrap, latent_image), settings)
         return torch.zeros_like(latent_image)
 
 
@@ -133,9 +146,12 @@ class _WanTrainingSampler(_LoopSampler):
     """Wan: the latent is ``(1 c t h w)``, the loop's clip ``(t c h w)``; flow matching with the shift of the
     MODEL's own ``model_sampling`` (what ModelSamplingSD3 set, or the model's default)."""
 
+    @staticmethod
+    def to_clip(latent: torch.Tensor) -> torch.Tensor:
+        return latent[0].float().transpose(0, 1)                 # (1 c t h w) -> (t c h w)
+
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        clip = latent_image[0].float().transpose(0, 1)           # (c t h w) -> (t c h w)
         shift = float(getattr(model_wrap.inner_model.model_sampling, "shift", 1.0))
         settings = dataclasses.replace(self.settings, objective=OBJECTIVE_FLOW, flow_shift=shift)
 
@@ -143,7 +159,7 @@ class _WanTrainingSampler(_LoopSampler):
             video = noisy.transpose(0, 1)[None].to(latent_image.dtype)          # (t c h w) -> (1 c t h w)
             return model_wrap(video, sigma[:1], **extra_args)[0].transpose(0, 1)
 
-        self.train(denoiser, clip, settings)
+        self.train(denoiser, self.clips(model_wrap, latent_image), settings)
         return torch.zeros_like(latent_image)
 
 
@@ -154,7 +170,6 @@ class _EpsTrainingSampler(_LoopSampler):
 
     def sample(self, model_wrap, sigmas, extra_args, callback, noise, latent_image=None, denoise_mask=None,
                disable_pbar=False):
-        clean = latent_image.float()   # the guider already applied process_latent_in
         schedule = self.settings.eps_schedule or tuple(float(sigma)
                                                        for sigma in model_wrap.inner_model.model_sampling.sigmas)
         settings = dataclasses.replace(self.settings, objective=OBJECTIVE_EPS, eps_schedule=schedule)
@@ -162,18 +177,20 @@ class _EpsTrainingSampler(_LoopSampler):
         def denoiser(noisy, sigma, _first_frame):
             return model_wrap(noisy.to(latent_image.dtype), sigma, **extra_args)
 
-        self.train(denoiser, clean, settings)
+        self.train(denoiser, self.clips(model_wrap, latent_image), settings)
         return torch.zeros_like(latent_image)
 
 
 def train_ad_in_host(model, positive: list, reference_latents: torch.Tensor, initial: MotionEmbedding,
                      settings: TrainSettings, on_step: Optional[Callable[[int, int, float], None]] = None,
-                     checkpointing: bool = True, on_gradients: Optional[GradientCallback] = None) -> TrainResult:
+                     checkpointing: bool = True, on_gradients: Optional[GradientCallback] = None,
+                     more_latents: Sequence[torch.Tensor] = ()) -> TrainResult:
     """Learn ``initial``'s Motion Embeddings through the frozen SD1.5 UNet and its ADE motion model.
 
     ``model``: the MODEL from ADE's Use Evolved Sampling (one motion model attached);
     ``positive``: the prompt's conditioning; ``reference_latents`` ``(f c h w)``: the reference,
-    VAE-encoded once, raw latent space. It runs through ComfyUI's guider, so ADE's own
+    VAE-encoded once, raw latent space (``more_latents``: other clips of the motion, laid out alike; each step
+    learns from one of them all). It runs through ComfyUI's guider, so ADE's own
     sampling wrapper injects the motion model and sets its video length to the frames, as
     when sampling. Checkpointing recomputes the UNet's blocks and each motion module; the
     patches come off when learning ends, also after an error or a Cancel, which raises
@@ -196,7 +213,7 @@ def train_ad_in_host(model, positive: list, reference_latents: torch.Tensor, ini
                                        prefix="") if checkpointing else []
         try:
             return _run_guider(patched, positive, reference_latents,
-                               _EpsTrainingSampler(embedding, settings, on_step, on_gradients), settings.seed)
+                               _EpsTrainingSampler(embedding, settings, on_step, on_gradients, more_latents), settings.seed)
         finally:
             end_recompute(patched, recomputed)
             end_recompute(patched_motion_model, recomputed_modules + motion.keys)
@@ -218,12 +235,12 @@ def _step_callback(total: int, on_step):
 def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, initial: MotionEmbedding,
                       settings: TrainSettings, on_step: Optional[Callable[[int, int, float], None]] = None,
                       checkpointing: bool = True, on_gradients: Optional[GradientCallback] = None,
-                      offload: bool = False) -> TrainResult:
+                      offload: bool = False, more_latents: Sequence[torch.Tensor] = ()) -> TrainResult:
     """Learn ``initial``'s Motion Embeddings through the frozen Wan ``model``; returns the result.
 
     ``positive``: the conditioning the reference is explained with (the prompt, and for
     I2V the image conditioning); ``reference_latents`` ``(1 c t h w)``: the reference,
-    VAE-encoded once, raw latent space. As :func:`train_in_host`: float32 learned tensors,
+    VAE-encoded once, raw latent space (``more_latents``: other clips, laid out alike). As :func:`train_in_host`: float32 learned tensors,
     checkpointed blocks, ``host_training_mode``, loss scaling for float16, Cancel raises
     ``TrainingInterrupted`` with the last good embedding. ``offload``: the checkpointed blocks'
     inputs wait in CPU memory for the backward pass (on an accelerator; the same gradients).
@@ -240,7 +257,7 @@ def train_wan_in_host(model, positive: list, reference_latents: torch.Tensor, in
             if checkpointing else []
         try:
             return _run_guider(patched, positive, reference_latents,
-                               _WanTrainingSampler(embedding, settings, on_step, on_gradients), settings.seed)
+                               _WanTrainingSampler(embedding, settings, on_step, on_gradients, more_latents), settings.seed)
         finally:
             # the projection patches sit on the shared modules until ComfyUI next unpatches; they
             # hold the learned tensors (and their gradients) on the device: take them off now
@@ -260,13 +277,15 @@ FLOAT16_LOSS_SCALE = 2.0 ** 16
 def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], reference_latents: torch.Tensor,
                   initial: MotionEmbedding, settings: TrainSettings,
                   on_step: Optional[Callable[[int, int, float], None]] = None, checkpointing: bool = True,
-                  on_gradients: Optional[GradientCallback] = None) -> TrainResult:
+                  on_gradients: Optional[GradientCallback] = None,
+                  more_latents: Sequence[torch.Tensor] = ()) -> TrainResult:
     """Learn ``initial``'s tensors through the frozen ``model``; returns the result.
 
     ``make_positive(embedding)``: SVD conditioning built around the trainable tensors
     (the motion-text tokens, or the plain image token when only temporal embeddings
     are learned). ``reference_latents`` ``(f c h w)``: the reference, VAE-encoded once,
-    raw latent space. Everything trainable is made here, outside ComfyUI's inference
+    raw latent space; ``more_latents``: other clips of the motion, laid out alike (each step learns from one
+    clip, its first frame as the image conditioning). Everything trainable is made here, outside ComfyUI's inference
     mode, on the model's load device in float32; the model computes in the dtype
     ComfyUI loaded it in, with dynamic loss scaling when that is float16.
     ``checkpointing``: recompute each UNet block in the backward pass instead of keeping
@@ -287,7 +306,7 @@ def train_in_host(model, make_positive: Callable[[MotionEmbedding], list], refer
             with_temporal_marks(patched)
             patched.set_model_attn1_patch(MotionAttentionPatch(embedding))
         sampler = _TrainingSampler(embedding, settings, frame, patched.model.process_latent_out, on_step,
-                                   on_gradients)
+                                   on_gradients, more_latents)
         try:
             return _run_guider(patched, positive, reference_latents, sampler, settings.seed)
         finally:

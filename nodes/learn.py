@@ -16,13 +16,16 @@ from comfy_api.v0_0_2 import io, ui
 from ..motion_core.augment import AugmentSettings
 from ..motion_core.embedding import MotionEmbedding, base_metadata, init_motion_text, init_temporal
 from ..motion_core.fileio import save_numbered
+from ..motion_core.library import conform_clip
+from ..motion_core.library import resume_from as resume_from_embedding
 from ..motion_core.layers import LAYER_PRESETS, PRESET_WIDEST, embedding_cost, select_layers
 from ..motion_core.objectives import LOSSES, LOSS_EDM
 from ..motion_core.plot import loss_plot
 from ..motion_core.resample import downscale_frames
 from ..motion_core.training import TrainingInterrupted, TrainSettings
 from .conditioning import reference_conditioning
-from .common import CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, send_event
+from .common import (CATEGORY, FOLDER_NAME, LOSS_EVENT, NODE_PREFIX, MotionEmbeddingSocket, ReferenceClipsSocket,
+                     send_event)
 from .hooks import MODEL_FAMILY_ANIMATEDIFF, MODEL_FAMILY_WAN, require_family
 from .host_training import train_ad_in_host, train_in_host, train_wan_in_host
 from .learn_animatediff import prepare_animatediff
@@ -175,6 +178,23 @@ class LearnMotionEmbedding(io.ComfyNode):
                                               "(Wan's; the SD1.5 checkpoint's CLIP for AnimateDiff; for Wan I2V, the "
                                               "positive of WanImageToVideo made from the reference's first frame). "
                                               "SVD ignores it."),
+                ReferenceClipsSocket.Input("more_references", optional=True,
+                                           tooltip="More clips of the same motion (from Gather Reference Clips), e.g. "
+                                                   "on other scenes: each step learns from one clip of them all, the "
+                                                   "reference included, so the embedding keeps what they share (the "
+                                                   "motion) more than any one clip's look. Each is conformed to the "
+                                                   "reference's frame count (frames picked evenly) and size (scaled "
+                                                   "and centre-cropped). On SVD each clip's first frame is its image "
+                                                   "conditioning; on Wan and AnimateDiff the positive prompt serves "
+                                                   "them all, so describe what they share. Not on Wan I2V (its image "
+                                                   "conditioning is the reference's)."),
+                MotionEmbeddingSocket.Input("resume_from", optional=True,
+                                            tooltip="Go on learning from this embedding (Learn's output, a saved one "
+                                                    "or the file a Cancel wrote in output/motion_embeddings/) instead "
+                                                    "of from the start: same model, representation, layers and "
+                                                    "tokens_per_frame, not debiased. Its frames and grid are resampled "
+                                                    "to this run's; steps are the steps to add; the loss curve goes "
+                                                    "on from where it stopped."),
                 io.Combo.Input("noise_range", options=list(NOISE_RANGES), default=WHOLE_RANGE, optional=True,
                                tooltip="Wan only: the noise levels to learn on. whole range for every model but a "
                                        "Wan 2.2 A14B expert; for an expert, the share of the schedule it samples "
@@ -195,11 +215,13 @@ class LearnMotionEmbedding(io.ComfyNode):
     def execute(cls, model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
                 noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
                 layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
-                learn_scale=1.0, positive=None, noise_range=WHOLE_RANGE) -> io.NodeOutput:
+                learn_scale=1.0, positive=None, noise_range=WHOLE_RANGE, more_references=None,
+                resume_from=None) -> io.NodeOutput:
         prepared = prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps,
                                     learning_rate, seed, noise_mean, noise_std, loss, augmentation, flip, fps,
                                     motion_bucket_id, augmentation_level, layers, explicit_layers, clip_vision,
-                                    activation_checkpointing, learn_scale, positive, noise_range)
+                                    activation_checkpointing, learn_scale, positive, noise_range, more_references,
+                                    resume_from)
         return cls.learn(prepared)
 
     @classmethod
@@ -217,27 +239,36 @@ class LearnMotionEmbedding(io.ComfyNode):
                  latents.shape[2] if latents.ndim == 5 else latents.shape[0],
                  prepared.width, prepared.height, steps,
                  comfy.model_management.get_torch_device_name(prepared.model.load_device))
+        more = prepared.more_latents
+        if more:
+            log.info("Learning from %d clips of the motion (one per step)", len(more) + 1)
         try:
             if prepared.family == MODEL_FAMILY_ANIMATEDIFF:
                 result = train_ad_in_host(prepared.model, prepared.wan_positive, latents, initial, settings, on_step,
-                                          checkpointing=prepared.checkpointing)
+                                          checkpointing=prepared.checkpointing, more_latents=more)
             elif prepared.wan_positive is not None:
                 result = train_wan_in_host(prepared.model, prepared.wan_positive, latents, initial, settings, on_step,
-                                           checkpointing=prepared.checkpointing, offload=prepared.offload)
+                                           checkpointing=prepared.checkpointing, offload=prepared.offload,
+                                           more_latents=more)
             else:
                 result = train_in_host(prepared.model, make_positive, latents, initial, settings, on_step,
-                                       checkpointing=prepared.checkpointing)
+                                       checkpointing=prepared.checkpointing, more_latents=more)
         except TrainingInterrupted as stop:
             folder = os.path.join(folder_paths.get_output_directory(), FOLDER_NAME)
+            continue_history(stop.result.embedding, stop.result.loss_history)
             path = save_numbered(stop.result.embedding, folder, "interrupted") if stop.result.steps_done else None
             if path:
                 log.warning("Learning was cancelled after %d of %d steps; the embedding learned so far was saved "
                             "to %s", stop.result.steps_done, steps, path)
             raise stop.cause
         embedding = result.embedding
-        history = result.loss_history
+        history = continue_history(embedding, result.loss_history)
         status = (f"{embedding.summary()}; {result.steps_done} steps, loss {history[0]:.4f} -> {history[-1]:.4f}"
                   if history else embedding.summary())
+        if "resumed" in embedding.metadata:
+            status += f" (resumed after {embedding.metadata['resumed']['steps']} steps)"
+        if more:
+            status += f"; learned from {len(more) + 1} clips"
         if result.skipped_steps:
             status += f"; {result.skipped_steps} step(s) skipped for non-finite values"
         if result.stopped_reason:
@@ -248,6 +279,19 @@ class LearnMotionEmbedding(io.ComfyNode):
         plot = loss_plot(history)
         return io.NodeOutput(embedding, plot, json.dumps([round(v, 6) for v in history]),
                              ui=ui.PreviewText(status))
+
+
+def continue_history(embedding: MotionEmbedding, history: list[float]) -> list[float]:
+    """The whole loss curve of a run that resumed an earlier one: the earlier curve, then ``history``; written into
+    ``embedding``'s metadata. A run that did not resume keeps ``history``."""
+    resumed = embedding.metadata.get("resumed")
+    if not resumed:
+        return history
+    whole = [float(value) for value in resumed.get("loss_history", [])] + list(history)
+    embedding.metadata["loss_history"] = [round(value, 6) for value in whole]
+    embedding.metadata["training"]["steps_done"] = int(resumed.get("steps", 0)) + int(
+        embedding.metadata["training"].get("steps_done", 0))
+    return whole
 
 
 @dataclasses.dataclass
@@ -266,12 +310,63 @@ class PreparedLearning:
     wan_positive: object = None           # Wan, AnimateDiff: the positive conditioning as given
     offload: bool = False                 # Wan: the checkpointed blocks' inputs kept in CPU memory
     family: str = "svd"
+    more_latents: list = dataclasses.field(default_factory=list)   # more clips of the motion, laid out as latents
 
 
 def prepare_learning(model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
                      noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
                      layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
-                     learn_scale=1.0, positive=None, noise_range=WHOLE_RANGE) -> PreparedLearning:
+                     learn_scale=1.0, positive=None, noise_range=WHOLE_RANGE, more_references=None,
+                     resume_from=None) -> PreparedLearning:
+    """:func:`prepare_one` for the reference, then the other clips (``more_references``) conformed and encoded alike,
+    and the embedding to resume from (``resume_from``) checked and loaded into the run's layout."""
+    prepared = prepare_one(model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate,
+                           seed, noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id,
+                           augmentation_level, layers, explicit_layers, clip_vision, activation_checkpointing,
+                           learn_scale, positive, noise_range)
+    if more_references:
+        prepared.more_latents = encode_more_references(prepared, vae, more_references, positive)
+    if resume_from is not None:
+        prepared.initial = resume_embedding(prepared.initial, resume_from)
+    return prepared
+
+
+def resume_embedding(initial: MotionEmbedding, previous) -> MotionEmbedding:
+    if not isinstance(previous, MotionEmbedding):
+        raise ValueError(f"resume_from must be a MOTION_EMBEDDING (from Learn or Load Motion Embedding), got "
+                         f"{type(previous).__name__}")
+    resumed = resume_from_embedding(initial, previous)
+    log.info("Resuming from an embedding learned for %d steps (final loss %s)", resumed.metadata["resumed"]["steps"],
+             (resumed.metadata["resumed"]["loss_history"] or ["?"])[-1])
+    return resumed
+
+
+def encode_more_references(prepared: "PreparedLearning", vae, clips, positive) -> list[torch.Tensor]:
+    """Each clip of ``clips`` at the reference's frames and size (as learned: after Wan's 1 + 4k frames and
+    learn_scale), VAE-encoded; a ValueError that names the clip when one does not fit."""
+    if not isinstance(clips, (list, tuple)) or not all(isinstance(clip, torch.Tensor) for clip in clips):
+        raise ValueError("more_references must come from Gather Reference Clips (a list of IMAGE clips)")
+    if prepared.family == MODEL_FAMILY_WAN and any(
+            isinstance(extra, dict) and extra.get("concat_latent_image") is not None for _tokens, extra in positive):
+        raise ValueError("more_references on Wan I2V: the positive's image conditioning is made from the reference's "
+                         "first frame and would not fit the other clips. Learn on Wan T2V, or from one clip")
+    latents = prepared.latents
+    frames = int(prepared.initial.metadata.get("video_frames") or latents.shape[0])
+    encoded = []
+    for index, clip in enumerate(clips, start=2):
+        conformed_clip = conform_clip(clip, frames, prepared.height, prepared.width)
+        latent = vae.encode(conformed_clip[..., :3])
+        if tuple(latent.shape) != tuple(latents.shape):
+            raise ValueError(f"reference clip {index} encodes to latents of shape {tuple(latent.shape)}, the "
+                             f"reference to {tuple(latents.shape)}; use the same VAE for all clips")
+        encoded.append(latent)
+    return encoded
+
+
+def prepare_one(model, vae, reference_frames, representation, tokens_per_frame, steps, learning_rate, seed,
+                noise_mean, noise_std, loss, augmentation, flip, fps, motion_bucket_id, augmentation_level,
+                layers, explicit_layers="", clip_vision=None, activation_checkpointing=True,
+                learn_scale=1.0, positive=None, noise_range=WHOLE_RANGE) -> PreparedLearning:
     """Validates the inputs, plans the memory (refusing what cannot fit), encodes the reference once.
 
     ``learn_scale < 1``: the reference is downscaled (area average, sides to multiples of 8)

@@ -6,7 +6,8 @@ import logging
 from comfy_api.v0_0_2 import io, ui
 
 from ..motion_core.debias import DEBIAS_MODES, DIFFERENCE, debias
-from .common import CATEGORY, NODE_PREFIX, MotionEmbeddingSocket
+from ..motion_core.library import parse_frame_strengths, scaled_over_frames
+from .common import CATEGORY, FRAME_STRENGTHS_TOOLTIP, NODE_PREFIX, MotionEmbeddingSocket, check_percent_range
 from .hooks import MODEL_FAMILY_ANIMATEDIFF, MODEL_FAMILY_WAN, check_family, require_family
 from .hooks import animatediff as ad_hooks
 from .hooks import wan as wan_hooks
@@ -82,39 +83,46 @@ class ApplyMotion(io.ComfyNode):
                                      "AnimateDiff the embedding follows the sampled length by itself (on Wan 81 "
                                      "video frames are 21 latent frames); a value here resamples it to that many "
                                      "video frames."),
+                io.String.Input("frame_strengths", default="", optional=True,
+                                tooltip=FRAME_STRENGTHS_TOOLTIP + " It scales the Motion Embeddings frame by frame; "
+                                        "on Wan, a frame's motion tokens are mixed in by it (0: the frame's "
+                                        "cross-attention as without tokens)."),
             ],
             outputs=[io.Model.Output(display_name="model", tooltip="The model with the motion applied.")],
         )
 
     @classmethod
-    def validate_inputs(cls, start_percent, end_percent):
-        # ComfyUI skips its own range check for inputs named here, so check them too
-        for name, value in (("start_percent", start_percent), ("end_percent", end_percent)):
-            if value is not None and not 0.0 <= value <= 1.0:
-                return f"{name} is {value}; it must be between 0 and 1"
-        if start_percent is not None and end_percent is not None and start_percent > end_percent:
-            return f"start_percent ({start_percent}) must not be after end_percent ({end_percent})"
-        return True
+    def validate_inputs(cls, start_percent, end_percent, frame_strengths=None):
+        try:
+            parse_frame_strengths(frame_strengths or "")
+        except ValueError as error:
+            return str(error)
+        return check_percent_range(start_percent, end_percent)
 
     @classmethod
-    def execute(cls, model, motion_embedding, strength, start_percent, end_percent, frames) -> io.NodeOutput:
+    def execute(cls, model, motion_embedding, strength, start_percent, end_percent, frames,
+                frame_strengths="") -> io.NodeOutput:
         family = require_family(model, "Apply Motion")
         check_family(motion_embedding, family)
         on_wan = family.family == MODEL_FAMILY_WAN
         if not motion_embedding.has_temporal and not (on_wan and motion_embedding.has_motion_text):
             raise ValueError("this motion embedding has no temporal Motion Embeddings (learned with representation "
                              "motion_text); on SVD use Inflate SVD Conditioning for it, or learn with temporal or both")
+        strengths = parse_frame_strengths(frame_strengths or "")
         sampling = model.get_model_object("model_sampling")
         sigma_start = sampling.percent_to_sigma(start_percent)
         sigma_end = sampling.percent_to_sigma(end_percent)
         if family.family == MODEL_FAMILY_ANIMATEDIFF:
-            embedding = motion_embedding.resampled(frames) if frames else motion_embedding
+            embedding = scaled_over_frames(motion_embedding.resampled(frames) if frames else motion_embedding,
+                                           strengths)
             patched, _motion = ad_hooks.with_ad_motion(model, embedding, strength, sigma_start, sigma_end)
         elif on_wan:
             wan_hooks.check_compatible(motion_embedding, model)
             embedding = motion_embedding.resampled(wan_hooks.latent_frames(frames)) if frames else motion_embedding
+            embedding = scaled_over_frames(embedding, strengths)
             patched, _motion = wan_hooks.with_wan_motion(model, embedding, strength, sigma_start, sigma_end)
         else:
-            embedding = motion_embedding.resampled(frames) if frames else motion_embedding
+            embedding = scaled_over_frames(motion_embedding.resampled(frames) if frames else motion_embedding,
+                                           strengths)
             patched, _patch = with_motion(model, embedding, strength, sigma_start, sigma_end)
         return io.NodeOutput(patched)

@@ -9,6 +9,8 @@ EXPECTED = {
     "MotionInversion_ApplyMotion": "Apply Motion",
     "MotionInversion_SaveMotionEmbedding": "Save Motion Embedding",
     "MotionInversion_LoadMotionEmbedding": "Load Motion Embedding",
+    "MotionInversion_GatherReferenceClips": "Gather Reference Clips",
+    "MotionInversion_BlendMotionEmbeddings": "Blend Motion Embeddings",
 }
 
 

@@ -97,6 +97,21 @@ def test_reference_tokens_and_a_negatives_rows_see_the_prompt_alone(comfy_nodes)
     assert not torch.allclose(out[0, POSITIONS:], plain[0, POSITIONS:], atol=1e-3)
 
 
+def test_frame_strengths_mix_each_frames_tokens_in_by_its_weight(comfy_nodes):
+    """Apply Motion's frame_strengths on tokens: frame f's output is plain + w_f * (with tokens - plain)."""
+    library = pack_module("motion_core.library")
+    model = build_tiny_wan("t2v")
+    embedding = _token_embedding()
+    module, patched = _patched_cross_attention(model, embedding)
+    _module, scheduled = _patched_cross_attention(model, library.scaled_over_frames(embedding, [0.0, 1.0]))
+    x, context = _inputs()
+    with torch.no_grad():
+        full, plain, out = patched(x, context), module.forward(x, context), scheduled(x, context)
+    weights = torch.linspace(0, 1, FRAMES).repeat_interleave(POSITIONS)[None, :, None]
+    assert torch.allclose(out, plain + weights * (full - plain), atol=1e-5)
+    assert torch.allclose(out[:, :POSITIONS], plain[:, :POSITIONS], atol=1e-6)          # weight 0: no tokens
+
+
 @pytest.mark.parametrize("variant", ["t2v", "i2v", "ti2v"])
 def test_tokens_act_in_sampling_and_the_clone_leaves_no_trace(comfy_nodes, variant):
     model = build_tiny_wan(variant)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -114,8 +114,10 @@ def _tie_tokens(embedding: MotionEmbedding) -> None:
 
 
 def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, settings: ToyLearnSettings,
-                  progress: Optional[Callable[[int, int, float], None]] = None) -> tuple[Optional[MotionEmbedding], float]:
-    """Learn ``variant`` from ``reference`` ``(f h w c)``; returns the embedding and seconds taken."""
+                  progress: Optional[Callable[[int, int, float], None]] = None,
+                  more_references: Sequence[torch.Tensor] = ()) -> tuple[Optional[MotionEmbedding], float]:
+    """Learn ``variant`` from ``reference`` ``(f h w c)`` (and ``more_references``, clips of the same motion and
+    shape: each step learns from one); returns the embedding and seconds taken."""
     if not variant.learn:
         return None, 0.0
     if settings.token_start not in TOKEN_STARTS:
@@ -124,6 +126,7 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
     frames = reference.shape[0]
     image_embeds = world.image_embeds(reference)       # of the full-size frames, as CLIP sees a resized image anyway
     reference = downscale_frames(reference, settings.learn_scale)
+    more_references = [downscale_frames(clip, settings.learn_scale) for clip in more_references]
     latent_h, latent_w = reference.shape[1] // 4, reference.shape[2] // 4
     embedding = init_embedding(world.unet, frames, latent_h, latent_w, tokens_per_frame=variant.tokens_per_frame,
                                temporal=variant.temporal, with_values=variant.values,
@@ -146,7 +149,11 @@ def learn_variant(world: ToyWorld, reference: torch.Tensor, variant: Variant, se
                           augment=AugmentSettings(min_crop_scale=settings.augment_crop,
                                                   color_jitter=settings.augment_colour))
     result = learn_motion(world.unet, lambda clip: world.encode(clip) * SVD_LATENT_SCALE, reference, embedding, train,
-                          denoiser_kwargs={"image_embeds": image_embeds[:1]}, callback=callback)
+                          denoiser_kwargs={"image_embeds": image_embeds[:1]}, callback=callback,
+                          more_frames=more_references,
+                          image_embeds_per_clip=[image_embeds[:1]] + [world.image_embeds(clip)[:1]
+                                                                      for clip in more_references]
+                          if more_references else ())
     learned = result.embedding
     if variant.debias != "none" and learned.value_embedding:
         learned = debias(learned, variant.debias)

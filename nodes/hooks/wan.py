@@ -22,6 +22,7 @@ from comfy.ldm.wan.model import WanModel
 
 from ...motion_core.attention import per_frame_token_attention, sequence_qk_input, sequence_value_input
 from ...motion_core.embedding import MotionEmbedding, dit_layer_name
+from ...motion_core.library import frame_weights
 from ...motion_core.resample import resample_frames
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,19 @@ class WanMotionEmbeddings:
             return None
         return torch.tensor(rows)
 
+    def token_weights(self, sequence: int) -> Optional[torch.Tensor]:
+        """Each query token's weight of the motion tokens ``(L)`` from Apply Motion's frame strengths (at the run's
+        latent frames; tokens outside the latent's frames weigh 1), or None when there are none."""
+        strengths = self.embedding.metadata.get("frame_strengths")
+        if not strengths:
+            return None
+        grid = self.grid
+        per_frame = self._frames_of_run(frame_weights(strengths, self.embedding.frames)[None], dim=1)[0]   # (f)
+        weights = torch.ones(sequence)
+        positions = grid.height * grid.width
+        weights[grid.first_token:grid.first_token + grid.frames * positions] = per_frame.repeat_interleave(positions)
+        return weights
+
     def frame_tokens(self, like: torch.Tensor) -> torch.Tensor:
         """The motion tokens ``(f m c)`` at the run's latent frames, cast like ``like``.
 
@@ -310,6 +324,13 @@ class CrossAttentionForward:
         if rows is None:
             return self.forward(x, context, *args, **kwargs)
         rows = rows.to(x.device)
+        weights = self.motion.token_weights(int(x.shape[1]))
+        if weights is not None:          # Apply Motion's frame_strengths: each frame's output mixed by its weight
+            plain = self.forward(x, context, *args, **kwargs)
+            chosen = rows.nonzero()[:, 0]
+            with_tokens = self._with_tokens(x[rows], context[rows], args, kwargs)
+            mixed = plain[chosen] + weights.to(plain)[None, :, None] * (with_tokens - plain[chosen])
+            return plain.index_put((chosen,), mixed)
         if bool(rows.all()):
             return self._with_tokens(x, context, args, kwargs)
         # ComfyUI's forward on the whole batch, as it would run: the other rows stay bit for bit what they
