@@ -1,4 +1,4 @@
-"""Command line: ``python -m motion_core {demo,train-toy,train-toy-wan}``."""
+"""Command line: ``python -m motion_core {demo,train-toy,train-toy-wan,learn-library}``."""
 from __future__ import annotations
 
 import argparse
@@ -42,7 +42,13 @@ def _demo(argv: list[str]) -> int:
     return demo_main(argv)
 
 
-COMMANDS = {"train-toy": _train_toy, "train-toy-wan": _train_toy_wan, "demo": _demo}
+def _learn_library(argv: list[str]) -> int:
+    from .learn_library import main as library_main
+
+    return library_main(argv)
+
+
+COMMANDS = {"train-toy": _train_toy, "train-toy-wan": _train_toy_wan, "demo": _demo, "learn-library": _learn_library}
 
 
 def main(argv=None) -> int:

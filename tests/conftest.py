@@ -42,7 +42,7 @@ def one_thread():
     torch.set_num_threads(old)
 
 
-HOST_FIXTURES = {"comfy_nodes", "server"}   # the tests that run inside a real ComfyUI use one of these
+HOST_FIXTURES = {"comfy_nodes", "server", "servers"}   # the tests that run inside a real ComfyUI use one of these
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,9 +8,15 @@ build tiny models of the real SVD architecture in code (no checkpoint files).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import os
+import socket
+import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import torch
 
@@ -140,6 +146,63 @@ def start_comfy():
     folder_paths.folder_names_and_paths["motion_embeddings"] = ([embeddings], {".safetensors"})
     _state.update(nodes=nodes, work=work, module=pack_path.replace(".", "_x_"))   # ComfyUI's sys.modules name
     return nodes
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def get_json(url: str, timeout: float = 10.0):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+@contextlib.contextmanager
+def comfy_server(base, with_ade: bool = False, settings: dict | None = None, threads: str = "2"):
+    """``main.py`` of the ComfyUI at ``COMFYUI_PATH`` running on 127.0.0.1 with this pack (and AnimateDiff-Evolved
+    when ``with_ade`` and its source is found), every folder it writes under ``base`` (a ``pathlib.Path``);
+    yields ``(url, process)`` once it answers, stops it afterwards. ``settings``: the frontend's user settings."""
+    import pytest
+
+    for name in ("custom_nodes", "input", "output", "temp", "user", "models"):
+        (base / name).mkdir(parents=True)
+    os.symlink(REPO_ROOT, base / "custom_nodes" / PACK_DIR_NAME)
+    if with_ade and ade_path() is not None:
+        os.symlink(ade_path(), base / "custom_nodes" / "ComfyUI-AnimateDiff-Evolved")
+    if settings is not None:
+        (base / "user" / "default").mkdir()
+        (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(settings))
+    port = free_port()
+    log_path = base / "server.log"
+    command = [sys.executable, os.path.join(comfy_path(), "main.py"), "--cpu", "--listen", "127.0.0.1",
+               "--port", str(port), "--base-directory", str(base), "--output-directory", str(base / "output"),
+               "--input-directory", str(base / "input"), "--user-directory", str(base / "user"),
+               "--temp-directory", str(base / "temp"), "--database-url", "sqlite:///:memory:",
+               "--disable-auto-launch", "--disable-api-nodes"]
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS=threads)
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(command, cwd=str(base), stdout=log, stderr=subprocess.STDOUT, env=env)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                get_json(url + "/api/system_stats", timeout=2)
+                break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"ComfyUI did not start (exit {process.poll()}); its log:\n{log_path.read_text()[-4000:]}")
+                time.sleep(1)
+        yield url, process
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def prompt_executor(server):

@@ -15,15 +15,12 @@ its sampler steps to 3: enough to see the live curve grow, the summaries and the
 import json
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import time
-import urllib.request
 
 import pytest
 
-from host_support import PACK_DIR_NAME, REPO_ROOT, ade_path, comfy_path
+from host_support import PACK_DIR_NAME, REPO_ROOT, ade_path, comfy_path, comfy_server, get_json
 from workflow_support import FRONTEND_ONLY, WORKFLOW_DIR, workflow_names
 
 BROWSER_DIR = os.path.join(REPO_ROOT, "tests", "browser")
@@ -65,63 +62,24 @@ def _missing_tools() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(url: str, timeout: float = 10.0):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.loads(response.read())
+    return get_json(url, timeout)
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    """A ComfyUI server with this pack, on 127.0.0.1; yields ``(url, base directory)``."""
+    """A ComfyUI server with this pack (and AnimateDiff-Evolved, for animatediff_motion.json), on 127.0.0.1;
+    yields ``(url, base directory)``. Its settings give screenshots every node's text, even zoomed out, and no
+    tutorial."""
     from conftest import need_host
 
     missing = _missing_tools()
     if missing:
         need_host(missing)
     base = tmp_path_factory.mktemp("comfy_server")
-    for name in ("custom_nodes", "input", "output", "temp", "user", "models"):
-        (base / name).mkdir()
-    os.symlink(REPO_ROOT, base / "custom_nodes" / PACK_DIR_NAME)
-    if ade_path() is not None:      # AnimateDiff-Evolved beside the pack, for animatediff_motion.json
-        os.symlink(ade_path(), base / "custom_nodes" / "ComfyUI-AnimateDiff-Evolved")
-    (base / "user" / "default").mkdir()    # screenshots with every node's text, even zoomed out; no tutorial
-    (base / "user" / "default" / "comfy.settings.json").write_text(json.dumps(
-        {"LiteGraph.Canvas.MinFontSizeForLOD": 1, "Comfy.TutorialCompleted": True}))
-    port = _free_port()
-    log_path = base / "server.log"
-    command = [sys.executable, os.path.join(comfy_path(), "main.py"), "--cpu", "--listen", "127.0.0.1",
-               "--port", str(port), "--base-directory", str(base), "--output-directory", str(base / "output"),
-               "--input-directory", str(base / "input"), "--user-directory", str(base / "user"),
-               "--temp-directory", str(base / "temp"), "--database-url", "sqlite:///:memory:",
-               "--disable-auto-launch", "--disable-api-nodes"]
-    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS="2")
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=str(base), stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                _get(url + "/api/system_stats", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not start (exit {process.poll()}); its log:\n{log_path.read_text()[-4000:]}")
-                time.sleep(1)
+    settings = {"LiteGraph.Canvas.MinFontSizeForLOD": 1, "Comfy.TutorialCompleted": True}
+    with comfy_server(base, with_ade=True, settings=settings) as (url, _process):
         yield url, base
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def test_pack_loaded_and_its_workflows_are_templates(server):
