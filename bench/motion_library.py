@@ -12,7 +12,8 @@ the same new targets and are scored against the first clip, as ``bench.quality``
 moving-points Motion Fidelity (the headline), nearest ideal motion, dense flow, and
 appearance leakage (towards the first clip, and towards the mean of the three).
 
-Blend: two motions are learned (one clip each), blended 50 / 50 with ``motion_core.library.blend``,
+Blend: two motions are learned (one clip each), blended (``--blend-weights``, 50 / 50 by default) with
+``motion_core.library.blend``,
 and the blend animates new targets; the table says what each reading makes of the result
 (which motion class, by nearest ideal and by dense flow) beside each motion alone.
 """
@@ -94,11 +95,12 @@ def blends(world, args) -> str:
         first, second = pair.split("+")
         references = [heldout_reference(motion, args.seed + 50 + p + i) for i, motion in enumerate((first, second))]
         learned = [learn_variant(world, reference, variant, settings)[0] for reference in references]
-        mixed = blend(learned, [0.5, 0.5])
+        mixed = blend(learned, list(args.blend_weights))
         specs = toyclips.make_target_specs(args.targets_per_reference, 2000 + p, motion="static")
         targets = toyclips.first_frames(specs)
         for name, embedding, reference in ((first, learned[0], references[0]), (second, learned[1], references[1]),
-                                           (f"blend 0.5 {first} + 0.5 {second}", mixed, references[0])):
+                                           (f"blend {args.blend_weights[0]:g} {first} + {args.blend_weights[1]:g} "
+                                            f"{second}", mixed, references[0])):
             generated = _animate(world, args, variant, embedding, reference, targets, seed=p)
             ideal = collections.Counter(nearest_ideal_motion(clip, spec)[0] for clip, spec in zip(generated, specs))
             dense = collections.Counter(classify_motion_dense(clip) for clip in generated)
@@ -116,6 +118,7 @@ def main(argv=None) -> int:
     parser.add_argument("--motions", nargs="+", default=list(DEFAULT_MOTIONS), choices=toyclips.MOTION_CLASSES)
     parser.add_argument("--pairs", nargs="+", default=list(DEFAULT_PAIRS),
                         help="motion pairs to blend, each FIRST+SECOND")
+    parser.add_argument("--blend-weights", type=float, nargs=2, default=(0.5, 0.5), metavar=("FIRST", "SECOND"))
     parser.add_argument("--variant", default="mi_difference", choices=[k for k, v in VARIANTS.items() if v.learn])
     parser.add_argument("--targets-per-reference", type=int, default=5)
     parser.add_argument("--weights", default=SVD_LIKE_WEIGHTS_PATH, help="the toy model (default: the SVD-like one)")

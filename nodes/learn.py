@@ -231,9 +231,15 @@ class LearnMotionEmbedding(io.ComfyNode):
         steps, representation = settings.steps, prepared.representation
         unique_id = cls.hidden.unique_id if cls.hidden is not None else None
 
+        resumed = prepared.initial.metadata.get("resumed") or {}
+        offset, earlier = int(resumed.get("steps", 0)), list(resumed.get("loss_history", []))
+
         def on_step(step, total, value):
             if math.isfinite(value) and (step == 1 or step == total or step % max(1, total // 100) == 0):
-                send_event(LOSS_EVENT, {"node": unique_id, "step": step, "total": total, "loss": value})
+                event = {"node": unique_id, "step": offset + step, "total": offset + total, "loss": value}
+                if step == 1 and earlier:          # a resumed run's live curve goes on from the earlier one
+                    event["previous"] = earlier[::max(1, len(earlier) // 100)]
+                send_event(LOSS_EVENT, event)
 
         log.info("Learning %s motion: %d latent frames at %dx%d, %d steps on %s", representation,
                  latents.shape[2] if latents.ndim == 5 else latents.shape[0],

@@ -159,13 +159,8 @@ def get_json(url: str, timeout: float = 10.0):
         return json.loads(response.read())
 
 
-@contextlib.contextmanager
-def comfy_server(base, with_ade: bool = False, settings: dict | None = None, threads: str = "2"):
-    """``main.py`` of the ComfyUI at ``COMFYUI_PATH`` running on 127.0.0.1 with this pack (and AnimateDiff-Evolved
-    when ``with_ade`` and its source is found), every folder it writes under ``base`` (a ``pathlib.Path``);
-    yields ``(url, process)`` once it answers, stops it afterwards. ``settings``: the frontend's user settings."""
-    import pytest
-
+def _launch(base, with_ade: bool, settings: dict | None, threads: str):
+    """Start ``main.py`` with every folder under ``base``; ``(url, process, log path)``, not yet answering."""
     for name in ("custom_nodes", "input", "output", "temp", "user", "models"):
         (base / name).mkdir(parents=True)
     os.symlink(REPO_ROOT, base / "custom_nodes" / PACK_DIR_NAME)
@@ -184,25 +179,55 @@ def comfy_server(base, with_ade: bool = False, settings: dict | None = None, thr
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1", OMP_NUM_THREADS=threads)
     with open(log_path, "w") as log:
         process = subprocess.Popen(command, cwd=str(base), stdout=log, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                get_json(url + "/api/system_stats", timeout=2)
-                break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"ComfyUI did not start (exit {process.poll()}); its log:\n{log_path.read_text()[-4000:]}")
-                time.sleep(1)
-        yield url, process
-    finally:
-        process.terminate()
+    return f"http://127.0.0.1:{port}", process, log_path
+
+
+def _wait_until_answering(url: str, process, log_path) -> None:
+    import pytest
+
+    deadline = time.monotonic() + 180
+    while True:
         try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+            get_json(url + "/api/system_stats", timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"ComfyUI did not start (exit {process.poll()}); its log:\n{log_path.read_text()[-4000:]}")
+            time.sleep(1)
+
+
+def _stop(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def comfy_servers(bases, with_ade: bool = False, settings: dict | None = None, threads: str = "2"):
+    """``main.py`` of the ComfyUI at ``COMFYUI_PATH`` running on 127.0.0.1 with this pack (and AnimateDiff-Evolved
+    when ``with_ade`` and its source is found), once per folder of ``bases`` (``pathlib.Path``s; every folder it
+    writes goes there), all started at once; yields ``[(url, process), ...]`` once each answers, stops them
+    afterwards. ``settings``: the frontend's user settings."""
+    launched = []
+    try:
+        for base in bases:
+            launched.append(_launch(base, with_ade, settings, threads))
+        for url, process, log_path in launched:
+            _wait_until_answering(url, process, log_path)
+        yield [(url, process) for url, process, _log in launched]
+    finally:
+        for _url, process, _log in launched:
+            _stop(process)
+
+
+@contextlib.contextmanager
+def comfy_server(base, with_ade: bool = False, settings: dict | None = None, threads: str = "2"):
+    """One server, as :func:`comfy_servers`; yields ``(url, process)``."""
+    with comfy_servers([base], with_ade, settings, threads) as servers:
+        yield servers[0]
 
 
 def prompt_executor(server):

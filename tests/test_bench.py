@@ -183,7 +183,7 @@ def test_margin_row_names_the_rank_and_the_nearest_rival():
 
 @pytest.mark.parametrize("bench, args, row", [
     ("readings", ["--scenes-per-motion", "1", "--sources", "vae"], "| ideal render through the toy VAE |"),
-    ("objective_margin", ["--steps", "0", "--noises", "1"], "| static |"),
+    ("objective_margin", ["--steps", "0", "--noises", "1", "--motions", "static"], "| static |"),
     ("quality", ["--variants", "class_token", "--targets-per-reference", "1", "--sample-steps", "2"], "| (upper bound)"),
 ])
 def test_benchmark_measures_a_candidate_model_without_touching_the_doc(one_thread, capsys, tmp_path, monkeypatch,

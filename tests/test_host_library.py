@@ -53,9 +53,13 @@ def test_learn_from_gathered_clips_conforms_encodes_and_learns_from_each(comfy_n
         gather.execute(clip_1=torch.zeros(1, 8, 8, 3))
 
 
-def test_resume_goes_on_from_the_embedding_and_its_loss_curve(comfy_nodes):
+def test_resume_goes_on_from_the_embedding_and_its_loss_curve(comfy_nodes, monkeypatch):
     first = _learn(comfy_nodes, steps=3).result[0]
+    events = []
+    monkeypatch.setattr(pack_module("nodes.learn"), "send_event", lambda name, payload: events.append(payload))
     resumed, _plot, history = _learn(comfy_nodes, steps=2, seed=1, resume_from=first).result
+    assert [event["step"] for event in events] == [4, 5] and events[0]["total"] == 5     # the live curve goes on
+    assert events[0]["previous"] == first.metadata["loss_history"] and "previous" not in events[1]
     assert resumed.metadata["loss_history"][:3] == first.metadata["loss_history"]
     assert len(resumed.metadata["loss_history"]) == 5 and len(history) > 0
     assert resumed.metadata["training"]["steps_done"] == 5
@@ -138,3 +142,19 @@ def test_inflate_schedules_the_motion_tokens_over_frames_and_steps(comfy_nodes):
     assert torch.isfinite(samples).all()
     assert inflate.validate_inputs(0.9, 0.1) == "start_percent (0.9) must not be after end_percent (0.1)"
 
+
+
+def test_save_into_the_output_folder_names_the_file_for_http_clients(comfy_nodes):
+    import os
+
+    import folder_paths
+
+    save = _node(comfy_nodes, "SaveMotionEmbedding")
+    embedding = _random_embedding(build_tiny_svd())
+    out = save.execute(embedding, "library/walk", "output")
+    path = out.result[0]
+    assert path.startswith(os.path.join(folder_paths.get_output_directory(), "motion_embeddings", "library", "walk_"))
+    assert out.ui.as_dict()["text"][0].splitlines()[-1] == "file: output/motion_embeddings/library/" + \
+        os.path.basename(path)
+    with pytest.raises(ValueError, match="leaves the output folder"):
+        save.execute(embedding, "../../walk", "output")

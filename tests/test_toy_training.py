@@ -73,7 +73,7 @@ def test_temporal_loss_charges_shimmer_more_than_a_steady_error():
 def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
     settings = ToyTrainSettings(clips=26, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, warmup_steps=1,
                                 checkpoint_every=1, average_last=2, temporal_loss_weight=1.5, hard_class_weight=2.0,
-                                vae_colour_jitter=0.5, tokens_per_class=3, threads=1)
+                                vae_colour_jitter=0.5, tokens_per_class=3, threads=1, probe_clips=2)
     old_threads = torch.get_num_threads()
     try:
         record = train_toy(settings, str(tmp_path / "toy.safetensors"), str(tmp_path / "manifest.json"))
@@ -96,7 +96,7 @@ def test_train_toy_writes_weights_that_match_their_manifest(tmp_path):
 
 
 TINY = dict(clips=26, vae_steps=2, vae_batch=2, unet_steps=2, unet_batch=2, warmup_steps=1, checkpoint_every=1,
-            average_last=1, threads=1)
+            average_last=1, threads=1, probe_clips=2)
 
 
 @pytest.fixture(scope="module")

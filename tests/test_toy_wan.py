@@ -140,17 +140,17 @@ def test_the_transformer_learns_the_clips_it_is_shown():
 def test_train_toy_wan_writes_weights_that_match_their_manifest(tmp_path):
     settings = WanToyTrainSettings(clips=26, vae_encoder_steps=2, vae_decoder_steps=2, vae_image_steps=2, vae_steps=2,
                                    vae_batch=2,
-                                   steps=30, batch=4, lr=2e-3, warmup_steps=5,
-                                   checkpoint_every=10, threads=1)
+                                   steps=8, batch=4, lr=2e-3, warmup_steps=2,
+                                   checkpoint_every=4, threads=1)
     path, manifest = tmp_path / "toy_wan.safetensors", tmp_path / "manifest.json"
     record = train_toy_wan(settings, str(path), str(manifest))
     written = json.loads(manifest.read_text())
-    assert written == record and written["transformer_steps"] == 30 and written["bytes"] == path.stat().st_size
+    assert written == record and written["transformer_steps"] == 8 and written["bytes"] == path.stat().st_size
     import hashlib
     assert hashlib.sha256(path.read_bytes()).hexdigest() == written["sha256"]
-    assert written["command"].startswith("python -m motion_core train-toy-wan") and "--steps 30" in written["command"]
+    assert written["command"].startswith("python -m motion_core train-toy-wan") and "--steps 8" in written["command"]
     world = wanworld.load_world(str(path))
-    assert world.metadata["transformer_steps_done"] == 30 and not any(
+    assert world.metadata["transformer_steps_done"] == 8 and not any(
         p.requires_grad for p in world.transformer.parameters())
     frames = toyclips.render_clip(wanworld.sample_caption_spec(np.random.default_rng(0), "bounce"))
     latents = world.encode(frames)

@@ -62,7 +62,8 @@ app.registerExtension({
     api.addEventListener("motion_inversion.loss", ({ detail }) => {
       const node = app.graph.getNodeById(Number(detail.node));
       if (!node) return;
-      if (detail.step <= 1 || !node.__miLosses) node.__miLosses = [];
+      if (detail.previous) node.__miLosses = detail.previous.slice();   // a resumed run: the earlier curve first
+      else if (detail.step <= 1 || !node.__miLosses) node.__miLosses = [];
       node.__miLosses.push(detail.loss);
       node.__miSteps = detail.step;
       node.__miTotal = detail.total;

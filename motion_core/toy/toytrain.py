@@ -78,6 +78,7 @@ class ToyTrainSettings:
     threads: int = 2
     minutes: float = 0.0          # > 0: stop the UNet phase after this many minutes (steps done are recorded)
     checkpoint_every: int = 200   # write the weights every N UNet steps, so a stopped run keeps its progress
+    probe_clips: int = 16         # clips the token probe denoises at each checkpoint (0: no probe; tests use few)
     average_last: int = 3         # ship the mean of the last N checkpoints' UNet and tokens (1: the last alone)
     lr_final_share: float = 0.1   # the cosine decay ends at this share of the peak (1.0: constant after warm-up)
     init_weights: str = ""        # a trained toy file to go on from (a second stage): keeps its VAE, image
@@ -276,7 +277,7 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
     optimizer = torch.optim.AdamW(list(unet.parameters()) + [tokens], lr=settings.unet_lr, weight_decay=0.01)
     schedule = lr_schedule(optimizer, settings.unet_steps, settings.warmup_steps, settings.lr_final_share)
     probe = torch.Generator().manual_seed(settings.seed + 1)
-    probe_index = torch.randint(0, latents.shape[0], (16,), generator=probe)
+    probe_index = torch.randint(0, latents.shape[0], (settings.probe_clips,), generator=probe)
     unet.train()
     history, start = [], time.time()
     average = CheckpointAverage(settings.unet_steps - (settings.average_last - 1) * settings.checkpoint_every)
@@ -313,7 +314,7 @@ def train_unet(unet, image_encoder, latents: torch.Tensor, labels: torch.Tensor,
         history.append(float(loss.detach()))
         _progress("unet", step, settings.unet_steps, start, history[-1])
         if step % settings.checkpoint_every == 0:
-            if not image_only:                       # the token probe: only where tokens are trained
+            if not image_only and settings.probe_clips:     # the token probe: only where tokens are trained
                 unet.eval()
                 right, wrong = token_gap(unet, latents[probe_index], labels[probe_index], tokens.detach(), probe)
                 log.info("unet step %d: probe loss with the clip's own motion token %.4f, with another class's %.4f",
