@@ -131,6 +131,11 @@ class InflateSVDConditioning(io.ComfyNode):
                              tooltip="Frames of the video to make; 0 = from the latent input, else the embedding's."),
                 io.Latent.Input("latent", optional=True,
                                 tooltip="The video latent to sample (its frame count is used when frames = 0)."),
+                io.Combo.Input("negative_mode", options=list(NEGATIVE_MODES), default=NEGATIVE_ZEROS, optional=True,
+                               tooltip="zeros (SVD): SVD's unconditional tokens, for SVD checkpoints. keep input "
+                                       "negative: the negative's own tokens (repeated to the motion token count), so "
+                                       "CFG pushes away from 'no motion': for models whose no-motion conditioning "
+                                       "is not zeros, such as the toy model (Toy Video Conditioning's negative)."),
                 io.String.Input("frame_strengths", default="", optional=True,
                                 tooltip=FRAME_STRENGTHS_TOOLTIP + " Here 0 gives a frame the target image's own "
                                         "token (plain SVD) instead of the motion tokens."),
@@ -139,11 +144,6 @@ class InflateSVDConditioning(io.ComfyNode):
                                        "before it the positive works as it came."),
                 io.Float.Input("end_percent", default=1.0, min=0.0, max=1.0, step=0.01, optional=True,
                                tooltip="Sampling progress after which the motion tokens stop acting (1 = last step)."),
-                io.Combo.Input("negative_mode", options=list(NEGATIVE_MODES), default=NEGATIVE_ZEROS, optional=True,
-                               tooltip="zeros (SVD): SVD's unconditional tokens, for SVD checkpoints. keep input "
-                                       "negative: the negative's own tokens (repeated to the motion token count), so "
-                                       "CFG pushes away from 'no motion': for models whose no-motion conditioning "
-                                       "is not zeros, such as the toy model (Toy Video Conditioning's negative)."),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="positive", tooltip="Per-frame motion tokens + the target image."),
@@ -157,8 +157,8 @@ class InflateSVDConditioning(io.ComfyNode):
         return check_percent_range(start_percent, end_percent)
 
     @classmethod
-    def execute(cls, positive, negative, motion_embedding, frames, latent=None, frame_strengths="",
-                start_percent=0.0, end_percent=1.0, negative_mode=NEGATIVE_ZEROS) -> io.NodeOutput:
+    def execute(cls, positive, negative, motion_embedding, frames, latent=None, negative_mode=NEGATIVE_ZEROS,
+                frame_strengths="", start_percent=0.0, end_percent=1.0) -> io.NodeOutput:
         if frames == 0:
             frames = int(latent["samples"].shape[0]) if latent is not None else motion_embedding.frames
         if frames != motion_embedding.frames:

@@ -67,7 +67,9 @@ class BlendMotionEmbeddings(io.ComfyNode):
                                              if index == 1 else "")),
                 io.Float.Input(f"weight_{index}", default=0.5 if index <= 2 else 0.0, min=-2.0, max=2.0, step=0.01,
                                optional=optional, tooltip=f"Weight of motion_embedding_{index}. Weights that add up "
-                                                          "to 1 keep a single motion's strength."),
+                                                          "to 1 keep each motion at that share of its strength: on the "
+                                                          "toy model a 0.5 / 0.5 blend of two weak motions read mostly "
+                                                          "as still (docs/quality.md); try weights that sum to more."),
             ]
         return io.Schema(
             node_id=NODE_PREFIX + "BlendMotionEmbeddings",

@@ -9,7 +9,7 @@ pointed at ``/usr/bin/chromium``; it never downloads a browser). Screenshots go 
 test's temporary folder and their paths are printed.
 
 Queued from the page, ``toy_reenact.json`` runs with its Learn steps lowered to
-``MI_BROWSER_LEARN_STEPS`` (default 24; the workflow's 150 take many minutes on 2 cores) and
+``MI_BROWSER_LEARN_STEPS`` (default 12; the workflow's 150 take many minutes on 2 cores) and
 its sampler steps to 3: enough to see the live curve grow, the summaries and the video.
 """
 import json
@@ -25,7 +25,7 @@ from workflow_support import FRONTEND_ONLY, WORKFLOW_DIR, workflow_names
 
 BROWSER_DIR = os.path.join(REPO_ROOT, "tests", "browser")
 CHROMIUM = os.environ.get("MI_CHROMIUM", "/usr/bin/chromium")
-LEARN_STEPS = int(os.environ.get("MI_BROWSER_LEARN_STEPS", "24"))
+LEARN_STEPS = int(os.environ.get("MI_BROWSER_LEARN_STEPS", "12"))
 SAMPLER_STEPS = 3
 TOY = "toy_reenact.json"
 # Files the shipped workflows name that the test server lacks: the model files (downloads) and the

@@ -130,11 +130,12 @@ def test_inflate_schedules_the_motion_tokens_over_frames_and_steps(comfy_nodes):
     first = torch.randn(1, 4, HEIGHT // 8, WIDTH // 8, generator=torch.Generator().manual_seed(1))
     token = torch.randn(1, 1, 1024, generator=torch.Generator().manual_seed(2))
     positive, negative = svd_conditioning(first, token)
-    faded = inflate.execute(positive, negative, embedding, 0, None, "1, 0").result[0]
+    faded = inflate.execute(positive, negative, embedding, 0, None, frame_strengths="1, 0").result[0]
     tokens = inflate.execute(positive, negative, embedding, 0).result[0][0][0]
     assert torch.allclose(faded[0][0][-1], token[0].expand(2, 1024), atol=1e-6)      # last frame: the image token
     assert torch.allclose(faded[0][0][0], tokens[0], atol=1e-6)                        # first: the motion tokens
-    windowed, windowed_negative = inflate.execute(positive, negative, embedding, 0, None, "", 0.25, 0.75).result
+    windowed, windowed_negative = inflate.execute(positive, negative, embedding, 0, None,
+                                                          start_percent=0.25, end_percent=0.75).result
     assert [(entry[1]["start_percent"], entry[1]["end_percent"]) for entry in windowed] == [
         (0.25, 0.75), (0.0, 0.25), (0.75, 1.0)]
     assert windowed[1][0] is positive[0][0]                                            # outside: as it came
@@ -146,15 +147,20 @@ def test_inflate_schedules_the_motion_tokens_over_frames_and_steps(comfy_nodes):
 
 def test_save_into_the_output_folder_names_the_file_for_http_clients(comfy_nodes):
     import os
+    import shutil
 
     import folder_paths
 
     save = _node(comfy_nodes, "SaveMotionEmbedding")
     embedding = _random_embedding(build_tiny_svd())
-    out = save.execute(embedding, "library/walk", "output")
-    path = out.result[0]
-    assert path.startswith(os.path.join(folder_paths.get_output_directory(), "motion_embeddings", "library", "walk_"))
-    assert out.ui.as_dict()["text"][0].splitlines()[-1] == "file: output/motion_embeddings/library/" + \
-        os.path.basename(path)
-    with pytest.raises(ValueError, match="leaves the output folder"):
-        save.execute(embedding, "../../walk", "output")
+    folder = os.path.join(folder_paths.get_output_directory(), "motion_embeddings", "save_test")
+    try:
+        out = save.execute(embedding, "save_test/walk", "output")
+        path = out.result[0]
+        assert path.startswith(os.path.join(folder, "walk_"))
+        assert out.ui.as_dict()["text"][0].splitlines()[-1] == "file: output/motion_embeddings/save_test/" + \
+            os.path.basename(path)
+        with pytest.raises(ValueError, match="leaves the output folder"):
+            save.execute(embedding, "../../walk", "output")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)      # other tests list output/motion_embeddings

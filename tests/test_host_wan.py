@@ -417,6 +417,15 @@ def test_learn_on_wan_i2v_names_the_image_conditionings_length(comfy_nodes, wan_
         _learn_node(comfy_nodes, build_tiny_wan("i2v"), wan_vae, reference_frames=_clip(frames=13), positive=positive)
 
 
+def test_several_clips_learn_on_wan_t2v_and_are_refused_on_i2v(comfy_nodes, wan_vae):
+    more = [_clip(frames=13, height=48, width=80)]            # conformed to the reference's 9 frames at 64x64
+    embedding = _learn_node(comfy_nodes, build_tiny_wan("t2v"), wan_vae, steps=2, more_references=more).result[0]
+    assert embedding.temporal_qk["block.00"].shape == (1, 3, 64) and embedding.all_finite()
+    positive, _negative = _conds("i2v")
+    with pytest.raises(ValueError, match="more_references on Wan I2V"):
+        _learn_node(comfy_nodes, build_tiny_wan("i2v"), wan_vae, positive=positive, more_references=more)
+
+
 # ---- ComfyUI's context windows ---------------------------------------------------------------
 def _with_context_windows(comfy_nodes, model, video_frames=9, overlap=4):
     """ComfyUI's own WAN Context Windows (Manual) node on ``model``: windows of ``video_frames``."""
