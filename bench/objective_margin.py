@@ -53,13 +53,14 @@ from motion_core.training import fixed_noise_losses
 
 log = logging.getLogger("bench.objective_margin")
 SIGMA_QUANTILES = (-1.5, -0.75, 0.0, 0.75, 1.5)      # standard-normal quantiles of ln sigma
+LEVELS = {5: SIGMA_QUANTILES, 3: (-1.5, 0.0, 1.5), 1: (0.0,)}     # --levels: all five, or fewer (quick checks)
 DEFAULT_VARIANT = "text_FF_N5"
 
 
-def objective_sigmas(mean: float, std: float, noises: int) -> list[float]:
-    """Noise levels at the quantiles of ``ln sigma ~ N(mean, std^2)``, each repeated ``noises`` times
+def objective_sigmas(mean: float, std: float, noises: int, quantiles=SIGMA_QUANTILES) -> list[float]:
+    """Noise levels at the ``quantiles`` of ``ln sigma ~ N(mean, std^2)``, each repeated ``noises`` times
     (``fixed_noise_loss`` draws a fresh fixed noise per entry)."""
-    return [math.exp(mean + std * q) for q in SIGMA_QUANTILES for _ in range(noises)]
+    return [math.exp(mean + std * q) for q in quantiles for _ in range(noises)]
 
 
 def class_losses(world: ToyWorld, reference: torch.Tensor, sigmas: list[float],
@@ -128,7 +129,8 @@ def by_level_table(rows: list[dict], sigmas: list[float]) -> str:
 def run(args) -> tuple[str, list[dict]]:
     torch.set_num_threads(args.threads)
     world = load_world(args.weights)
-    sigmas = objective_sigmas(args.log_sigma_mean, args.log_sigma_std, args.noises)
+    quantiles = LEVELS[args.levels]
+    sigmas = objective_sigmas(args.log_sigma_mean, args.log_sigma_std, args.noises, quantiles)
     rows = []
     for i, motion in enumerate(args.motions):
         started = time.time()
@@ -140,7 +142,7 @@ def run(args) -> tuple[str, list[dict]]:
         per_class, start, learned_loss = class_losses(world, reference, sigmas, learned, args.loss)
         rows.append(margin_row(motion, [fmean(row) for row in per_class], fmean(start),
                                None if learned_loss is None else fmean(learned_loss)))
-        rows[-1]["by_level"] = margins_by_level(motion, per_class, len(SIGMA_QUANTILES))
+        rows[-1]["by_level"] = margins_by_level(motion, per_class, len(quantiles))
         log.info("%s (%.0f s): %s", motion, time.time() - started,
                  {key: value for key, value in rows[-1].items() if key != "by_level"})
     classes = len(toyclips.MOTION_CLASSES)
@@ -166,6 +168,8 @@ def main(argv=None) -> int:
     parser.add_argument("--loss", choices=LOSSES, default=LOSS_EDM,
                         help="the objective to measure, as the Learn node names it (appearance_debiased: "
                              "frame 0 is the subtracted anchor); --steps still learn with EDM, the default")
+    parser.add_argument("--levels", type=int, choices=sorted(LEVELS), default=5,
+                        help="noise levels: the five quantiles (default), or 3 / 1 of them for a quick check")
     parser.add_argument("--by-sigma", action="store_true",
                         help="also print the margin at each noise level alone")
     parser.add_argument("--palette", choices=toyclips.PALETTES, default="heldout",
@@ -193,7 +197,7 @@ def main(argv=None) -> int:
             f"{time.time() - started:.0f} s in all; toy model per `{os.path.relpath(MANIFEST_PATH)}`.", "",
             f"Loss: {'EDM' if args.loss == LOSS_EDM else args.loss} at ln sigma = "
             f"{args.log_sigma_mean:g} + {args.log_sigma_std:g} x "
-            f"({', '.join(f'{q:g}' for q in SIGMA_QUANTILES)}), {args.noises} fixed noises each; learning: "
+            f"({', '.join(f'{q:g}' for q in LEVELS[args.levels])}), {args.noises} fixed noises each; learning: "
             f"{args.steps} steps of the default motion-text inversion (F'=F+1, N=5), learning rate "
             f"{args.learning_rate:g}.", "", table]))
     return 0

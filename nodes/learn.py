@@ -300,6 +300,7 @@ def continue_history(embedding: MotionEmbedding, history: list[float]) -> list[f
     embedding.metadata["loss_history"] = [round(value, 6) for value in whole]
     embedding.metadata["training"]["steps_done"] = int(resumed.get("steps", 0)) + int(
         embedding.metadata["training"].get("steps_done", 0))
+    embedding.metadata["resumed"] = {"steps": int(resumed.get("steps", 0))}    # its curve is in loss_history now
     return whole
 
 

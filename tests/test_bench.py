@@ -140,7 +140,7 @@ def test_objective_margin_on_training_palette_references_leaves_the_doc(one_thre
 
     monkeypatch.setattr(toyclips, "make_clip", recording_make_clip)
     assert objective_margin.main(["--motions", "translate_E_2", "--noises", "1", "--steps", "0", "--threads", "1",
-                                  "--palette", "train"]) == 0
+                                  "--palette", "train", "--levels", "1"]) == 0
     assert palettes == ["train"]
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| translate_E_2 |")]
     cells = [cell.strip() for cell in row[0].split("|")[1:-1]]
@@ -183,7 +183,7 @@ def test_margin_row_names_the_rank_and_the_nearest_rival():
 
 @pytest.mark.parametrize("bench, args, row", [
     ("readings", ["--scenes-per-motion", "1", "--sources", "vae"], "| ideal render through the toy VAE |"),
-    ("objective_margin", ["--steps", "0", "--noises", "1", "--motions", "static"], "| static |"),
+    ("objective_margin", ["--steps", "0", "--noises", "1", "--motions", "static", "--levels", "1"], "| static |"),
     ("quality", ["--variants", "class_token", "--targets-per-reference", "1", "--sample-steps", "2"], "| (upper bound)"),
 ])
 def test_benchmark_measures_a_candidate_model_without_touching_the_doc(one_thread, capsys, tmp_path, monkeypatch,

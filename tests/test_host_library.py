@@ -62,7 +62,7 @@ def test_resume_goes_on_from_the_embedding_and_its_loss_curve(comfy_nodes, monke
     assert events[0]["previous"] == first.metadata["loss_history"] and "previous" not in events[1]
     assert resumed.metadata["loss_history"][:3] == first.metadata["loss_history"]
     assert len(resumed.metadata["loss_history"]) == 5 and len(history) > 0
-    assert resumed.metadata["training"]["steps_done"] == 5
+    assert resumed.metadata["training"]["steps_done"] == 5 and resumed.metadata["resumed"] == {"steps": 3}
     assert not torch.equal(resumed.spatial_tokens, first.spatial_tokens)
     # one step at a learning rate too small to move it: the resumed run starts from the first's values
     still = _learn(comfy_nodes, steps=1, learning_rate=1e-6, resume_from=first).result[0]
