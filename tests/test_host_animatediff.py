@@ -113,6 +113,8 @@ def test_zero_embeddings_leave_ades_output_bit_identical_and_the_patched_attenti
     plain = _denoise(model, latents)
     zero, _ = ad.with_ad_motion(model, _embedding(scale=0.0))
     assert torch.equal(_denoise(zero, latents), plain)
+    faded = pack_module("motion_core.library").scaled_over_frames(_embedding(), [0.0])    # Apply's frame_strengths
+    assert torch.equal(_denoise(ad.with_ad_motion(model, faded)[0], latents), plain)
 
     embedding = _embedding()
     patched, motion = ad.with_ad_motion(model, embedding)
@@ -150,7 +152,7 @@ def test_zero_embeddings_leave_ades_output_bit_identical_and_the_patched_attenti
 
 
 def _learn(model, steps=4, checkpointing=True, on_gradients=None, learning_rate=5e-2, names=None, seed=0,
-           schedule=(), frames=2, on_step=None):
+           schedule=(), frames=2, on_step=None, more_latents=()):
     """Learning through ``train_ad_in_host`` on a clip of ``frames`` (2: the fewest SD1.5 passes that still have a
     temporal attention to learn in)."""
     training = pack_module("nodes.host_training")
@@ -162,7 +164,7 @@ def _learn(model, steps=4, checkpointing=True, on_gradients=None, learning_rate=
         return training.train_ad_in_host(model, _positive(), _latents(frames), _embedding(names, scale=0.0,
                                                                                           frames=frames),
                                          settings, on_step=on_step, checkpointing=checkpointing,
-                                         on_gradients=on_gradients)
+                                         on_gradients=on_gradients, more_latents=more_latents)
 
 
 def test_a_short_learning_run_reaches_every_embedding_and_lowers_the_loss(animatediff):
@@ -184,6 +186,17 @@ def test_a_short_learning_run_reaches_every_embedding_and_lowers_the_loss(animat
     assert not any(type(m.__dict__.get("forward")).__name__ in ("ProjectionForward", "ModuleForward",
                                                                "RecomputedForward")
                    for m in ad.motion_models(model)[0].model.modules())
+
+
+def test_several_clips_learn_through_ades_sampling(animatediff):
+    """More clips of the motion go through the MODEL's own process_latent_in; the seed makes the one step draw the
+    second clip."""
+    model, _motion_model, _sd = animatediff
+    seed = next(s for s in range(10) if int(torch.randint(0, 2, (), generator=torch.Generator().manual_seed(s))) == 1)
+    result = _learn(model, steps=1, checkpointing=False, seed=seed, more_latents=[_latents(2, seed=9)])
+    assert len(result.loss_history) == 1 and result.embedding.all_finite()
+    with pytest.raises(ValueError, match="differ in shape"):
+        _learn(model, steps=1, checkpointing=False, more_latents=[_latents(3, seed=9)])
 
 
 def test_checkpointing_gives_the_gradients_of_the_plain_backward_and_cancel_keeps_the_last_good_embedding(
