@@ -9,6 +9,7 @@ uses and refuses non-finite values, always with :class:`EmbeddingFileError`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -66,6 +67,15 @@ def save_embedding(embedding: MotionEmbedding, path: str, overwrite: bool = Fals
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def sha256(path: str) -> str:
+    """The sha256 of the file at ``path`` (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def next_free_path(folder: str, prefix: str) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -26,7 +25,7 @@ import time
 from typing import Callable, Optional
 
 from .comfy_client import ComfyServer, JobFailed, ServerGone
-from .fileio import load_embedding
+from .fileio import load_embedding, sha256
 
 log = logging.getLogger(__name__)
 
@@ -46,14 +45,6 @@ class Job:
     sha256: str
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def find_clips(folder: str) -> list[Job]:
     """Every video file in ``folder`` (not its subfolders), sorted by name; a clear error when there is none."""
     if not os.path.isdir(folder):
@@ -66,7 +57,7 @@ def find_clips(folder: str) -> list[Job]:
     if twins:
         raise ValueError(f"clips share a name but for the extension ({', '.join(twins)}); each motion is named after "
                          "its clip: rename them")
-    return [Job(stem, os.path.join(folder, name), _sha256(os.path.join(folder, name))) for stem, name in zip(stems, names)]
+    return [Job(stem, os.path.join(folder, name), sha256(os.path.join(folder, name))) for stem, name in zip(stems, names)]
 
 
 def load_workflow(path: str, steps: Optional[int] = None) -> dict:

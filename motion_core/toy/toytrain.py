@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import logging
 import math
@@ -40,6 +39,7 @@ from typing import Callable, Optional
 
 import torch
 
+from ..fileio import sha256
 from . import toyclips
 from .toyworld import (COND_FPS, COND_MOTION_BUCKET, FRAMES, IMAGE_SIZE, MANIFEST_PATH, STILL_MOTION_BUCKET,
                        SVD_LATENT_SCALE, TOKEN_WIDTH, WEIGHTS_PATH, ToyWorld, build_models, save_world)
@@ -449,14 +449,6 @@ def shift_image_embeddings(image_encoder, first_images: torch.Tensor, centre: to
         shift = centre.to(mean) - mean
         image_encoder.norm.bias += shift
     return float(shift.norm())
-
-
-def sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _command(settings: ToyTrainSettings) -> str:
