@@ -123,19 +123,20 @@ class Library:
             if fields.get("status") == "done":
                 _write_json(os.path.join(self.folder, INDEX), self.index())
 
-    def store(self, name: str, content: bytes) -> str:
-        """The downloaded embedding as ``NAME.safetensors``, written atomically and checked; its file name."""
+    def store(self, name: str, content: bytes):
+        """The downloaded embedding as ``NAME.safetensors``, written atomically and checked:
+        ``(file name, the embedding as the check loaded it)``."""
         file_name = f"{name}.safetensors"
         handle, partial = tempfile.mkstemp(dir=self.folder, prefix=".partial-", suffix=".safetensors")
         with os.fdopen(handle, "wb") as stream:
             stream.write(content)
         try:
-            load_embedding(partial)                 # refuses a damaged file, naming the field
+            embedding = load_embedding(partial)     # refuses a damaged file, naming the field
         except Exception:
             os.remove(partial)
             raise
         os.replace(partial, os.path.join(self.folder, file_name))
-        return file_name
+        return file_name, embedding
 
     def index(self) -> list[dict]:
         return [{"name": name, **{key: entry[key] for key in ("file", "clip", "sha256", "model", "settings",
@@ -197,8 +198,7 @@ def run_job(server: ComfyServer, job: Job, workflow: dict, library: Library, pro
         raise JobFailed(f"prompt {prompt_id} on {server.url} did not say where it saved the embedding "
                         f"(outputs: {json.dumps(entry.get('outputs', {}))[:500]}); use a workflow whose Save "
                         "Motion Embedding saves to the output folder")
-    file_name = library.store(job.name, server.download("output", saved[0][len("output/"):]))
-    embedding = load_embedding(os.path.join(library.folder, file_name))
+    file_name, embedding = library.store(job.name, server.download("output", saved[0][len("output/"):]))
     history = embedding.metadata.get("loss_history") or []
     learn = _node(workflow, LEARN)["inputs"]
     settings = {key: value for key, value in learn.items() if not isinstance(value, list)}   # not the links

@@ -67,7 +67,8 @@ def test_the_library_stores_checked_files_atomically_and_indexes_what_is_done(tm
     assert os.listdir(out.folder) == []                  # no partial file left
     out.record(job, status="running", server="http://a")
     assert not out.done(job) and out.index() == []
-    file_name = out.store("walk", _embedding_bytes(tmp_path))
+    file_name, stored = out.store("walk", _embedding_bytes(tmp_path))
+    assert stored.temporal_qk["temporal_attn.00"].shape == (1, 4, 8)
     out.record(job, status="done", file=file_name, final_loss=0.5, server="http://a")
     again = library.Library(out.folder)                 # read back from manifest.json
     assert again.done(job) and not again.done(library.Job("walk", "/clips/walk.mp4", "cd" * 32))
