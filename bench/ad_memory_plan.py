@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
-from host_support import SD15_UNET, ade_module, start_comfy, pack_module  # noqa: E402
+from host_support import SD15_UNET, ade_module, motion_model_layout, pack_module, start_comfy  # noqa: E402
 
 GIB = 2 ** 30
 SIZES = ((512, 512, 16), (512, 512, 24), (768, 512, 16), (512, 512, 32))
@@ -42,18 +42,11 @@ class MetaPatcher:
 
 def full_motion_model():
     motion_module_ad = ade_module("animatediff.motion_module_ad")
-    layout = {}
-    for kind, count, widths in (("down_blocks", 4, (320, 640, 1280, 1280)), ("up_blocks", 4, (1280, 1280, 640, 320))):
-        for level in range(count):
-            for attention in (0, 1):
-                layout[f"{kind}.{level}.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks."
-                       f"{attention}.pos_encoder.pe"] = torch.zeros(1, 32, widths[level])
-    layout["mid_block.motion_modules.0.temporal_transformer.transformer_blocks.0.attention_blocks.0.pos_encoder.pe"] = \
-        torch.zeros(1, 32, 1280)
     info = motion_module_ad.AnimateDiffInfo(sd_type="SD1.5", mm_format="AnimateDiff", mm_version="v2",
                                             mm_name="mm_sd_v15_v2.ckpt")
     with torch.device("meta"):
-        model = motion_module_ad.AnimateDiffModel(mm_state_dict=layout, mm_info=info).to(torch.float16)
+        model = motion_module_ad.AnimateDiffModel(mm_state_dict=motion_model_layout(32, full=True),
+                                                  mm_info=info).to(torch.float16)
     return MetaPatcher(model)
 
 

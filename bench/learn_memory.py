@@ -289,19 +289,28 @@ def main() -> None:
     parser.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--report-from", default=None,
                         help="re-make the tables from a --json file of an earlier run instead of measuring")
-    parser.add_argument("--families", nargs="+", choices=("svd", "wan"), default=["svd", "wan"],
-                        help="which model families to measure (Wan's rows: bench/learn_memory_wan.py)")
+    parser.add_argument("--families", nargs="+", choices=("svd", "wan", "animatediff"),
+                        default=["svd", "wan", "animatediff"],
+                        help="which model families to measure (Wan's rows: bench/learn_memory_wan.py; AnimateDiff's, "
+                             "which need AnimateDiff-Evolved beside the ComfyUI tree or ADE_PATH: "
+                             "bench/learn_memory_ad.py)")
     parser.add_argument("--row", nargs=5, default=None, help=argparse.SUPPRESS)   # internal: one row
     parser.add_argument("--wan-row", default=None, help=argparse.SUPPRESS)        # internal: one Wan row
+    parser.add_argument("--ad-row", default=None, help=argparse.SUPPRESS)         # internal: one AnimateDiff row
     parser.add_argument("--wan-timing-only", action="store_true",
                         help="re-measure only Wan's interleaved checkpointing timing, keeping the rows in "
                              "docs/learn_memory.json")
     parser.add_argument("--wan-timing-size", default=None, metavar="WxHxF",
-                        help="with --wan-timing-only: time this video size (2 blocks of Wan 1.3B) instead of "
-                             "256x160x17, kept beside the small size's timing")
+                        help="with --wan-timing-only: time this video size (--wan-timing-blocks blocks of Wan "
+                             "1.3B) instead of 256x160x17, kept beside the small size's timing")
+    parser.add_argument("--wan-timing-blocks", type=int, default=2,
+                        help="with --wan-timing-size: how many blocks of Wan 1.3B to time (each is recomputed)")
     parser.add_argument("--wan-report-from", default=None,
                         help="re-make Wan's tables from docs/learn_memory.json (its wan_<device> rows) instead of "
                              "measuring")
+    parser.add_argument("--ad-report-from", default=None,
+                        help="re-make AnimateDiff's table from docs/learn_memory.json (its animatediff_<device> rows) "
+                             "instead of measuring")
     parser.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -311,8 +320,13 @@ def main() -> None:
     if args.wan_row:
         from bench.learn_memory_wan import wan_row_main
         return wan_row_main(args.wan_row, args.device, args.out)
+    if args.ad_row:
+        from bench.learn_memory_ad import ad_row_main
+        return ad_row_main(args.ad_row, args.device, args.out)
     if "wan" in args.families:
         _wan_main(args)
+    if "animatediff" in args.families:
+        _ad_main(args)
     if "svd" not in args.families:
         return
     from bench.learn_memory_report import report
@@ -369,13 +383,7 @@ def _wan_main(args) -> None:
         print(text)
         if not args.no_doc:
             replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
-                            f"learn_memory_wan_{args.device}", f"Measured {earlier.get('date', '')}, "
-                            f"`{earlier['command']}`, {earlier['seconds']:.0f} s"
-                            + (f"; timing re-measured alone, `{earlier['timing_command']}`, "
-                               f"{earlier['timing_seconds']:.0f} s" if "timing_command" in earlier else "")
-                            + (f"; the larger size's timing, `{earlier['timing_large']['command']}`, "
-                               f"{earlier['timing_large']['seconds']:.0f} s" if "timing_large" in earlier else "")
-                            + f".\n\n{text}")
+                            f"learn_memory_wan_{args.device}", f"{_wan_measured_line(earlier)}\n\n{text}")
         return
     path = os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json")
     if args.wan_timing_only:
@@ -393,7 +401,7 @@ def _wan_main(args) -> None:
         timing_row = TIMING_ROW if args.device == "cpu" else CUDA_TIMING_ROW
         if args.wan_timing_size:
             width, height, frames = (int(v) for v in args.wan_timing_size.lower().split("x"))
-            timing_row = dict(timing_row, blocks=2, width=width, height=height, frames=frames)
+            timing_row = dict(timing_row, blocks=args.wan_timing_blocks, width=width, height=height, frames=frames)
         for _repeat in range(3):
             for checkpointing in (True, False):
                 row = run_wan_row(dict(timing_row, checkpointing=checkpointing), args.device, args.threads, folder)
@@ -412,21 +420,75 @@ def _wan_main(args) -> None:
     if args.no_doc:
         return
     if args.wan_timing_size:        # the rows and the small size's timing stay; the larger size's is added
-        earlier["timing_large"] = {"rows": timing, "command": command, "seconds": seconds}
-        command = f"{earlier['command']}` (rows), `{earlier.get('timing_command', earlier['command'])}` (timing), " \
-                  f"`{command}` (timing at {args.wan_timing_size}"
+        earlier["timing_large"] = {"rows": timing, "command": command, "seconds": seconds,
+                                   "date": str(datetime.date.today())}
     elif args.wan_timing_only:        # the rows' own run and command stay; the timing's is added
         earlier.update(timing=timing, timing_command=command, timing_seconds=seconds)
-        command = f"{earlier['command']}` (rows), `{command}` (timing"
     else:
-        payload[f"wan_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows, "timing": timing,
-                                         "date": str(datetime.date.today())}
+        earlier = payload[f"wan_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows,
+                                                   "timing": timing, "date": str(datetime.date.today())}
     partial = path + ".partial"
     with open(partial, "w", encoding="utf-8") as fh:
         json.dump(payload, fh, indent=1)
     os.replace(partial, path)
     replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
-                    f"learn_memory_wan_{args.device}",
+                    f"learn_memory_wan_{args.device}", f"{_wan_measured_line(earlier)}\n\n{text}")
+
+
+def _wan_measured_line(entry: dict) -> str:
+    """Which commands measured Wan's rows and timings, when, and how long each took."""
+    line = f"Measured {entry.get('date', '')}, `{entry['command']}`, {entry['seconds']:.0f} s"
+    if "timing_command" in entry:
+        line += f"; timing re-measured alone, `{entry['timing_command']}`, {entry['timing_seconds']:.0f} s"
+    if "timing_large" in entry:
+        large = entry["timing_large"]
+        line += (f"; the larger size's timing, measured {large.get('date', entry.get('date', ''))}, "
+                 f"`{large['command']}`, {large['seconds']:.0f} s")
+    return line + "."
+
+
+def _ad_main(args) -> None:
+    """AnimateDiff's rows (bench/learn_memory_ad.py), each in a fresh process; into docs/learn_memory.json's
+    ``animatediff_<device>`` and docs/benchmarks.md."""
+    from bench.learn_memory_ad import CPU_ROWS, CUDA_ROWS, ad_report, run_ad_row
+    path = os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json")
+    if args.ad_report_from:
+        with open(args.ad_report_from, encoding="utf-8") as fh:
+            earlier = json.load(fh)[f"animatediff_{args.device}"]
+        text = ad_report(earlier["rows"])
+        print(text)
+        if not args.no_doc:
+            replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
+                            f"learn_memory_ad_{args.device}", f"Measured {earlier['date']}, `{earlier['command']}`, "
+                                                              f"{earlier['seconds']:.0f} s.\n\n{text}")
+        return
+    started = time.time()
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="learn_memory_ad_") as folder:
+        for spec in CUDA_ROWS if args.device == "cuda" else CPU_ROWS:
+            row = run_ad_row(spec, args.device, args.threads, folder)
+            if row is None:
+                log.warning("AnimateDiff row %s failed; see its output above", spec)
+                continue
+            log.info("AnimateDiff %s: peak rise %.2f GiB (planned %.2f), %.1f s/step", spec, row["peak_rise_gib"],
+                     row["planned_less_weights_gib"], row["step_seconds"])
+            rows.append(row)
+    text = ad_report(rows)
+    print(text)
+    if args.no_doc or not rows:
+        return
+    command = ("python -m bench.learn_memory " + " ".join(sys.argv[1:])).strip()
+    seconds = time.time() - started
+    with open(path, encoding="utf-8") as fh:
+        payload = json.load(fh)
+    payload[f"animatediff_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows,
+                                             "date": str(datetime.date.today())}
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=1)
+    os.replace(partial, path)
+    replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
+                    f"learn_memory_ad_{args.device}",
                     f"Measured {datetime.date.today()}, `{command}`, {seconds:.0f} s.\n\n{text}")
 
 

@@ -221,7 +221,7 @@ def _timing_line(timing: list[dict]) -> str:
     off = sorted(r["step_seconds"] for r in timing if not r["checkpointing"])
     ratio = on[len(on) // 2] / off[len(off) // 2]
     row = timing[0]
-    return (f"Checkpointing's step time, {row['size']} width, {row['blocks']} blocks, "
+    return (f"Checkpointing's step time, {row['size']} width, {row['blocks']} block{'s' * (row['blocks'] != 1)}, "
             f"{row['width']}x{row['height']}x{row['frames']} ({row['tokens']:,} tokens), {row['dtype']}, {len(on)} "
             f"interleaved runs each: median {on[len(on) // 2]:.1f} s on vs {off[len(off) // 2]:.1f} s off, "
             f"**{ratio:.2f}x** (on: {', '.join(f'{v:.1f}' for v in on)} s; off: {', '.join(f'{v:.1f}' for v in off)} s).")

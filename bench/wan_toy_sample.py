@@ -62,6 +62,8 @@ def main(argv=None) -> int:
     parser.add_argument("weights")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--motions", nargs="+", default=list(MOTIONS), help="the motions asked for, one clip each")
+    parser.add_argument("--repeats", type=int, default=1, help="clips per motion (each with its own scene)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     world = load_world(args.weights)
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
     print("| prompt | read as asked | readings | pixel std |")
     print("|---|---|---|---|")
     for with_motion in (True, False):
-        result = read(world, with_motion=with_motion, steps=args.steps)
+        result = read(world, tuple(args.motions) * args.repeats, with_motion=with_motion, steps=args.steps)
         print(f"| {'with' if with_motion else 'without'} the motion word | {result['hits']} / {result['of']} | "
               f"{result['readings']} | {result['pixel_std']:.3f} |")
     return 0

@@ -41,6 +41,19 @@ ACTIVATION_BYTES = {
 }
 # sum over SVD's 16 temporal layers of channels / downsample^2 (5 x 320 + 5 x 640/4 + 5 x 1280/16 + 1280/64)
 SVD_WIDTH = 2820.0
+# AnimateDiff (SD1.5's UNet + an ADE motion model), measured the same way by bench/learn_memory.py
+# --families animatediff on SD1.5's real config and a motion model in mm_sd_v15_v2's layout, random
+# weights, ComfyUI 0.33 + ADE 1.5.7 on the CPU, float32, PyTorch SDPA, 16 frames (docs/benchmarks.md;
+# a test keeps them equal). What the backward pass keeps grows with the part of the network from the
+# first learned motion module on (``LearnShape.tracked_width``: sum channels / downsample^2 over those
+# modules), so: checkpointing -> (fixed bytes, bytes per latent position, bytes per latent position and
+# unit of tracked width), the learned state and kept weight copies taken out. Checkpointing on: fitted on
+# `widest` at 128x128 and 192x192 and `all` at 128x128; off: `widest` at 128x128, taken as proportional
+# to the tracked width. Temporal only: motion-text tokens are not learned on AnimateDiff.
+AD_ACTIVATION_BYTES = {
+    True: (342507520, 8539, 51.029),
+    False: (0, 0, 166.758),
+}
 MEMORY_EFFICIENT_KERNELS = ("attention_pytorch", "attention_xformers", "attention_flash", "attention_sage")
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
@@ -64,6 +77,8 @@ class LearnShape:
     spatial_heads: list = dataclasses.field(default_factory=list)
     attention_kernel: str = "attention_pytorch"
     copies_weights: bool = True          # the weights are inference tensors (as ComfyUI loads them)
+    family: str = "svd"                  # "svd" or "animatediff": whose measured constants apply
+    tracked_width: float = 0.0           # AnimateDiff: model_width of the motion modules from the first learned one on
 
     @property
     def positions(self) -> int:
@@ -116,12 +131,18 @@ def attention_bytes(shape: LearnShape) -> float:
 
 
 def plan(shape: LearnShape, constants: Optional[dict] = None) -> MemoryPlan:
-    """The plan for one learning step of ``shape`` (bytes); ``constants`` replaces ``ACTIVATION_BYTES``."""
+    """The plan for one learning step of ``shape`` (bytes); ``constants`` replaces ``ACTIVATION_BYTES`` (for
+    AnimateDiff, ``AD_ACTIVATION_BYTES``)."""
     if shape.dtype not in DTYPE_BYTES:
         raise ValueError(f"no plan for dtype {shape.dtype!r}; expected one of {sorted(DTYPE_BYTES)}")
-    kind = "motion_text" if shape.representation == "motion_text" else "temporal"
-    fixed, per_position = (constants or ACTIVATION_BYTES)[(kind, shape.checkpointing)]
-    scale = DTYPE_BYTES[shape.dtype] / 4 * model_width(shape.model_layout) / SVD_WIDTH
+    if shape.family == "animatediff":
+        fixed, per_position, per_width = (constants or AD_ACTIVATION_BYTES)[shape.checkpointing]
+        per_position += per_width * shape.tracked_width
+        scale = DTYPE_BYTES[shape.dtype] / 4
+    else:
+        kind = "motion_text" if shape.representation == "motion_text" else "temporal"
+        fixed, per_position = (constants or ACTIVATION_BYTES)[(kind, shape.checkpointing)]
+        scale = DTYPE_BYTES[shape.dtype] / 4 * model_width(shape.model_layout) / SVD_WIDTH
     activations = (fixed + per_position * shape.positions) * scale
     copies = float(shape.weight_bytes) if shape.copies_weights and not shape.checkpointing else 0.0
     return MemoryPlan(weights=float(shape.weight_bytes), activations=activations, attention=attention_bytes(shape),

@@ -163,8 +163,8 @@ class LearnMotionEmbedding(io.ComfyNode):
                                  tooltip="Recompute each UNet block (each Wan block) in the backward pass instead "
                                          "of keeping its activations: about 8x less memory above the weights "
                                          "(1024x576x14 motion-text in float16: 10.6 GiB planned instead of 70) for "
-                                         "about 1.15x the step time on SVD, 1.4-1.6x on Wan's blocks on the CPU "
-                                         "(docs/benchmarks.md). On Wan, when the plan does not fit the card, "
+                                         "about 1.15x the step time on SVD; on Wan 1.3x at 832x480x33, 1.4-1.6x at "
+                                         "toy sizes (docs/benchmarks.md). On Wan, when the plan does not fit the card, "
                                          "the blocks' kept inputs wait in CPU memory (and, if still needed, "
                                          "Adam's state): slower, but it fits. Leave on."),
                 io.Float.Input("learn_scale", default=1.0, min=0.5, max=1.0, step=0.05, optional=True,

@@ -11,7 +11,7 @@ import comfy.model_management
 
 from ..motion_core.layers import embedding_cost, select_layers, spread
 from ..motion_core.memory_plan import (GIB, MEMORY_EFFICIENT_KERNELS, USABLE_FRACTION, LearnShape, MemoryPlan,
-                                       WanLearnShape, alternatives, keep_in_cpu_memory, plan, plan_wan)
+                                       WanLearnShape, alternatives, keep_in_cpu_memory, model_width, plan, plan_wan)
 from .host_training import compute_dtype
 from .hooks import animatediff as ad_hooks
 from .hooks.svd import spatial_attention_heads, temporal_layout
@@ -194,14 +194,16 @@ def check_wan_learn_memory(model, layers: dict[str, dict], frames: int, token_he
 # ---- AnimateDiff ----------------------------------------------------------------------------
 def ad_learn_shape(model, motion_model, layers: dict[str, dict], frames: int, latent_height: int, latent_width: int,
                    checkpointing: bool) -> LearnShape:
-    """AnimateDiff's plan shape: SVD's (:func:`motion_core.memory_plan.plan`), whose activations scale with the
-    temporal layout's width, here one entry per motion module (SVD has one temporal block per spatial one, as
-    SD1.5 + AnimateDiff has one motion module per UNet block: sum channels / downsample^2 is 2920 against SVD's
-    2820); the weights are the UNet's and the motion model's."""
+    """AnimateDiff's plan shape (:func:`motion_core.memory_plan.plan` with AnimateDiff's own measured constants):
+    its activations grow with the width (sum channels / downsample^2, one entry per motion module) of the part of
+    the network from the first learned motion module on, which the backward pass goes through (mm_sd_v15_v2:
+    1960 for ``widest``, 2920 for ``all``); the weights are the UNet's and the motion model's."""
     every = ad_hooks.motion_layout(motion_model, latent_height, latent_width)
-    modules = {}
-    for layer in ad_hooks.motion_layers(motion_model):
+    modules, tracked = {}, {}
+    for layer in ad_hooks.motion_layers(motion_model):           # forward order
         modules.setdefault(layer.module, every[layer.name])
+        if tracked or layer.name in layers:
+            tracked.setdefault(layer.module, every[layer.name])
     diffusion_model = model.model.diffusion_model
     return LearnShape(frames=frames, latent_height=latent_height, latent_width=latent_width,
                       representation="temporal", checkpointing=checkpointing,
@@ -210,7 +212,8 @@ def ad_learn_shape(model, motion_model, layers: dict[str, dict], frames: int, la
                       model_layout=modules, layers=layers, tokens=0,
                       spatial_heads=ad_hooks.spatial_attention_heads(diffusion_model),
                       attention_kernel=attention_kernel(),
-                      copies_weights=any(p.is_inference() for p in diffusion_model.parameters()))
+                      copies_weights=any(p.is_inference() for p in diffusion_model.parameters()),
+                      family="animatediff", tracked_width=model_width(tracked))
 
 
 def check_ad_learn_memory(model, motion_model, layers: dict[str, dict], frames: int, latent_height: int,

@@ -394,18 +394,25 @@ SD15_UNET = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_
              "context_dim": 768, "num_heads": 8, "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
              "use_temporal_attention": False, "use_temporal_resblock": False}
 TINY_MOTION_MODEL = "tiny_mm_sd15_v2.safetensors"
+FULL_MOTION_MODEL = "random_mm_sd_v15_v2.safetensors"     # mm_sd_v15_v2's layout, random weights
 
 
-def build_sd15(seed: int = 0):
-    """A ``ModelPatcher`` around SD1.5 (``model_base.BaseModel``, epsilon prediction), random weights (3.4 GB:
-    hold it only as long as needed)."""
+def build_sd15(seed: int = 0, dtype=None, inference: bool = False):
+    """A ``ModelPatcher`` around SD1.5 (``model_base.BaseModel``, epsilon prediction), random weights (3.4 GB in
+    float32: hold it only as long as needed). ``dtype``: the weights' dtype, computed in the dtype ComfyUI's
+    checkpoint loader picks for it on ComfyUI's device (``unet_manual_cast``: float32 for float16 on the CPU);
+    ``inference``: the weights are inference tensors, as ComfyUI's loaders leave them."""
     import comfy.model_management
     import comfy.model_patcher
     import comfy.supported_models
 
     model_config = comfy.supported_models.SD15(dict(SD15_UNET))
-    model = model_config.get_model({}, "", device=torch.device("cpu"))
-    _init_weights(model, seed)
+    if dtype is not None:
+        model_config.set_inference_dtype(dtype, comfy.model_management.unet_manual_cast(
+            dtype, comfy.model_management.get_torch_device(), model_config.supported_inference_dtypes))
+    with torch.inference_mode(inference):
+        model = model_config.get_model({}, "", device=torch.device("cpu"))
+        _init_weights(model, seed)
     model.eval()
     return comfy.model_patcher.ModelPatcher(model, load_device=comfy.model_management.get_torch_device(),
                                             offload_device=comfy.model_management.unet_offload_device())
@@ -423,27 +430,37 @@ def ade_module(name: str):
     raise LookupError(f"AnimateDiff-Evolved's {name} is not loaded")
 
 
-def write_tiny_motion_model(seed: int = 0, frames: int = 32) -> str:
-    """An SD1.5 AnimateDiff motion model in AnimateDiff's key layout (down blocks and the mid block, one
-    temporal self-attention per module, positional encoding of ``frames``), random weights, written in float16
-    to the ``animatediff_models`` folder for ADE's own loader; returns its file name. Its key set comes from
-    ADE's own ``AnimateDiffModel`` built for that layout."""
+def motion_model_layout(frames: int = 32, full: bool = False) -> dict[str, torch.Tensor]:
+    """The positional-encoding keys ADE reads an SD1.5 motion model's layout from, as zeros ``(1 frames c)``:
+    the down blocks and the mid block with one temporal self-attention each, or with ``full`` the layout of
+    ``mm_sd_v15_v2`` (down, up and mid blocks, two temporal self-attentions per module; 42 layers)."""
+    prefix = "temporal_transformer.transformer_blocks.0.attention_blocks"
+    attentions = (0, 1) if full else (0,)
+    levels = [("down_blocks", level, width) for level, width in enumerate((320, 640, 1280, 1280))]
+    if full:
+        levels += [("up_blocks", level, width) for level, width in enumerate((1280, 1280, 640, 320))]
+    layout = {f"{kind}.{level}.motion_modules.0.{prefix}.{attention}.pos_encoder.pe": torch.zeros(1, frames, width)
+              for kind, level, width in levels for attention in attentions}
+    layout[f"mid_block.motion_modules.0.{prefix}.0.pos_encoder.pe"] = torch.zeros(1, frames, 1280)
+    return layout
+
+
+def write_tiny_motion_model(seed: int = 0, frames: int = 32, full: bool = False) -> str:
+    """An SD1.5 AnimateDiff motion model in AnimateDiff's key layout (:func:`motion_model_layout`; ``full``: that
+    of ``mm_sd_v15_v2``), random weights, written in float16 to the ``animatediff_models`` folder for ADE's own
+    loader; returns its file name. Its key set comes from ADE's own ``AnimateDiffModel`` built for that layout."""
     import folder_paths
     import safetensors.torch
 
-    name = TINY_MOTION_MODEL
+    name = FULL_MOTION_MODEL if full else TINY_MOTION_MODEL
     folder = os.path.join(folder_paths.models_dir, "animatediff_models")
     path = os.path.join(folder, name)
     if os.path.isfile(path):
         return name
     motion_module_ad = ade_module("animatediff.motion_module_ad")
-    prefix = "temporal_transformer.transformer_blocks.0.attention_blocks.0"
-    layout = {f"down_blocks.{level}.motion_modules.0.{prefix}.pos_encoder.pe": torch.zeros(1, frames, width)
-              for level, width in enumerate((320, 640, 1280, 1280))}
-    layout[f"mid_block.motion_modules.0.{prefix}.pos_encoder.pe"] = torch.zeros(1, frames, 1280)
     info = motion_module_ad.AnimateDiffInfo(sd_type="SD1.5", mm_format="AnimateDiff", mm_version="v2", mm_name=name)
     with torch.device("meta"):
-        model = motion_module_ad.AnimateDiffModel(mm_state_dict=layout, mm_info=info)
+        model = motion_module_ad.AnimateDiffModel(mm_state_dict=motion_model_layout(frames, full), mm_info=info)
     generator = torch.Generator().manual_seed(seed)
     weights = {}
     for key, value in model.state_dict().items():
@@ -461,7 +478,8 @@ def write_tiny_motion_model(seed: int = 0, frames: int = 32) -> str:
         else:
             weights[key] = torch.randn(value.shape, generator=generator) * 0.01
     os.makedirs(folder, exist_ok=True)
-    safetensors.torch.save_file({k: v.half().contiguous() for k, v in weights.items()}, path)
+    safetensors.torch.save_file({k: v.half().contiguous() for k, v in weights.items()}, path + ".partial")
+    os.replace(path + ".partial", path)
     return name
 
 

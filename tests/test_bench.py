@@ -300,6 +300,32 @@ def test_wan_memory_fit_recovers_the_constants_and_the_plan_keeps_the_measured_o
     assert WAN_ACTIVATION_BYTES == pytest.approx(fit_wan_constants(measured["rows"]), rel=0.01)
 
 
+def test_animatediff_memory_fit_recovers_the_constants_and_the_plan_keeps_the_measured_ones():
+    """Rows made from known constants give them back; the committed AD_ACTIVATION_BYTES are the fit of the rows
+    bench/learn_memory.py --families animatediff measured (docs/learn_memory.json), and the plan built from them
+    lands on each measured row it was fitted on."""
+    from bench.learn_memory_ad import fit_ad_constants, planned_gib
+    from motion_core.memory_plan import AD_ACTIVATION_BYTES
+    made_up = {True: (3e8, 8000.0, 50.0), False: (0, 0, 170.0)}
+    rows = []
+    for width, layers, checkpointing in ((128, "widest", True), (192, "widest", True), (128, "all", True),
+                                         (128, "widest", False)):
+        row = {"width": width, "height": width, "frames": 16, "layers": layers, "checkpointing": checkpointing,
+               "dtype": "float32", "weights_gib": 5.0, "planned_learned_gib": 0.1 * width / 128,
+               "tracked_width": 1960.0 if layers == "widest" else 2920.0}
+        row["peak_rise_gib"] = planned_gib(row, made_up)
+        rows.append(row)
+    fitted = fit_ad_constants(rows)
+    assert fitted[True] == pytest.approx(made_up[True], rel=1e-3) and fitted[False] == pytest.approx(made_up[False])
+    assert True not in fit_ad_constants(rows[:2] + rows[3:])     # no `all` row: the tracked width's share is unknown
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "learn_memory.json"), encoding="utf-8") as fh:
+        measured = json.load(fh)["animatediff_cpu"]["rows"]
+    assert {key: tuple(value) for key, value in fit_ad_constants(measured).items()} == AD_ACTIVATION_BYTES
+    for row in measured:
+        if row["layers"] == "widest":
+            assert planned_gib(row, AD_ACTIVATION_BYTES) == pytest.approx(row["peak_rise_gib"], abs=0.01)
+
+
 def test_wan_toy_vae_reading_keeps_every_motion_through_a_lossless_codec_and_only_stillness_through_a_frozen_one():
     from bench.wan_toy_vae import held_out_clips, read_round_trips
     from motion_core.toy import toyclips

@@ -152,14 +152,14 @@ def test_zero_embeddings_leave_ades_output_bit_identical_and_the_patched_attenti
 
 
 def _learn(model, steps=4, checkpointing=True, on_gradients=None, learning_rate=5e-2, names=None, seed=0,
-           schedule=(), frames=2, on_step=None, more_latents=()):
+           schedule=(), frames=2, on_step=None, more_latents=(), loss_scale=0.0):
     """Learning through ``train_ad_in_host`` on a clip of ``frames`` (2: the fewest SD1.5 passes that still have a
     temporal attention to learn in)."""
     training = pack_module("nodes.host_training")
     TrainSettings = pack_module("motion_core.training").TrainSettings
     AugmentSettings = pack_module("motion_core.augment").AugmentSettings
     settings = TrainSettings(steps=steps, learning_rate=learning_rate, seed=seed, augment=AugmentSettings(enabled=False),
-                             objective="eps", eps_schedule=schedule)
+                             objective="eps", eps_schedule=schedule, loss_scale=loss_scale)
     with torch.inference_mode():          # the executor runs every node in inference mode
         return training.train_ad_in_host(model, _positive(), _latents(frames), _embedding(names, scale=0.0,
                                                                                           frames=frames),
@@ -237,6 +237,46 @@ def test_checkpointing_gives_the_gradients_of_the_plain_backward_and_cancel_keep
     assert not any(type(m.__dict__.get("forward")).__name__ in ("ProjectionForward", "ModuleForward",
                                                                "RecomputedForward")
                    for m in ad.motion_models(model)[0].model.modules())
+
+
+def test_float16_weights_learn_and_loss_scaling_leaves_the_steps_as_they_were(animatediff, monkeypatch):
+    """The files AnimateDiff users load are float16 (``v1-5-pruned-emaonly-fp16``, ``mm_sd15_v2.safetensors``).
+    SD1.5 with float16 weights computes in the dtype ComfyUI's loader picks for them on this device (float32 on the
+    CPU, which multiplies float16 at under 1 GFLOPS); ADE, told the UNet's dtype is float16, casts the motion model
+    to it and, since this device computes float16 weights in float32, gives it manual-cast ops. Learning reaches every embedding and keeps
+    float32 tensors, and the float16 loss-scaling path (a power-of-two scale, undone before Adam) takes the same
+    steps as without it."""
+    import comfy.model_management
+
+    ad = pack_module("nodes.hooks.animatediff")
+    host_training = pack_module("nodes.host_training")
+    sd_model = build_sd15(dtype=torch.float16)
+    with monkeypatch.context() as patch:          # what ADE's loader sees where the UNet's dtype is float16
+        patch.setattr(comfy.model_management, "unet_dtype", lambda *args, **kwargs: torch.float16)
+        model, _motion_model = ade_model(sd_model, write_tiny_motion_model())
+    try:
+        motion_model = ad.motion_models(model)[0]
+        assert {p.dtype for p in sd_model.model.diffusion_model.parameters()} == {torch.float16}
+        assert {p.dtype for name, p in motion_model.model.named_parameters() if "pos_encoder" not in name} == {
+            torch.float16}
+        assert host_training.compute_dtype(model) == comfy.model_management.unet_manual_cast(
+            torch.float16, torch.device("cpu"), sd_model.model.model_config.supported_inference_dtypes)
+        assert any("manual_cast" in type(module).__module__ + type(module).__qualname__.lower()
+                   for module in motion_model.model.modules() if isinstance(module, torch.nn.Linear))
+        middle = (float(model.get_model_object("model_sampling").sigmas[500]),)
+        grads = []
+        plain = _learn(model, steps=2, schedule=middle, on_gradients=lambda step, values: grads.append(values))
+        assert plain.steps_done == 2 and plain.embedding.all_finite() and len(plain.loss_history) == 2
+        assert all(tensor.dtype == torch.float32 for tensor in plain.embedding.tensors().values())
+        assert all(float(g.abs().max()) > 0 for g in grads[0]), "a learned tensor got no gradient"
+        scaled = _learn(model, steps=2, schedule=middle, loss_scale=2.0 ** 16)
+        assert scaled.loss_history == pytest.approx(plain.loss_history, rel=1e-5)
+        for name, tensor in plain.embedding.tensors().items():
+            assert torch.allclose(scaled.embedding.tensors()[name], tensor, rtol=1e-4, atol=1e-6), name
+    finally:
+        del model, sd_model
+        comfy.model_management.unload_all_models()
+        gc.collect()
 
 
 def test_context_windows_take_the_window_frames_of_the_whole_videos_embedding(animatediff):
@@ -345,6 +385,13 @@ def test_the_memory_plan_counts_both_models_and_refuses_naming_what_fits(animate
     assert list(shape.model_layout) == [layer.module for layer in ad.motion_layers(motion_model)]  # one a module
     plan = pack_module("motion_core.memory_plan").plan
     assert plan(shape).total < plan(memory.ad_learn_shape(model, motion_model, layout, 16, 64, 64, False)).total
+    # the backward pass goes through the network from the first learned motion module on: learning the mid
+    # block's layer alone tracks that module's width only, and keeps less
+    width = pack_module("motion_core.memory_plan").model_width
+    mid_only = memory.ad_learn_shape(model, motion_model, {"temporal_attn.08": layout["temporal_attn.08"]}, 16, 64,
+                                     64, True)
+    assert shape.tracked_width == width(shape.model_layout) and mid_only.tracked_width == pytest.approx(1280 / 8 ** 2)
+    assert plan(mid_only).activations < plan(shape).activations
     account, _plan = memory.check_ad_learn_memory(model, motion_model, layout, 16, 64, 64, True, "all", "")
     assert account.startswith("memory plan (AnimateDiff, 9 temporal attention layers")
     needed = plan(shape).total

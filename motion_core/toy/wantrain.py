@@ -72,6 +72,7 @@ class WanToyTrainSettings:
     threads: int = 2
     minutes: float = 0.0          # > 0: stop the transformer phase after this many minutes (steps done are recorded)
     checkpoint_every: int = 250
+    motions: str = ""             # comma-separated motion classes to render (default: all of toyclips.MOTION_CLASSES)
     init_weights: str = ""        # a trained toy Wan file to go on from: keeps its VAE and latent calibration (no VAE
     #                               stages), its transformer and text encoder train on (and their averages restart)
 
@@ -79,10 +80,23 @@ class WanToyTrainSettings:
 def render_dataset(settings: WanToyTrainSettings) -> tuple[torch.Tensor, list[toyclips.ClipSpec]]:
     """``(n f h w c)`` clips with their specs, motion classes in turn, palettes alternating."""
     rng = np.random.default_rng(settings.seed)
-    specs = [sample_caption_spec(rng, toyclips.MOTION_CLASSES[i % len(toyclips.MOTION_CLASSES)],
-                                 palette=("train", "heldout")[(i // len(toyclips.MOTION_CLASSES)) % 2])
+    classes = motion_classes(settings.motions)
+    specs = [sample_caption_spec(rng, classes[i % len(classes)], palette=("train", "heldout")[(i // len(classes)) % 2])
              for i in range(settings.clips)]
     return torch.stack([toyclips.render_clip(spec) for spec in specs]), specs
+
+
+def motion_classes(motions: str) -> tuple[str, ...]:
+    """The motion classes named in ``motions`` (comma-separated; empty: all of the toy world's), or a ValueError
+    naming the unknown ones."""
+    if not motions.strip():
+        return toyclips.MOTION_CLASSES
+    named = tuple(name.strip() for name in motions.split(",") if name.strip())
+    unknown = [name for name in named if name not in toyclips.MOTION_CLASSES]
+    if unknown:
+        raise ValueError(f"motions: {', '.join(unknown)} not among the toy world's classes "
+                         f"({', '.join(toyclips.MOTION_CLASSES)})")
+    return named
 
 
 @dataclasses.dataclass
@@ -324,6 +338,7 @@ def train_toy_wan(settings: WanToyTrainSettings, path: str = WEIGHTS_PATH, manif
     if settings.init_weights and not os.path.isfile(settings.init_weights):          # before minutes of rendering
         raise FileNotFoundError(f"init_weights: no toy Wan weights file at {settings.init_weights!r}; give a file "
                                 "that `python -m motion_core train-toy-wan` wrote")
+    motion_classes(settings.motions)                   # unknown names refused before minutes of rendering
     for name in ("motion_word_share", "caption_drop"):
         if not 0.0 <= getattr(settings, name) <= 1.0:
             raise ValueError(f"{name} is a share, 0..1; got {getattr(settings, name)}")
