@@ -125,6 +125,15 @@ def test_training_batches_drop_motion_words_and_captions_at_their_shares():
     assert float((timestep / 1000).median()) > 0.6              # shift 3 leans towards noise
 
 
+def test_the_dataset_renders_only_the_motions_named_and_unknown_names_are_refused():
+    from motion_core.toy.wantrain import motion_classes, render_dataset
+    assert motion_classes("") == toyclips.MOTION_CLASSES
+    _clips, specs = render_dataset(WanToyTrainSettings(clips=6, motions="zoom_in, pan_W, static"))
+    assert [spec.motion for spec in specs] == ["zoom_in", "pan_W", "static"] * 2
+    with pytest.raises(ValueError, match="zoom_sideways"):
+        motion_classes("zoom_in,zoom_sideways")
+
+
 def test_the_transformer_learns_the_clips_it_is_shown():
     torch.manual_seed(0)
     transformer, _vae, text = wanworld.build_models(0)
