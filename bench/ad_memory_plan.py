@@ -7,8 +7,9 @@ and ADE's ``AnimateDiffModel`` in the layout of ``mm_sd_v15_v2`` (down, mid and 
 temporal self-attentions per module, positional encoding of 32 frames) without allocating any
 weights, then prints the plan Learn Motion Embedding makes (``nodes.memory.ad_learn_shape`` and
 ``motion_core.memory_plan.plan``) for AnimateDiff's sizes, with a memory-efficient attention
-kernel (PyTorch SDPA, ComfyUI's default on NVIDIA). A plan, not a measurement: its activation
-constants were measured on SVD's UNet (docs/benchmarks.md) and scaled by the temporal layout.
+kernel (PyTorch SDPA, ComfyUI's default on NVIDIA). A plan at users' sizes: its activation
+constants were measured on the CPU at smaller sizes in float32 (``python -m bench.learn_memory
+--families animatediff``, docs/benchmarks.md) and are halved for float16.
 """
 from __future__ import annotations
 

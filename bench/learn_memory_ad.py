@@ -11,18 +11,16 @@ node's own path: ``prepare_learning`` (its plan and refusal) and ``train_ad_in_h
 ComfyUI's guider, one warm-up step and one measured step. The VAE is a stand-in that returns a
 latent of the right shape (the encode runs before learning). On the CPU: float32, PyTorch SDPA,
 reduced sizes; on a GPU (``--device cuda``): float16 at 512x512x16, AnimateDiff's own size.
-The plan's activation constants were measured on SVD's UNet and scaled by the temporal layout;
-these rows say how far that holds on AnimateDiff.
+The CPU rows give the plan's AnimateDiff constants (``fit_ad_constants``,
+``motion_core.memory_plan.AD_ACTIVATION_BYTES``), and a row they are not fitted on checks them.
 """
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import torch
+
+from bench.learn_memory_rows import measure_steps, run_in_fresh_process
 
 # CPU rows: float32 at reduced sizes (the plan is linear in the video's positions); (width, height, frames, layers,
 # checkpointing)
@@ -33,7 +31,7 @@ CPU_ROWS = [
     dict(width=128, height=128, frames=16, layers="all", checkpointing=True),
     dict(width=256, height=256, frames=16, layers="all", checkpointing=True),     # not fitted on: a check
 ]
-# GPU rows: float16 at AnimateDiff's own size, the default preset, checkpointing on and off
+# GPU rows: float16 at AnimateDiff's own size, both presets, checkpointing on
 CUDA_ROWS = [
     dict(width=512, height=512, frames=16, layers="widest", checkpointing=True, dtype="float16"),
     dict(width=512, height=512, frames=16, layers="all", checkpointing=True, dtype="float16"),
@@ -52,7 +50,7 @@ class LatentVAE:
 
 def measure_ad_row(hs, width, height, frames, layers, checkpointing, device, steps=2, dtype="float32") -> dict:
     """One row through the Learn node's path; the first step is a warm-up, the second is timed."""
-    from bench.learn_memory import GIB, PeakMemory, SavedBytes
+    from bench.learn_memory import GIB
     learn = hs.pack_module("nodes.learn")
     host_training = hs.pack_module("nodes.host_training")
     memory = hs.pack_module("nodes.memory")
@@ -61,7 +59,7 @@ def measure_ad_row(hs, width, height, frames, layers, checkpointing, device, ste
     select = hs.pack_module("motion_core.layers").select_layers
     model_width = memory_plan.model_width
     sd_model = hs.build_sd15(dtype=getattr(torch, dtype), inference=True)
-    model, motion_model = hs.ade_model(sd_model, hs.write_tiny_motion_model(full=True))
+    model, motion_model = hs.ade_model(sd_model, hs.write_motion_model(full=True))
     reference = torch.rand(frames, height, width, 3, generator=torch.Generator().manual_seed(1))
     positive = [[torch.randn(1, 77, 768, generator=torch.Generator().manual_seed(3)), {}]]
     prepared = learn.prepare_learning(model, LatentVAE(), reference, "temporal", 5, steps, 1e-2, 0, 0.0, 1.0,
@@ -70,41 +68,25 @@ def measure_ad_row(hs, width, height, frames, layers, checkpointing, device, ste
     chosen = select(ad.motion_layout(motion_model, height // 8, width // 8), layers)
     shape = memory.ad_learn_shape(model, motion_model, chosen, frames, height // 8, width // 8, checkpointing)
     planned = memory_plan.plan(shape)
-    marks = {}
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    saved = SavedBytes(model)
-
-    def on_step(step, _total, _value):
-        sync()
-        marks[step] = time.perf_counter()
-        saved.active = step == 1
-
-    with PeakMemory(device) as peak, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-        with torch.inference_mode():
-            host_training.train_ad_in_host(model, prepared.wan_positive, prepared.latents, prepared.initial,
-                                           prepared.settings, on_step, checkpointing=checkpointing)
+    measured = measure_steps(model, device, steps, lambda on_step: host_training.train_ad_in_host(
+        model, prepared.wan_positive, prepared.latents, prepared.initial, prepared.settings, on_step,
+        checkpointing=checkpointing))
     weights = float(sd_model.model_size()) + float(ad.motion_models(model)[0].model_size())
+    if device == "cuda":    # ADE injects the motion model while sampling: both models reach the card inside the step
+        measured["peak_rise_gib"] -= weights / GIB
     return {"family": "animatediff", "width": width, "height": height, "frames": frames, "layers": layers,
             "learned_layers": len(chosen), "checkpointing": checkpointing, "dtype": dtype, "kind": "measured",
             "attention_kernel": shape.attention_kernel, "weights_gib": weights / GIB,
             "tracked_width": shape.tracked_width, "model_width": model_width(shape.model_layout),
-            "peak_rise_gib": peak.rise / GIB, "saved_gib": saved.total / GIB,
-            "planned_gib": planned.total / GIB, "planned_less_weights_gib": (planned.total - planned.weights) / GIB,
+            **measured, "planned_gib": planned.total / GIB,
+            "planned_less_weights_gib": (planned.total - planned.weights) / GIB,
             "planned_activations_gib": planned.activations / GIB, "planned_learned_gib": planned.learned / GIB,
-            "step_seconds": (marks[steps] - marks[1]) / (steps - 1), "memory_account": prepared.memory_account}
+            "memory_account": prepared.memory_account}
 
 
 def run_ad_row(spec: dict, device: str, threads: int, folder: str) -> dict | None:
     """One row in a fresh process; None when it failed (its output says why)."""
-    out = os.path.join(folder, "ad-" + "-".join(str(v) for v in spec.values()) + ".json")
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    done = subprocess.run([sys.executable, "-m", "bench.learn_memory", "--ad-row", json.dumps(spec),
-                           "--device", device, "--threads", str(threads), "--out", out],
-                          env=env, cwd=os.path.join(os.path.dirname(__file__), ".."))
-    if done.returncode != 0:
-        return None
-    with open(out, encoding="utf-8") as fh:
-        return json.load(fh)
+    return run_in_fresh_process("--ad-row", spec, device, threads, folder)
 
 
 def ad_row_main(spec_json: str, device: str, out: str) -> None:

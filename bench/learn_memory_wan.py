@@ -18,12 +18,10 @@ planned full-size rows.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 
 import torch
+
+from bench.learn_memory_rows import measure_steps, run_in_fresh_process
 
 # upstream configs (ComfyUI reads them from the checkpoint's keys: comfy/model_detection.py)
 WAN_CONFIGS = {
@@ -70,7 +68,7 @@ def measure_wan_row(hs, size, blocks, width, height, frames, representation, lay
                     steps=2, dtype="float32", learn_scale=1.0, card_gib=None) -> dict:
     """One row; ``card_gib``: plan for a card of that size (the node then keeps in CPU memory what does not fit
     it, and the peak measured on the bigger device shows what that card would hold)."""
-    from bench.learn_memory import GIB, PeakMemory, SavedBytes
+    from bench.learn_memory import GIB
     learn = hs.pack_module("nodes.learn")
     host_training = hs.pack_module("nodes.host_training")
     model = build_wan(size, blocks, getattr(torch, dtype), device)
@@ -90,42 +88,22 @@ def measure_wan_row(hs, size, blocks, width, height, frames, representation, lay
             None, checkpointing, learn_scale, positive)
     finally:
         comfy.model_management.get_total_memory = real_total
-    marks = {}
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    saved = SavedBytes(model)
-
-    def on_step(step, _total, _value):
-        sync()
-        marks[step] = time.perf_counter()
-        saved.active = step == 1
-
-    with PeakMemory(device) as peak, torch.autograd.graph.saved_tensors_hooks(saved.pack, lambda t: t):
-        with torch.inference_mode():
-            host_training.train_wan_in_host(model, prepared.wan_positive, prepared.latents, prepared.initial,
-                                            prepared.settings, on_step, checkpointing=checkpointing,
-                                            offload=prepared.offload)
+    measured = measure_steps(model, device, steps, lambda on_step: host_training.train_wan_in_host(
+        model, prepared.wan_positive, prepared.latents, prepared.initial, prepared.settings, on_step,
+        checkpointing=checkpointing, offload=prepared.offload))
     grid = prepared.latents.shape
     return {"family": "wan", "size": size, "blocks": blocks, "width": width, "height": height, "frames": frames,
             "tokens": int(grid[2] * (grid[3] // 2) * (grid[4] // 2)), "representation": representation,
             "layers": layers, "learn_scale": learn_scale, "card_gib": card_gib, "offload": prepared.offload,
             "host_optimizer": prepared.settings.host_optimizer,
             "checkpointing": checkpointing, "dtype": dtype, "kind": "measured",
-            "saved_gib": saved.total / GIB, "peak_rise_gib": peak.rise / GIB, "weights_gib": model.model_size() / GIB,
-            "learned_gib": 16 * prepared.initial.num_parameters() / GIB,
-            "step_seconds": (marks[steps] - marks[1]) / (steps - 1), "memory_account": prepared.memory_account}
+            **measured, "weights_gib": model.model_size() / GIB,
+            "learned_gib": 16 * prepared.initial.num_parameters() / GIB, "memory_account": prepared.memory_account}
 
 
 def run_wan_row(spec: dict, device: str, threads: int, folder: str) -> dict | None:
     """One row in a fresh process (its resident set measures this row alone); None when it failed."""
-    out = os.path.join(folder, "wan-" + "-".join(str(v) for v in spec.values()).replace(" ", "") + ".json")
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
-    done = subprocess.run([sys.executable, "-m", "bench.learn_memory", "--wan-row", json.dumps(spec),
-                           "--device", device, "--threads", str(threads), "--out", out],
-                          env=env, cwd=os.path.join(os.path.dirname(__file__), ".."))
-    if done.returncode != 0:
-        return None
-    with open(out, encoding="utf-8") as fh:
-        return json.load(fh)
+    return run_in_fresh_process("--wan-row", spec, device, threads, folder)
 
 
 def wan_row_main(spec_json: str, device: str, out: str) -> None:

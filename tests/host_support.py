@@ -445,7 +445,7 @@ def motion_model_layout(frames: int = 32, full: bool = False) -> dict[str, torch
     return layout
 
 
-def write_tiny_motion_model(seed: int = 0, frames: int = 32, full: bool = False) -> str:
+def write_motion_model(seed: int = 0, frames: int = 32, full: bool = False) -> str:
     """An SD1.5 AnimateDiff motion model in AnimateDiff's key layout (:func:`motion_model_layout`; ``full``: that
     of ``mm_sd_v15_v2``), random weights, written in float16 to the ``animatediff_models`` folder for ADE's own
     loader; returns its file name. Its key set comes from ADE's own ``AnimateDiffModel`` built for that layout."""

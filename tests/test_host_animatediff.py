@@ -11,7 +11,7 @@ import torch
 
 from conftest import need_host
 from host_support import (REPO_ROOT, ade_loaded, ade_model, build_sd15, build_tiny_vae, pack_module,
-                          write_tiny_motion_model)
+                          write_motion_model)
 
 PACK = "MotionInversion_"
 FRAMES, HEIGHT, WIDTH = 4, 8, 8               # latent frames and size: the UNet's levels are 8, 4, 2, 1 wide
@@ -26,7 +26,7 @@ def animatediff(comfy_nodes):
         need_host("needs AnimateDiff-Evolved beside the pack: put its source beside the ComfyUI tree "
                   "(../shared/animatediff-evolved-1.5.x) or set ADE_PATH")
     sd_model = build_sd15()
-    model, motion_model = ade_model(sd_model, write_tiny_motion_model())
+    model, motion_model = ade_model(sd_model, write_motion_model())
     yield model, motion_model, sd_model
     import comfy.model_management          # the 860M-parameter UNet goes before the next test module
 
@@ -253,7 +253,7 @@ def test_float16_weights_learn_and_loss_scaling_leaves_the_steps_as_they_were(an
     sd_model = build_sd15(dtype=torch.float16)
     with monkeypatch.context() as patch:          # what ADE's loader sees where the UNet's dtype is float16
         patch.setattr(comfy.model_management, "unet_dtype", lambda *args, **kwargs: torch.float16)
-        model, _motion_model = ade_model(sd_model, write_tiny_motion_model())
+        model, _motion_model = ade_model(sd_model, write_motion_model())
     try:
         motion_model = ad.motion_models(model)[0]
         assert {p.dtype for p in sd_model.model.diffusion_model.parameters()} == {torch.float16}
@@ -285,7 +285,7 @@ def test_context_windows_take_the_window_frames_of_the_whole_videos_embedding(an
     ad = pack_module("nodes.hooks.animatediff")
     resample = pack_module("motion_core.resample").resample_frames
     _model, _motion, sd_model = animatediff
-    windowed, _ = ade_model(sd_model, write_tiny_motion_model(), context_length=4, context_overlap=0)
+    windowed, _ = ade_model(sd_model, write_motion_model(), context_length=4, context_overlap=0)
     embedding = _embedding(["temporal_attn.00"])
     patched, motion = ad.with_ad_motion(windowed, embedding)
     windows = []
