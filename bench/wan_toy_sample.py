@@ -9,6 +9,10 @@ with the file's VAE and reads each with ``denseflow.classify_motion_dense``. Pri
 kind of prompt, how many read as the motion asked for, what they read as, and the clips'
 mean pixel std (near 0: flat clips). Nothing is written. It is the quick look before the
 rows of ``bench.quality_wan``, which run through ComfyUI.
+
+``--word-probe``: instead, how far the transformer's prediction moves (relative norm) when a
+training clip's caption has its motion word replaced by ``static``, its first colour word
+changed, or is emptied, at three noise levels: does the motion word reach the model at all?
 """
 from __future__ import annotations
 
@@ -18,9 +22,10 @@ import collections
 import numpy as np
 import torch
 
+from motion_core.toy import toyclips
 from motion_core.toy.denseflow import classify_motion_dense
-from motion_core.toy.wanworld import (IMAGE_SIZE, LATENT_CHANNELS, SAMPLING_SHIFT, caption, load_world, model_to_latent,
-                                      sample_caption_spec)
+from motion_core.toy.wanworld import (IMAGE_SIZE, LATENT_CHANNELS, SAMPLING_SHIFT, caption, latent_to_model, load_world,
+                                      model_to_latent, sample_caption_spec)
 
 MOTIONS = ("translate_E_2", "circle_cw", "zoom_in", "rotate_ccw", "pan_W", "bounce", "static", "translate_N_1")
 
@@ -57,6 +62,32 @@ def read(world, motions=MOTIONS, with_motion: bool = True, steps: int = 20, seed
             "pixel_std": float(np.mean(stds))}
 
 
+@torch.no_grad()
+def word_probe(world, motions=MOTIONS[:6], sigmas=(0.9, 0.6, 0.3), seed: int = 5) -> dict:
+    """``{sigma: {"motion word": r, "colour word": r, "empty prompt": r}}``: the mean relative change of the
+    prediction on a noised training-palette clip of each motion when its caption changes so."""
+    rng = np.random.default_rng(seed)
+    changes = {sigma: collections.defaultdict(list) for sigma in sigmas}
+    for motion in motions:
+        spec = sample_caption_spec(rng, motion, palette="train")
+        clean = latent_to_model(world.encode(toyclips.render_clip(spec)))
+        words = caption(spec).split()            # [motion, colour, texture, shape, ...]
+        recoloured = " ".join((("red" if word != "red" else "blue") if i == 1 else word)
+                              for i, word in enumerate(words))
+        prompts = {"asked": caption(spec), "motion word": caption(spec).replace(motion, "static", 1),
+                   "colour word": recoloured, "empty prompt": ""}
+        for sigma in sigmas:
+            noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+            noisy, timestep = (1 - sigma) * clean + sigma * noise, torch.tensor([sigma * 1000.0])
+            predicted = {name: world.transformer(noisy, timestep, world.text_encoder.encode([prompt]),
+                                                 return_dict=False)[0] for name, prompt in prompts.items()}
+            for name in ("motion word", "colour word", "empty prompt"):
+                changes[sigma][name].append(float((predicted[name] - predicted["asked"]).norm()
+                                                  / predicted["asked"].norm()))
+    return {sigma: {name: float(np.mean(values)) for name, values in by_name.items()}
+            for sigma, by_name in changes.items()}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.wan_toy_sample", description=__doc__.split("\n")[0])
     parser.add_argument("weights")
@@ -64,9 +95,17 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--motions", nargs="+", default=list(MOTIONS), help="the motions asked for, one clip each")
     parser.add_argument("--repeats", type=int, default=1, help="clips per motion (each with its own scene)")
+    parser.add_argument("--word-probe", action="store_true", help="how far the prediction moves with the caption")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     world = load_world(args.weights)
+    if args.word_probe:
+        print("| sigma | motion word -> static | first colour word changed | empty prompt |")
+        print("|---|---|---|---|")
+        for sigma, change in word_probe(world).items():
+            print(f"| {sigma} | {change['motion word']:.3f} | {change['colour word']:.3f} | "
+                  f"{change['empty prompt']:.3f} |")
+        return 0
     print(f"transformer steps {world.metadata.get('transformer_steps_done')}, "
           f"loss {world.metadata.get('transformer_final_loss')}")
     print("| prompt | read as asked | readings | pixel std |")
