@@ -349,3 +349,20 @@ def test_wan_toy_sample_reads_every_clip_it_draws():
     assert result["of"] == 2 and sum(result["readings"].values()) == 2 and 0 <= result["hits"] <= 2
     latents = sample(world, ["red circle", ""], steps=1)
     assert latents.shape == (2, 16, 4, 16, 16) and torch.isfinite(latents).all()
+
+
+def test_the_word_probe_measures_nothing_where_the_text_encoder_gives_zeros_and_something_where_it_does_not():
+    import torch
+
+    from bench.wan_toy_sample import word_probe
+    from motion_core.toy import wanworld
+
+    transformer, vae, text = wanworld.build_models(seed=0)
+    world = wanworld.WanToyWorld(transformer.eval(), vae.eval(), text, {})
+    heard = word_probe(world, motions=("bounce",), sigmas=(0.5,))[0.5]
+    assert heard["motion word"] > 0 and heard["colour word"] > 0 and heard["empty prompt"] > 0
+    with torch.no_grad():
+        for parameter in world.text_encoder.parameters():
+            parameter.zero_()
+    deaf = word_probe(world, motions=("bounce",), sigmas=(0.5,))[0.5]
+    assert deaf == {"motion word": 0.0, "colour word": 0.0, "empty prompt": 0.0}
