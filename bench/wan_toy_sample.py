@@ -13,6 +13,10 @@ rows of ``bench.quality_wan``, which run through ComfyUI.
 ``--word-probe``: instead, how far the transformer's prediction moves (relative norm) when a
 training clip's caption has its motion word replaced by ``static``, its first colour word
 changed, or is emptied, at three noise levels: does the motion word reach the model at all?
+
+``--sampler-probe``: training-palette clips of the motions asked for, read as asked after the
+codec alone (the ceiling), after one denoising step from three noise levels, and sampled from
+noise at three guidance / step settings.
 """
 from __future__ import annotations
 
@@ -88,6 +92,34 @@ def word_probe(world, motions=MOTIONS[:6], sigmas=(0.9, 0.6, 0.3), seed: int = 5
             for sigma, by_name in changes.items()}
 
 
+@torch.no_grad()
+def sampler_probe(world, motions=MOTIONS[:7], repeats: int = 2, seed: int = 7,
+                  sampling=((1.0, 20), (8.0, 20), (4.0, 50))) -> dict:
+    """``{setting: (read as asked, of)}`` for training-palette clips of ``motions``: through the codec alone, one
+    denoising step (``x0 = x_t - sigma v``) from sigma 0.3 / 0.6 / 0.9, and sampling at each ``(guidance,
+    steps)`` of ``sampling``."""
+    rng = np.random.default_rng(seed)
+    specs = [sample_caption_spec(rng, motion, palette="train") for motion in motions for _ in range(repeats)]
+    asked = [spec.motion for spec in specs]
+    clean = torch.cat([latent_to_model(world.encode(toyclips.render_clip(spec))) for spec in specs])
+    text = world.text_encoder.encode([caption(spec) for spec in specs])
+
+    def hits(model_latents):
+        readings = [classify_motion_dense(world.decode(model_to_latent(model_latents[i:i + 1])).numpy())
+                    for i in range(len(specs))]
+        return sum(reading == motion for reading, motion in zip(readings, asked)), len(specs)
+
+    found = {"codec alone": hits(clean)}
+    for sigma in (0.3, 0.6, 0.9):
+        noisy = (1 - sigma) * clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
+        velocity = world.transformer(noisy, torch.full((len(specs),), sigma * 1000.0), text, return_dict=False)[0]
+        found[f"one step from sigma {sigma}"] = hits(noisy - sigma * velocity)
+    for guidance, steps in sampling:
+        sampled = sample(world, [caption(spec) for spec in specs], steps=steps, guidance=guidance)
+        found[f"sampled, guidance {guidance:g}, {steps} steps"] = hits(latent_to_model(sampled))
+    return found
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.wan_toy_sample", description=__doc__.split("\n")[0])
     parser.add_argument("weights")
@@ -96,9 +128,17 @@ def main(argv=None) -> int:
     parser.add_argument("--motions", nargs="+", default=list(MOTIONS), help="the motions asked for, one clip each")
     parser.add_argument("--repeats", type=int, default=1, help="clips per motion (each with its own scene)")
     parser.add_argument("--word-probe", action="store_true", help="how far the prediction moves with the caption")
+    parser.add_argument("--sampler-probe", action="store_true",
+                        help="clips read as asked: through the codec, one denoising step, sampled")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     world = load_world(args.weights)
+    if args.sampler_probe:
+        print("| clips read as asked | hits |")
+        print("|---|---|")
+        for setting, (hit, of) in sampler_probe(world).items():
+            print(f"| {setting} | {hit} / {of} |")
+        return 0
     if args.word_probe:
         print("| sigma | motion word -> static | first colour word changed | empty prompt |")
         print("|---|---|---|---|")

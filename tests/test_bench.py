@@ -366,3 +366,15 @@ def test_the_word_probe_measures_nothing_where_the_text_encoder_gives_zeros_and_
             parameter.zero_()
     deaf = word_probe(world, motions=("bounce",), sigmas=(0.5,))[0.5]
     assert deaf == {"motion word": 0.0, "colour word": 0.0, "empty prompt": 0.0}
+
+
+def test_the_sampler_probe_reads_every_setting_on_every_clip():
+    from bench.wan_toy_sample import sampler_probe
+    from motion_core.toy import wanworld
+
+    transformer, vae, text = wanworld.build_models(seed=0)
+    world = wanworld.WanToyWorld(transformer.eval(), vae.eval(), text, {})
+    found = sampler_probe(world, motions=("static", "bounce"), repeats=1, sampling=((4.0, 2),))
+    assert list(found) == ["codec alone", "one step from sigma 0.3", "one step from sigma 0.6",
+                           "one step from sigma 0.9", "sampled, guidance 4, 2 steps"]
+    assert all(of == 2 and 0 <= hit <= 2 for hit, of in found.values())
