@@ -13,6 +13,7 @@ the old doc whole.
 """
 from __future__ import annotations
 
+import json
 import os
 
 
@@ -47,4 +48,12 @@ def replace_section(path: str, name: str, body: str) -> None:
     partial = path + ".partial"
     with open(partial, "w", encoding="utf-8") as fh:
         fh.write(text)
+    os.replace(partial, path)
+
+
+def write_json(path: str, payload) -> None:
+    """``payload`` as JSON (indent 1) in ``path``, replaced atomically: an interrupted write leaves the old file."""
+    partial = path + ".partial"
+    with open(partial, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=1)
     os.replace(partial, path)

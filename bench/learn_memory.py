@@ -40,7 +40,7 @@ import time
 import safetensors.torch
 import torch
 
-from bench.docfile import replace_section
+from bench.docfile import replace_section, write_json
 
 log = logging.getLogger("bench.learn_memory")
 GIB = 2 ** 30
@@ -427,10 +427,7 @@ def _wan_main(args) -> None:
     else:
         earlier = payload[f"wan_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows,
                                                    "timing": timing, "date": str(datetime.date.today())}
-    partial = path + ".partial"
-    with open(partial, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1)
-    os.replace(partial, path)
+    write_json(path, payload)
     replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
                     f"learn_memory_wan_{args.device}", f"{_wan_measured_line(earlier)}\n\n{text}")
 
@@ -483,10 +480,7 @@ def _ad_main(args) -> None:
         payload = json.load(fh)
     payload[f"animatediff_{args.device}"] = {"command": command, "seconds": seconds, "rows": rows,
                                              "date": str(datetime.date.today())}
-    partial = path + ".partial"
-    with open(partial, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1)
-    os.replace(partial, path)
+    write_json(path, payload)
     replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
                     f"learn_memory_ad_{args.device}",
                     f"Measured {datetime.date.today()}, `{command}`, {seconds:.0f} s.\n\n{text}")
@@ -495,10 +489,7 @@ def _ad_main(args) -> None:
 def _write(args, text, payload, command, seconds) -> None:
     print(text)
     if args.json:
-        partial = args.json + ".partial"
-        with open(partial, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=1)
-        os.replace(partial, args.json)
+        write_json(args.json, payload)
     if not args.no_doc:
         replace_section(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md"),
                         "learn_memory", f"Measured {datetime.date.today()}, `{command}`, {seconds:.0f} s.\n\n{text}")

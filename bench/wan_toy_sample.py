@@ -75,16 +75,18 @@ def word_probe(world, motions=MOTIONS[:6], sigmas=(0.9, 0.6, 0.3), seed: int = 5
     for motion in motions:
         spec = sample_caption_spec(rng, motion, palette="train")
         clean = latent_to_model(world.encode(toyclips.render_clip(spec)))
-        words = caption(spec).split()            # [motion, colour, texture, shape, ...]
+        asked = caption(spec)
+        words = asked.split()            # [motion, colour, texture, shape, ...]
         recoloured = " ".join((("red" if word != "red" else "blue") if i == 1 else word)
                               for i, word in enumerate(words))
-        prompts = {"asked": caption(spec), "motion word": caption(spec).replace(motion, "static", 1),
-                   "colour word": recoloured, "empty prompt": ""}
+        prompts = {"asked": asked, "motion word": asked.replace(motion, "static", 1), "colour word": recoloured,
+                   "empty prompt": ""}
+        encoded = {name: world.text_encoder.encode([prompt]) for name, prompt in prompts.items()}
         for sigma in sigmas:
             noise = torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
             noisy, timestep = (1 - sigma) * clean + sigma * noise, torch.tensor([sigma * 1000.0])
-            predicted = {name: world.transformer(noisy, timestep, world.text_encoder.encode([prompt]),
-                                                 return_dict=False)[0] for name, prompt in prompts.items()}
+            predicted = {name: world.transformer(noisy, timestep, text, return_dict=False)[0]
+                         for name, text in encoded.items()}
             for name in ("motion word", "colour word", "empty prompt"):
                 changes[sigma][name].append(float((predicted[name] - predicted["asked"]).norm()
                                                   / predicted["asked"].norm()))
@@ -101,22 +103,23 @@ def sampler_probe(world, motions=MOTIONS[:7], repeats: int = 2, seed: int = 7,
     rng = np.random.default_rng(seed)
     specs = [sample_caption_spec(rng, motion, palette="train") for motion in motions for _ in range(repeats)]
     asked = [spec.motion for spec in specs]
-    clean = torch.cat([latent_to_model(world.encode(toyclips.render_clip(spec))) for spec in specs])
-    text = world.text_encoder.encode([caption(spec) for spec in specs])
+    raw = torch.cat([world.encode(toyclips.render_clip(spec)) for spec in specs])
+    clean = latent_to_model(raw)
+    prompts = [caption(spec) for spec in specs]
+    text = world.text_encoder.encode(prompts)
 
-    def hits(model_latents):
-        readings = [classify_motion_dense(world.decode(model_to_latent(model_latents[i:i + 1])).numpy())
-                    for i in range(len(specs))]
+    def hits(raw_latents):
+        readings = [classify_motion_dense(world.decode(raw_latents[i:i + 1]).numpy()) for i in range(len(specs))]
         return sum(reading == motion for reading, motion in zip(readings, asked)), len(specs)
 
-    found = {"codec alone": hits(clean)}
+    found = {"codec alone": hits(raw)}
     for sigma in (0.3, 0.6, 0.9):
         noisy = (1 - sigma) * clean + sigma * torch.randn(clean.shape, generator=torch.Generator().manual_seed(1))
         velocity = world.transformer(noisy, torch.full((len(specs),), sigma * 1000.0), text, return_dict=False)[0]
-        found[f"one step from sigma {sigma}"] = hits(noisy - sigma * velocity)
+        found[f"one step from sigma {sigma}"] = hits(model_to_latent(noisy - sigma * velocity))
     for guidance, steps in sampling:
-        sampled = sample(world, [caption(spec) for spec in specs], steps=steps, guidance=guidance)
-        found[f"sampled, guidance {guidance:g}, {steps} steps"] = hits(latent_to_model(sampled))
+        found[f"sampled, guidance {guidance:g}, {steps} steps"] = hits(sample(world, prompts, steps=steps,
+                                                                              guidance=guidance))
     return found
 
 
