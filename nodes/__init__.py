@@ -16,11 +16,13 @@ from .motion import ApplyMotion, DebiasValueEmbedding
 from .reference_noise import ReferenceNoise
 from .toy.toy_clips import ToyMotionClip, ToyTargetImage, ToyVideoConditioning
 from .toy.toy_model import LoadToyVideoModel
+from .toy.toy_wan_model import LoadToyWanModel, ToyWanFirstFrameLatent
 from .video_nodes import LoadReferenceVideo
 
 NODES = [LoadReferenceVideo, LearnMotionEmbedding, DebiasValueEmbedding, InflateSVDConditioning, ApplyMotion,
-         SaveMotionEmbedding, LoadMotionEmbedding, ReferenceNoise, LoadToyVideoModel, MotionFidelityScore,
-         ToyMotionClip, ToyTargetImage, ToyVideoConditioning, GatherReferenceClips, BlendMotionEmbeddings]
+         SaveMotionEmbedding, LoadMotionEmbedding, ReferenceNoise, LoadToyVideoModel, LoadToyWanModel,
+         MotionFidelityScore, ToyMotionClip, ToyTargetImage, ToyVideoConditioning, ToyWanFirstFrameLatent,
+         GatherReferenceClips, BlendMotionEmbeddings]
 
 
 class MotionInversionExtension(ComfyExtension):

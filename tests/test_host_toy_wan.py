@@ -5,8 +5,6 @@ the diffusers transformer computes on the same weights, the VAE encodes and deco
 diffusers VAE does (Wan's 4x temporal compression, the toy's 4x spatial stride), CLIP Text
 Encode gives the toy text encoder's vectors, and the pack's Learn node learns on it as on Wan.
 """
-import importlib
-
 import numpy as np
 import pytest
 import torch
@@ -18,10 +16,9 @@ PACK = "MotionInversion_"
 
 
 def _loader():
-    """Load Toy Wan Model's class, imported under the pack's name: it is registered once trained weights ship
-    (issue 47), so no node module imports it yet."""
-    module = importlib.import_module(f"{pack_module('nodes').__name__}.toy.toy_wan_model")
-    return module.LoadToyWanModel
+    """Load Toy Wan Model's class, as ComfyUI registered it."""
+    import nodes as comfy_nodes
+    return comfy_nodes.NODE_CLASS_MAPPINGS[PACK + "LoadToyWanModel"]
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +34,8 @@ def toy_file(comfy_nodes, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(comfy_nodes, toy_file):
-    """The node class itself: it is registered once the trained weights ship (issue 47)."""
+    """Random weights of the toy's configs through the registered node."""
     node = _loader()
-    assert PACK + "LoadToyWanModel" not in comfy_nodes.NODE_CLASS_MAPPINGS       # not offered to users yet
     with torch.inference_mode():
         return node.execute(weights=toy_file).result
 
@@ -110,3 +106,29 @@ def test_learn_and_sample_on_the_toy_wan_model(comfy_nodes, loaded):
                                   disable_pbar=True)
     assert sampled.shape == latent.shape and torch.isfinite(sampled).all()
     assert vae.decode(sampled).shape[-4:] == (13, 64, 64, 3)
+
+
+def test_the_shipped_toy_wan_loads_as_comfyuis_wan_and_draws_a_scene(comfy_nodes):
+    """The default `weights` (empty): the shipped file, whose bytes the manifest pins (tests/test_toy_wan.py)."""
+    import comfy.sample
+
+    with torch.inference_mode():
+        model, text, vae = _loader().execute(weights="").result
+    family = pack_module("nodes.hooks").model_family(model)
+    assert family.family == "wan" and family.variant == "Wan T2V"
+    world = wanworld.load_world()
+    latents = torch.randn(1, 16, 4, 16, 16, generator=torch.Generator().manual_seed(2))
+    prompt = "pan_W red checker square noise blue green"
+    context = world.text_encoder.encode([prompt])
+    with torch.no_grad():
+        expected = world.transformer(latents, torch.tensor([500.0]), context, return_dict=False)[0]
+        got = model.model.diffusion_model(latents, torch.tensor([500.0]), context)
+    assert torch.allclose(got, expected, atol=1e-4)
+    positive = text.encode_from_tokens_scheduled(text.tokenize(prompt))
+    negative = text.encode_from_tokens_scheduled(text.tokenize(""))
+    latent = torch.zeros(1, 16, 4, 16, 16)
+    sampled = comfy.sample.sample(model, comfy.sample.prepare_noise(latent, 0), 8, 4.0, "euler", "simple", positive,
+                                  negative, latent, seed=0, disable_pbar=True)
+    frames = vae.decode(sampled).reshape(13, 64, 64, 3)
+    # a drawn scene, not the flat grey of an untrained model (docs/wan_toy.md item 1: std 0.025)
+    assert float(frames.std()) > 0.08, float(frames.std())

@@ -1,5 +1,6 @@
 """The Wan toy world's pieces (host-free): captions, the text encoder, the latent calibration, training, files."""
 import json
+import os
 
 import numpy as np
 import pytest
@@ -179,3 +180,25 @@ def test_train_toy_wan_writes_weights_that_match_their_manifest(tmp_path):
     with pytest.raises(FileNotFoundError, match="init_weights"):
         train_toy_wan(WanToyTrainSettings(init_weights=str(tmp_path / "none.safetensors")), str(second),
                       str(tmp_path / "second.json"))
+
+
+def test_the_shipped_toy_wan_matches_its_manifest_and_each_stage_names_its_command():
+    from motion_core.toy.toytrain import sha256
+
+    with open(wanworld.MANIFEST_PATH, encoding="utf-8") as fh:
+        record = json.load(fh)
+    assert record["file"] == "toy_wan.safetensors" == wanworld.WEIGHTS_PATH.rsplit("/", 1)[-1]
+    assert sha256(wanworld.WEIGHTS_PATH) == record["sha256"]
+    assert record["bytes"] == os.path.getsize(wanworld.WEIGHTS_PATH)
+    stages = record["stages"]
+    assert [s["stage"] for s in stages] == [1, 2, 3] and stages[-1]["sha256"] == record["sha256"]
+    for earlier, later in zip(stages, stages[1:]):       # each stage goes on from the one before it
+        assert "--init-weights" in later["command"] and later["vae_steps"] == [0, 0, 0, 0], later
+    assert stages[0]["vae_steps"] != [0, 0, 0, 0] and "--init-weights" not in stages[0]["command"]
+    assert record["transformer_steps_all_stages"] == sum(s["transformer_steps"] for s in stages)
+    world = wanworld.load_world()
+    assert world.metadata["transformer_steps_done"] == record["transformer_steps"]
+    frames = toyclips.render_clip(wanworld.sample_caption_spec(np.random.default_rng(0), "pan_W", palette="heldout"))
+    decoded = world.decode(world.encode(frames))
+    psnr = float(-10 * torch.log10(((decoded - frames) ** 2).mean()))
+    assert psnr > 20.0, psnr       # the staged VAE's round trip (docs/wan_toy.md item 4: 24 dB on held-out clips)

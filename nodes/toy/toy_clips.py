@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from comfy_api.v0_0_2 import io
 
-from ...motion_core.toy import toyclips
+from ...motion_core.toy import toyclips, wanworld
 from ..common import CATEGORY, NODE_PREFIX
 
 TOY_CATEGORY = CATEGORY + "/toy"
@@ -20,22 +20,28 @@ class ToyMotionClip(io.ComfyNode):
             category=TOY_CATEGORY,
             description="A generated clip whose motion is known (toy world): textured shapes moving by the chosen "
                         "motion class. The held-out palette uses shapes, colours and backgrounds the toy model never "
-                        "saw. Use it as a reference video for the toy model.",
+                        "saw. Use it as a reference video for the toy models (13 frames for the toy Wan model); "
+                        "its caption is the scene's prompt for the toy Wan model.",
             inputs=[
                 io.Combo.Input("motion", options=list(toyclips.MOTION_CLASSES), default="translate_E_2",
                                tooltip="The motion class (translation direction_speed, circle, zoom, rotate, pan, ...)."),
                 io.Int.Input("seed", default=0, min=0, max=2 ** 31 - 1, tooltip="Which scene to draw."),
                 io.Combo.Input("palette", options=["heldout", "train"], default="heldout",
                                tooltip="heldout: appearance the toy model never saw; train: like its training clips."),
-                io.Int.Input("frames", default=8, min=8, max=14, tooltip="Clip length (the toy model is trained on 8)."),
+                io.Int.Input("frames", default=8, min=8, max=14,
+                             tooltip="Clip length (the toy video model is trained on 8, the toy Wan model on 13)."),
             ],
-            outputs=[io.Image.Output(display_name="frames", tooltip="The clip, (frames, 64, 64, 3).")],
+            outputs=[io.Image.Output(display_name="frames", tooltip="The clip, (frames, 64, 64, 3)."),
+                     io.String.Output(display_name="caption",
+                                      tooltip="The scene as a toy Wan prompt, without the motion word (each object's "
+                                              "colour, texture and shape, then the background): the prompt to "
+                                              "learn its motion with.")],
         )
 
     @classmethod
     def execute(cls, motion, seed, palette, frames) -> io.NodeOutput:
-        clip, _spec = toyclips.make_clip(motion, seed, frames=frames, palette=palette)
-        return io.NodeOutput(clip)
+        clip, spec = toyclips.make_clip(motion, seed, frames=frames, palette=palette)
+        return io.NodeOutput(clip, wanworld.caption(spec, with_motion=False))
 
 
 class ToyTargetImage(io.ComfyNode):
@@ -49,12 +55,16 @@ class ToyTargetImage(io.ComfyNode):
             inputs=[io.Int.Input("seed", default=1, min=0, max=2 ** 31 - 1, tooltip="Which scene to draw."),
                     io.Combo.Input("palette", options=["heldout", "train"], default="heldout",
                                    tooltip="heldout: appearance the toy model never saw.")],
-            outputs=[io.Image.Output(display_name="image", tooltip="The first frame, (1, 64, 64, 3).")],
+            outputs=[io.Image.Output(display_name="image", tooltip="The first frame, (1, 64, 64, 3)."),
+                     io.String.Output(display_name="caption",
+                                      tooltip="The scene as a toy Wan prompt, without a motion word: the prompt to "
+                                              "draw it with, the learned motion applied.")],
         )
 
     @classmethod
     def execute(cls, seed, palette) -> io.NodeOutput:
-        return io.NodeOutput(toyclips.make_target_images(1, seed, palette=palette))
+        (spec,) = toyclips.make_target_specs(1, seed, palette=palette)
+        return io.NodeOutput(toyclips.first_frames([spec]), wanworld.caption(spec, with_motion=False))
 
 
 class ToyVideoConditioning(io.ComfyNode):

@@ -131,7 +131,9 @@ class LoadToyWanModel(io.ComfyNode):
                         "Wan VAE) shrunk to run on a CPU (13 frames of 64x64, 4 latent frames of 16x16), trained on "
                         "the toy world. Prompts are word lists: the motion (e.g. translate_E_2, circle_cw, zoom_in), "
                         "then each object's colour, texture and shape, then the background and two colours. Its VAE "
-                        "downsamples 4x in space, not Wan's 8x: size empty latents as for a 128x128 Wan video.",
+                        "downsamples 4x in space, not Wan's 8x: size empty latents as for a 128x128 Wan video, or "
+                        "animate a target image with Toy Wan First Frame Latent (toy_wan_motion.json). A test bench, "
+                        "not sharp: asked for a motion by its word it draws it in few clips (docs/wan_toy.md).",
             inputs=[io.String.Input("weights", default="", optional=True,
                                     tooltip="Path of a toy Wan .safetensors file (from `python -m motion_core "
                                             "train-toy-wan`); empty = the shipped toy_wan.safetensors.")],
@@ -150,6 +152,47 @@ class LoadToyWanModel(io.ComfyNode):
     @classmethod
     def execute(cls, weights: str = "") -> io.NodeOutput:
         return io.NodeOutput(*load_toy_wan(_path(weights)))
+
+
+class ToyWanFirstFrameLatent(io.ComfyNode):
+    """The toy Wan model is text-to-video: a target image is animated by keeping it as latent frame 0."""
+
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id=NODE_PREFIX + "ToyWanFirstFrameLatent",
+            display_name="Toy Wan First Frame Latent",
+            category=CATEGORY + "/toy",
+            description="An empty video latent for the toy Wan model whose first latent frame is the image, kept "
+                        "while sampling by a noise mask (as ComfyUI's latent inpainting): the text-to-video toy then "
+                        "animates that image. The toy's benchmark (docs/quality_wan_toy.md) samples this way, so a "
+                        "clip can be read against the ideal animation of its first frame.",
+            inputs=[io.Vae.Input("vae", tooltip="From Load Toy Wan Model."),
+                    io.Image.Input("image", tooltip="The first frame to animate (64 x 64)."),
+                    io.Int.Input("length", default=wanworld.FRAMES, min=5, max=49, step=4,
+                                 tooltip="Frames to make, 1 + 4k (the toy Wan model is trained on 13: 4 latent "
+                                         "frames).")],
+            outputs=[io.Latent.Output(display_name="latent",
+                                      tooltip="(1, 16, 1 + (length - 1) / 4, h / 4, w / 4), frame 0 kept.")],
+        )
+
+    @classmethod
+    def execute(cls, vae, image, length) -> io.NodeOutput:
+        return io.NodeOutput(first_frame_latent(vae, image, length))
+
+
+def first_frame_latent(vae, image: torch.Tensor, length: int) -> dict:
+    """``{"samples": (1 16 t h w), "noise_mask": (1 1 t h w)}``: ``image`` ``(1 H W 3)``'s latent as frame 0, masked
+    out of the noise; the other ``t - 1 = (length - 1) / 4`` latent frames zeros, to be sampled."""
+    if image.ndim != 4 or image.shape[0] < 1:
+        raise ValueError(f"Toy Wan First Frame Latent needs an IMAGE (1, H, W, 3), got shape {tuple(image.shape)}")
+    first = vae.encode(image[:1, ..., :3])                      # the causal VAE: one frame is one latent frame
+    latent_frames = 1 + (int(length) - 1) // 4
+    samples = torch.zeros(1, first.shape[1], latent_frames, first.shape[-2], first.shape[-1])
+    samples[:, :, :1] = first
+    mask = torch.ones(1, 1, *samples.shape[2:])
+    mask[:, :, 0] = 0.0
+    return {"samples": samples, "noise_mask": mask}
 
 
 def _path(weights: str) -> str:
