@@ -24,7 +24,8 @@ from workflow_support import (FRONTEND_ONLY, check_links, check_slots, check_val
 SVD_WORKFLOWS = ["reenact_svd.json", "apply_saved_motion.json", "motion_embeddings_svd.json"]
 WAN_WORKFLOWS = ["wan_t2v_motion.json", "wan_i2v_motion.json"]
 AD_WORKFLOW = "animatediff_motion.json"        # needs AnimateDiff-Evolved's nodes
-WORKFLOWS = SVD_WORKFLOWS + WAN_WORKFLOWS + [AD_WORKFLOW, "toy_reenact.json"]
+TOY_WAN_WORKFLOW = "toy_wan_motion.json"     # the Wan toy: the pack ships its model, so it runs as shipped
+WORKFLOWS = SVD_WORKFLOWS + WAN_WORKFLOWS + [AD_WORKFLOW, "toy_reenact.json", TOY_WAN_WORKFLOW]
 LOADER = "ImageOnlyCheckpointLoader"
 MODEL_FOLDERS = {LOADER: "checkpoints", "UNETLoader": "diffusion_models", "CLIPLoader": "text_encoders",
                  "VAELoader": "vae", "CheckpointLoaderSimple": "checkpoints",
@@ -525,3 +526,32 @@ def test_learn_refuses_a_clip_vision_of_the_wrong_width(comfy_nodes):
         _learn(comfy_nodes, clip_vision=_tiny_clip_vision(512))
     embedding = _learn(comfy_nodes, steps=1, clip_vision=_tiny_clip_vision(1024)).result[0]
     assert embedding.metadata["init"] == "clip_image_embeds"
+
+
+def test_toy_wan_workflow_runs_as_shipped_and_scores_its_video(comfy_nodes):
+    """toy_wan_motion.json on the shipped toy Wan model (steps lowered): Learn on the reference clip's caption,
+    the target's caption as the prompt, its first frame kept, a 13-frame video saved and scored."""
+    import folder_paths
+
+    prompt = workflow_to_api_prompt(load_workflow(TOY_WAN_WORKFLOW), comfy_nodes.NODE_CLASS_MAPPINGS)
+    set_inputs(prompt, PACK + "LearnMotionEmbedding", steps=2)
+    set_inputs(prompt, "BasicScheduler", steps=2)
+    (learn,) = _nodes_of(prompt, PACK + "LearnMotionEmbedding")
+    assert _source(prompt, _source(prompt, learn, "positive")[1], "text")[0] == PACK + "ToyMotionClip"
+    (guider,) = _nodes_of(prompt, "CFGGuider")
+    assert _source(prompt, _source(prompt, guider, "positive")[1], "text")[0] == PACK + "ToyTargetImage"
+    assert _model_chain(prompt, guider) == [PACK + "ApplyMotion", PACK + "LoadToyWanModel"]
+    videos = os.path.join(folder_paths.get_output_directory(), "motion_inversion", "toy_wan_*.webp")
+    before = _files(videos)
+    executor = _run(comfy_nodes, prompt)
+    (new_video,) = _files(videos) - before
+    assert _webp_frames(new_video) == (13, (64, 64))
+    (score,) = _nodes_of(prompt, PACK + "MotionFidelityScore")
+    (text,) = executor.history_result["outputs"][score]["text"]
+    assert text.startswith("Motion Fidelity Score (moving points): ")
+    # the demo's own conversion of the UI workflow gives the same prompt (python -m motion_core demo --model wan_toy)
+    wan_demo = importlib.import_module(pack_module("motion_core").__name__ + ".toy.wan_demo")
+    converted = wan_demo.api_prompt(load_workflow(TOY_WAN_WORKFLOW))
+    shipped = workflow_to_api_prompt(load_workflow(TOY_WAN_WORKFLOW), comfy_nodes.NODE_CLASS_MAPPINGS)
+    assert {k: (v["class_type"], v["inputs"]) for k, v in converted.items()} == \
+        {k: (v["class_type"], v["inputs"]) for k, v in shipped.items()}

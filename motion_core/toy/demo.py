@@ -1,5 +1,8 @@
 """``python -m motion_core demo``: learn a motion in the toy world and transfer it.
 
+``--model wan_toy --server URL`` runs the toy Wan model's demo instead, in a running ComfyUI
+(:mod:`motion_core.toy.wan_demo`); what follows is the SVD toy's, host-free.
+
 Makes a reference clip with known motion (or reads yours), learns its motion with both
 representations through the shipped toy model, animates new target images with it and,
 for comparison, without it, and writes: ``reference.webp``, ``target_N.webp`` (with
@@ -71,6 +74,10 @@ def _load_targets(paths: list[str]) -> torch.Tensor:
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m motion_core demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="svd_toy", choices=("svd_toy", "wan_toy"),
+                        help="svd_toy: the SVD-architecture toy, here in Python; wan_toy: the Wan-architecture toy, "
+                             "through the shipped workflow toy_wan_motion.json on a running ComfyUI (--server)")
+    parser.add_argument("--server", help="wan_toy: the address of a ComfyUI with this pack, e.g. http://127.0.0.1:8188")
     parser.add_argument("--out", default="demo_out", help="output folder (created)")
     parser.add_argument("--motion", default="translate_E_2", choices=toyclips.MOTION_CLASSES,
                         help="motion of the generated reference clip")
@@ -78,7 +85,7 @@ def parse_args(argv):
     parser.add_argument("--targets", nargs="*", help="target images instead of generated ones")
     parser.add_argument("--num-targets", type=int, default=4)
     parser.add_argument("--variant", default="both", choices=sorted(VARIANTS), help="how to learn the motion")
-    parser.add_argument("--steps", type=int, default=150, help="learning steps")
+    parser.add_argument("--steps", type=int, help="learning steps (default: 150; wan_toy: the workflow's)")
     add_sampling_options(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--weights", help="toy model weights (default: the shipped file)")
@@ -86,7 +93,16 @@ def parse_args(argv):
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.model == "wan_toy":
+        from . import wan_demo
+
+        if not any(a.startswith("--sample-steps") for a in argv):
+            args.sample_steps = None            # the workflow's own
+        return wan_demo.main(args)
+    if args.steps is None:
+        args.steps = 150
     torch.manual_seed(args.seed)
     os.makedirs(args.out, exist_ok=True)
     world = load_world(args.weights) if args.weights else load_world()

@@ -1,7 +1,7 @@
 // Drives ComfyUI's real frontend in Debian's headless Chromium for tests/test_browser.py.
 // Usage: node run_workflows.mjs <config.json>; writes the findings as JSON to config.result.
-// Config: url, chromium, out (screenshot folder), workflows [{name, path}], run {name,
-// learnSteps, samplerSteps, timeoutS}. Only 127.0.0.1 is reachable: other requests are aborted.
+// Config: url, chromium, out (screenshot folder), workflows [{name, path}], runs [{name,
+// learnSteps, samplerSteps, timeoutS}] (queued one after the other). Only 127.0.0.1 is reachable: other requests are aborted.
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { chromium } from "playwright-core";
@@ -10,7 +10,7 @@ const config = JSON.parse(readFileSync(process.argv[2], "utf8"));
 const PACK_SCRIPT = "motion_inversion.js";
 const LEARN = "MotionInversion_LearnMotionEmbedding";
 const SCORE = "MotionInversion_MotionFidelityScore";
-const result = { errors: [], packErrors: [], blocked: [], extensionLoaded: false, workflows: {}, run: null };
+const result = { errors: [], packErrors: [], blocked: [], extensionLoaded: false, workflows: {}, runs: {} };
 
 // A fresh profile folder (config.profile) per run; playwright passes it as --user-data-dir.
 const context = await chromium.launchPersistentContext(config.profile, {
@@ -134,33 +134,37 @@ try {
                                         errors: result.errors.slice(errorsBefore) };
   }
 
-  if (config.run) {
-    const run = { name: config.run.name, curveSeen: 0, lossesSeen: 0, screenshots: [] };
-    result.run = run;
-    const json = JSON.parse(readFileSync(config.workflows.find((w) => w.name === config.run.name).path, "utf8"));
+  for (const spec of config.runs || []) {
+    const stem = spec.name.replace(/\.json$/, "");
+    const run = { name: spec.name, curveSeen: 0, lossesSeen: 0, screenshots: [] };
+    result.runs[spec.name] = run;
+    const json = JSON.parse(readFileSync(config.workflows.find((w) => w.name === spec.name).path, "utf8"));
     await page.evaluate(async ([json, name]) => { await window.app.loadGraphData(json, true, true, name); },
-                        [json, config.run.name]);
+                        [json, spec.name]);
     const ids = await page.evaluate(([learnType, scoreType, learnSteps, samplerSteps]) => {
       const nodes = window.app.graph.nodes;
       const learn = nodes.find((n) => n.type === learnType), score = nodes.find((n) => n.type === scoreType);
       learn.widgets.find((w) => w.name === "steps").value = learnSteps;
-      for (const n of nodes.filter((n) => n.type === "KarrasScheduler")) n.widgets.find((w) => w.name === "steps").value = samplerSteps;
+      for (const n of nodes.filter((n) => ["KarrasScheduler", "BasicScheduler"].includes(n.type))) {
+        n.widgets.find((w) => w.name === "steps").value = samplerSteps;
+      }
       return { learn: learn.id, score: score.id };
-    }, [LEARN, SCORE, config.run.learnSteps, config.run.samplerSteps]);
+    }, [LEARN, SCORE, spec.learnSteps, spec.samplerSteps]);
     run.learnNode = ids.learn;
     await focusNode(ids.learn);
+    const historyBefore = await page.evaluate(async () => Object.keys(await (await fetch("/api/history")).json()));
     const started = Date.now();
     await page.evaluate(() => window.app.queuePrompt(0, 1));
-    const deadline = started + config.run.timeoutS * 1000;
+    const deadline = started + spec.timeoutS * 1000;
     let queue = null;
     // While Learn runs: the extension's losses grow and the curve is drawn on the node.
     while (Date.now() < deadline) {
       await page.waitForTimeout(400);
       const losses = await page.evaluate((id) => window.app.graph.getNodeById(id).__miLosses?.length || 0, ids.learn);
-      if (losses > 1 && losses < config.run.learnSteps && !run.curveSeen) {
+      if (losses > 1 && losses < spec.learnSteps && !run.curveSeen) {
         run.lossesSeen = losses;
         run.curveSeen = await curvePixels(ids.learn);
-        const shot = join(config.out, "learning.png");
+        const shot = join(config.out, `learning_${stem}.png`);
         await page.screenshot({ path: shot });
         run.screenshots.push(shot);
       }
@@ -181,14 +185,15 @@ try {
                learnSize: [...node.size], learnWidgets: widgets };
     }, [ids.learn, ids.score]);
     Object.assign(run, after);
-    run.history = await page.evaluate(async () => (await (await fetch("/api/history")).json()));
+    const history = await page.evaluate(async () => (await (await fetch("/api/history")).json()));
+    run.history = Object.fromEntries(Object.entries(history).filter(([id]) => !historyBefore.includes(id)));
     await focusNode(ids.learn);
     run.curveAfter = await curvePixels(ids.learn);
-    const shot = join(config.out, "learn_node_after_run.png");
+    const shot = join(config.out, `learn_node_after_${stem}.png`);
     await page.screenshot({ path: shot });
     run.screenshots.push(shot);
     await fitView();
-    const whole = join(config.out, "toy_after_run.png");
+    const whole = join(config.out, `${stem}_after_run.png`);
     await page.screenshot({ path: whole });
     run.screenshots.push(whole);
     run.dialogs = await dialogs();
