@@ -32,5 +32,9 @@ def test_the_wan_toy_demo_runs_the_shipped_workflow_on_a_server(server, tmp_path
             video = out / target[which]["video"]
             assert video.read_bytes()[8:12] == b"WEBP" and video.stat().st_size > 1000
             assert -1.0 <= target[which]["motion_fidelity_moving"] <= 1.0      # a similarity: below 0 is unlike
+    from PIL import Image
+
+    with Image.open(out / "frames.png") as sheet:     # 4 videos, 7 of their 13 frames, 64 x 64 shown at 128
+        assert sheet.size == (7 * 128, 4 * 128)
     # the two targets are two scenes: their videos differ
     assert (out / "target_1.webp").read_bytes() != (out / "target_2.webp").read_bytes()

@@ -7,7 +7,8 @@ Embedding learns its motion, Debias Value Embedding and Apply Motion apply it, R
 starts the sampling, and each new Toy Target Image is animated with the motion and, as a
 baseline, without it (Apply Motion's strength and Reference Noise's prior at 0; Learn runs
 once: ComfyUI caches it). Writes ``target_N.webp`` and ``target_N_no_motion.webp`` (the saved
-videos) and ``report.json`` (each clip's Motion Fidelity Score on moving points).
+videos), ``frames.png`` (every other frame of each, a row a video) and ``report.json`` (each
+clip's Motion Fidelity Score on moving points).
 """
 from __future__ import annotations
 
@@ -125,6 +126,8 @@ def run_demo(server: ComfyServer, out: str, motion: str, seed: int, targets: int
             record["with_motion" if with_motion else "no_motion"] = {"motion_fidelity_moving": score, "video": name}
         report["targets"].append(record)
     report["seconds"] = round(time.time() - started, 1)
+    frames_picture([os.path.join(out, t[which]["video"]) for t in report["targets"]
+                    for which in ("with_motion", "no_motion")], os.path.join(out, "frames.png"))
     for which in ("with_motion", "no_motion"):
         values = [t[which]["motion_fidelity_moving"] for t in report["targets"]]
         report.setdefault("summary", {})[which] = {"motion_fidelity_moving": sum(values) / len(values)}
@@ -133,6 +136,26 @@ def run_demo(server: ComfyServer, out: str, motion: str, seed: int, targets: int
         json.dump(report, fh, indent=2)
     os.replace(partial, os.path.join(out, "report.json"))
     return report
+
+
+def frames_picture(videos: list[str], path: str, every: int = 2, scale: int = 2) -> None:
+    """Every ``every``-th frame of each animated WEBP in ``videos``, a row a video, enlarged ``scale`` times."""
+    from PIL import Image
+
+    rows = []
+    for video in videos:
+        with Image.open(video) as animation:
+            row = []
+            for index in range(0, animation.n_frames, every):
+                animation.seek(index)
+                row.append(animation.convert("RGB").copy())
+            rows.append(row)
+    width, height = rows[0][0].size
+    sheet = Image.new("RGB", (width * max(len(r) for r in rows), height * len(rows)), "white")
+    for r, row in enumerate(rows):
+        for c, frame in enumerate(row):
+            sheet.paste(frame, (c * width, r * height))
+    sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST).save(path)
 
 
 def main(args) -> int:
@@ -164,7 +187,8 @@ def main(args) -> int:
                          "date?\n")
         return 1
     sys.stderr.write("\n")
-    log.info("wrote %s: %d target videos (+ no-motion baselines), report.json", args.out, len(report["targets"]))
+    log.info("wrote %s: %d target videos (+ no-motion baselines), frames.png, report.json", args.out,
+             len(report["targets"]))
     log.info("Motion Fidelity Score (moving points): with the motion %.3f, without %.3f",
              report["summary"]["with_motion"]["motion_fidelity_moving"],
              report["summary"]["no_motion"]["motion_fidelity_moving"])
