@@ -121,8 +121,8 @@ def run_demo(server: ComfyServer, out: str, motion: str, seed: int, targets: int
                                 f"{json.dumps(entry.get('outputs', {}))[:500]}")
             name = f"target_{index + 1}{'' if with_motion else '_no_motion'}.webp"
             video = videos[0]
-            with open(os.path.join(out, name), "wb") as fh:
-                fh.write(server.download("output", os.path.join(video.get("subfolder", ""), video["filename"])))
+            _write_atomically(os.path.join(out, name),
+                              server.download("output", os.path.join(video.get("subfolder", ""), video["filename"])))
             record["with_motion" if with_motion else "no_motion"] = {"motion_fidelity_moving": score, "video": name}
         report["targets"].append(record)
     report["seconds"] = round(time.time() - started, 1)
@@ -131,11 +131,15 @@ def run_demo(server: ComfyServer, out: str, motion: str, seed: int, targets: int
     for which in ("with_motion", "no_motion"):
         values = [t[which]["motion_fidelity_moving"] for t in report["targets"]]
         report.setdefault("summary", {})[which] = {"motion_fidelity_moving": sum(values) / len(values)}
-    partial = os.path.join(out, "report.json.partial")
-    with open(partial, "w", encoding="utf-8") as fh:
-        json.dump(report, fh, indent=2)
-    os.replace(partial, os.path.join(out, "report.json"))
+    _write_atomically(os.path.join(out, "report.json"), json.dumps(report, indent=2).encode())
     return report
+
+
+def _write_atomically(path: str, content: bytes) -> None:
+    partial = path + ".partial"
+    with open(partial, "wb") as fh:
+        fh.write(content)
+    os.replace(partial, path)
 
 
 def frames_picture(videos: list[str], path: str, every: int = 2, scale: int = 2) -> None:
@@ -155,7 +159,8 @@ def frames_picture(videos: list[str], path: str, every: int = 2, scale: int = 2)
     for r, row in enumerate(rows):
         for c, frame in enumerate(row):
             sheet.paste(frame, (c * width, r * height))
-    sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST).save(path)
+    sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST).save(path + ".partial", format="PNG")
+    os.replace(path + ".partial", path)
 
 
 def main(args) -> int:
