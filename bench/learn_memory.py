@@ -390,14 +390,9 @@ def _wan_main(args) -> None:
         with open(path, encoding="utf-8") as fh:
             rows = json.load(fh)[f"wan_{args.device}"]["rows"]
     with tempfile.TemporaryDirectory(prefix="learn_memory_wan_") as folder:
-        for spec in [] if args.wan_timing_only else CUDA_ROWS if args.device == "cuda" else CPU_ROWS:
-            row = run_wan_row(spec, args.device, args.threads, folder)
-            if row is None:
-                log.warning("Wan row %s failed; see its output above", spec)
-                continue
-            log.info("Wan %s: peak rise %.2f GiB, saved %.3f GiB, %.1f s/step", spec, row["peak_rise_gib"],
-                     row["saved_gib"], row["step_seconds"])
-            rows.append(row)
+        rows += _measure_rows("Wan", [] if args.wan_timing_only else CUDA_ROWS if args.device == "cuda" else CPU_ROWS,
+                              run_wan_row, args, folder, lambda row: f"peak rise {row['peak_rise_gib']:.2f} GiB, "
+                              f"saved {row['saved_gib']:.3f} GiB, {row['step_seconds']:.1f} s/step")
         timing_row = TIMING_ROW if args.device == "cpu" else CUDA_TIMING_ROW
         if args.wan_timing_size:
             width, height, frames = (int(v) for v in args.wan_timing_size.lower().split("x"))
@@ -432,6 +427,20 @@ def _wan_main(args) -> None:
                     f"learn_memory_wan_{args.device}", f"{_wan_measured_line(earlier)}\n\n{text}")
 
 
+def _measure_rows(family: str, specs, run_row, args, folder: str, summary) -> list[dict]:
+    """``run_row(spec, device, threads, folder)`` for each spec (each in a fresh process); the rows that ran, each
+    logged with ``summary(row)``; a row that failed is logged and left out."""
+    rows = []
+    for spec in specs:
+        row = run_row(spec, args.device, args.threads, folder)
+        if row is None:
+            log.warning("%s row %s failed; see its output above", family, spec)
+            continue
+        log.info("%s %s: %s", family, spec, summary(row))
+        rows.append(row)
+    return rows
+
+
 def _wan_measured_line(entry: dict) -> str:
     """Which commands measured Wan's rows and timings, when, and how long each took."""
     line = f"Measured {entry.get('date', '')}, `{entry['command']}`, {entry['seconds']:.0f} s"
@@ -460,16 +469,10 @@ def _ad_main(args) -> None:
                                                               f"{earlier['seconds']:.0f} s.\n\n{text}")
         return
     started = time.time()
-    rows = []
     with tempfile.TemporaryDirectory(prefix="learn_memory_ad_") as folder:
-        for spec in CUDA_ROWS if args.device == "cuda" else CPU_ROWS:
-            row = run_ad_row(spec, args.device, args.threads, folder)
-            if row is None:
-                log.warning("AnimateDiff row %s failed; see its output above", spec)
-                continue
-            log.info("AnimateDiff %s: peak rise %.2f GiB (planned %.2f), %.1f s/step", spec, row["peak_rise_gib"],
-                     row["planned_less_weights_gib"], row["step_seconds"])
-            rows.append(row)
+        rows = _measure_rows("AnimateDiff", CUDA_ROWS if args.device == "cuda" else CPU_ROWS, run_ad_row, args, folder,
+                             lambda row: f"peak rise {row['peak_rise_gib']:.2f} GiB (planned "
+                             f"{row['planned_less_weights_gib']:.2f}), {row['step_seconds']:.1f} s/step")
     text = ad_report(rows)
     print(text)
     if args.no_doc or not rows:

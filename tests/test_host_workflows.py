@@ -504,19 +504,27 @@ def test_comfyui_validation_refuses_out_of_range_values(comfy_nodes, stand_ins, 
 
 def test_toy_workflow_runs_in_comfyui_executor_without_downloads(comfy_nodes):
     """The toy world's workflow with the shipped toy weights: no stand-ins, only fewer steps."""
-    import folder_paths
-
     prompt = workflow_to_api_prompt(load_workflow("toy_reenact.json"), comfy_nodes.NODE_CLASS_MAPPINGS)
     assert not _nodes_of(prompt, LOADER)                       # nothing to download
     set_inputs(prompt, PACK + "LearnMotionEmbedding", steps=3)
     set_inputs(prompt, "KarrasScheduler", steps=3)
-    videos = os.path.join(folder_paths.get_output_directory(), "motion_inversion", "toy_*.webp")
+    new_video, score = _run_toy(comfy_nodes, prompt, "toy_*.webp")
+    assert _webp_frames(new_video) == (8, (64, 64))
+    assert score.startswith("Motion Fidelity Score (moving points)")
+
+
+def _run_toy(comfy_nodes, prompt, video_pattern):
+    """Run a toy workflow's ``prompt``: ``(the one video it saved under output/motion_inversion/, its Motion Fidelity
+    Score node's text)``."""
+    import folder_paths
+
+    videos = os.path.join(folder_paths.get_output_directory(), "motion_inversion", video_pattern)
     before = _files(videos)
     executor = _run(comfy_nodes, prompt)
     (new_video,) = _files(videos) - before
-    assert _webp_frames(new_video) == (8, (64, 64))
     (score_node,) = _nodes_of(prompt, PACK + "MotionFidelityScore")
-    assert "Motion Fidelity Score (moving points)" in executor.history_result["outputs"][score_node]["text"][0]
+    (text,) = executor.history_result["outputs"][score_node]["text"]
+    return new_video, text
 
 
 def test_learn_refuses_a_clip_vision_of_the_wrong_width(comfy_nodes):
@@ -531,8 +539,6 @@ def test_learn_refuses_a_clip_vision_of_the_wrong_width(comfy_nodes):
 def test_toy_wan_workflow_runs_as_shipped_and_scores_its_video(comfy_nodes):
     """toy_wan_motion.json on the shipped toy Wan model (steps lowered): Learn on the reference clip's caption,
     the target's caption as the prompt, its first frame kept, a 13-frame video saved and scored."""
-    import folder_paths
-
     prompt = workflow_to_api_prompt(load_workflow(TOY_WAN_WORKFLOW), comfy_nodes.NODE_CLASS_MAPPINGS)
     set_inputs(prompt, PACK + "LearnMotionEmbedding", steps=2)
     set_inputs(prompt, "BasicScheduler", steps=2)
@@ -541,14 +547,9 @@ def test_toy_wan_workflow_runs_as_shipped_and_scores_its_video(comfy_nodes):
     (guider,) = _nodes_of(prompt, "CFGGuider")
     assert _source(prompt, _source(prompt, guider, "positive")[1], "text")[0] == PACK + "ToyTargetImage"
     assert _model_chain(prompt, guider) == [PACK + "ApplyMotion", PACK + "LoadToyWanModel"]
-    videos = os.path.join(folder_paths.get_output_directory(), "motion_inversion", "toy_wan_*.webp")
-    before = _files(videos)
-    executor = _run(comfy_nodes, prompt)
-    (new_video,) = _files(videos) - before
+    new_video, score = _run_toy(comfy_nodes, prompt, "toy_wan_*.webp")
     assert _webp_frames(new_video) == (13, (64, 64))
-    (score,) = _nodes_of(prompt, PACK + "MotionFidelityScore")
-    (text,) = executor.history_result["outputs"][score]["text"]
-    assert text.startswith("Motion Fidelity Score (moving points): ")
+    assert score.startswith("Motion Fidelity Score (moving points): ")
     # the demo's own conversion of the UI workflow gives the same prompt (python -m motion_core demo --model wan_toy)
     wan_demo = importlib.import_module(pack_module("motion_core").__name__ + ".toy.wan_demo")
     converted = wan_demo.api_prompt(load_workflow(TOY_WAN_WORKFLOW))

@@ -30,6 +30,7 @@ from ...motion_core.toy import wanworld
 from ...motion_core.toy.wan_convert import diffusers_wan_to_comfy
 from ...motion_core.toy.wan_vae_convert import diffusers_wan_vae_to_comfy
 from ..common import CATEGORY, NODE_PREFIX
+from ..hooks.wan import latent_frames as wan_latent_frames
 from .toy_model import load_diffusion_model
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,7 @@ def first_frame_latent(vae, image: torch.Tensor, length: int) -> dict:
     if image.ndim != 4 or image.shape[0] < 1:
         raise ValueError(f"Toy Wan First Frame Latent needs an IMAGE (1, H, W, 3), got shape {tuple(image.shape)}")
     first = vae.encode(image[:1, ..., :3])                      # the causal VAE: one frame is one latent frame
-    latent_frames = 1 + (int(length) - 1) // 4
-    samples = torch.zeros(1, first.shape[1], latent_frames, first.shape[-2], first.shape[-1])
+    samples = torch.zeros(1, first.shape[1], wan_latent_frames(int(length)), first.shape[-2], first.shape[-1])
     samples[:, :, :1] = first
     mask = torch.ones(1, 1, *samples.shape[2:])
     mask[:, :, 0] = 0.0
