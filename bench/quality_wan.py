@@ -207,7 +207,7 @@ def main(argv=None) -> int:
     print(table)
     if args.no_doc:
         return 0
-    from bench.docfile import replace_section
+    from bench.docfile import replace_section, write_json
     from motion_core.toy.toytrain import sha256
     command = "python -m bench.quality_wan " + " ".join(argv if argv is not None else sys.argv[1:])
     digest = sha256(args.weights)
@@ -223,10 +223,7 @@ def main(argv=None) -> int:
          "appearance_leakage": r["leakage"], "learning_seconds": r["seconds"], "clips": r["clips"],
          "targets_per_reference": args.targets_per_reference, "learning_steps": args.steps,
          "command": command.strip(), "date": str(datetime.date.today())} for r in rows]
-    partial = JSON + ".partial"
-    with open(partial, "w", encoding="utf-8") as fh:
-        json.dump(payload, fh, indent=1)
-    os.replace(partial, JSON)
+    write_json(JSON, payload)
     return 0
 
 

@@ -19,6 +19,15 @@ import uuid
 from typing import Callable, Optional
 
 TIMEOUT = 30.0
+PACK = "MotionInversion_"        # this pack's node-ID prefix (nodes/common.py's NODE_PREFIX)
+
+
+def prompt_node(prompt: dict, class_type: str) -> dict:
+    """The one node of ``class_type`` in an API-format prompt ``{id: {"class_type", "inputs"}}``."""
+    found = [node for node in prompt.values() if node["class_type"] == class_type]
+    if len(found) != 1:
+        raise ValueError(f"the workflow needs exactly one {class_type} node, has {len(found)}")
+    return found[0]
 
 
 class ServerGone(Exception):

@@ -69,6 +69,20 @@ def save_embedding(embedding: MotionEmbedding, path: str, overwrite: bool = Fals
     return path
 
 
+def write_atomically(path: str, content: bytes) -> None:
+    """``content`` in ``path`` through a temporary file in the same folder: an interrupted write leaves the old
+    file (or none), never half of one."""
+    folder, name = os.path.split(os.path.abspath(path))
+    partial = os.path.join(folder, f".partial-{secrets.token_hex(8)}-{name}")
+    try:
+        with open(partial, "xb") as stream:       # 0666 less the umask, as any other output
+            stream.write(content)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
 def sha256(path: str) -> str:
     """The sha256 of the file at ``path`` (hex), read in 1 MiB blocks."""
     digest = hashlib.sha256()

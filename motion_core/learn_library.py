@@ -24,12 +24,11 @@ import threading
 import time
 from typing import Callable, Optional
 
-from .comfy_client import ComfyServer, JobFailed, ServerGone
-from .fileio import load_embedding, sha256
+from .comfy_client import PACK, ComfyServer, JobFailed, ServerGone, prompt_node
+from .fileio import load_embedding, sha256, write_atomically
 
 log = logging.getLogger(__name__)
 
-PACK = "MotionInversion_"
 LOAD_VIDEO, LEARN, SAVE = PACK + "LoadReferenceVideo", PACK + "LearnMotionEmbedding", PACK + "SaveMotionEmbedding"
 CLIP_EXTENSIONS = (".mp4", ".webm", ".mov", ".mkv", ".avi", ".gif", ".webp")
 WORKFLOW_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "workflows", "api")
@@ -72,29 +71,20 @@ def load_workflow(path: str, steps: Optional[int] = None) -> dict:
         if len(found) != 1:
             raise ValueError(f"{path} needs exactly one {class_type} node, has {len(found)}")
     if steps is not None:
-        _node(workflow, LEARN)["inputs"]["steps"] = int(steps)
+        prompt_node(workflow, LEARN)["inputs"]["steps"] = int(steps)
     return workflow
-
-
-def _node(workflow: dict, class_type: str) -> dict:
-    return next(node for node in workflow.values() if node["class_type"] == class_type)
 
 
 def job_prompt(workflow: dict, uploaded: str, name: str) -> dict:
     """The workflow for one clip: its uploaded name in Load Reference Video, Save into output/ as ``library/NAME``."""
     prompt = copy.deepcopy(workflow)
-    _node(prompt, LOAD_VIDEO)["inputs"]["video"] = uploaded
-    _node(prompt, SAVE)["inputs"].update(filename_prefix=f"library/{name}", folder="output")
+    prompt_node(prompt, LOAD_VIDEO)["inputs"]["video"] = uploaded
+    prompt_node(prompt, SAVE)["inputs"].update(filename_prefix=f"library/{name}", folder="output")
     return prompt
 
 
 def _write_json(path: str, content) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    handle, partial = tempfile.mkstemp(dir=folder, prefix=".partial-", suffix=".json")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(content, stream, indent=1, sort_keys=True)
-        stream.write("\n")
-    os.replace(partial, path)
+    write_atomically(path, (json.dumps(content, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 class Library:
@@ -200,7 +190,7 @@ def run_job(server: ComfyServer, job: Job, workflow: dict, library: Library, pro
                         "Motion Embedding saves to the output folder")
     file_name, embedding = library.store(job.name, server.download("output", saved[0][len("output/"):]))
     history = embedding.metadata.get("loss_history") or []
-    learn = _node(workflow, LEARN)["inputs"]
+    learn = prompt_node(workflow, LEARN)["inputs"]
     settings = {key: value for key, value in learn.items() if not isinstance(value, list)}   # not the links
     library.record(job, status="done", file=file_name, server=server.url, final_loss=history[-1] if history else None,
                    model={"family": embedding.metadata.get("model_family"),

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from motion_core.embedding import MotionEmbedding, base_metadata
-from motion_core.fileio import METADATA_KEY, EmbeddingFileError, load_embedding, save_embedding, save_numbered
+from motion_core.fileio import (METADATA_KEY, EmbeddingFileError, load_embedding, save_embedding, save_numbered,
+                                write_atomically)
 
 
 def _embedding():
@@ -94,3 +95,13 @@ def test_saved_files_get_the_process_umask_like_comfyuis_outputs(tmp_path, umask
     finally:
         os.umask(old)
     assert oct(os.stat(path).st_mode & 0o777) == oct(os.stat(reference).st_mode & 0o777) == oct(0o666 & ~umask)
+
+
+def test_write_atomically_replaces_whole_files_and_a_failed_write_keeps_the_old_one(tmp_path):
+    path = tmp_path / "report.json"
+    write_atomically(str(path), b"first")
+    write_atomically(str(path), b"second")
+    assert path.read_bytes() == b"second"
+    with pytest.raises(TypeError):
+        write_atomically(str(path), "not bytes")          # fails inside the write
+    assert path.read_bytes() == b"second" and sorted(p.name for p in tmp_path.iterdir()) == ["report.json"]

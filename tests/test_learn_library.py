@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from motion_core import learn_library as library
-from motion_core.comfy_client import ComfyServer, _WebSocket
+from motion_core.comfy_client import ComfyServer, _WebSocket, prompt_node
 from motion_core.embedding import MotionEmbedding, base_metadata
 from motion_core.fileio import EmbeddingFileError, save_embedding
 
@@ -38,7 +38,7 @@ def test_each_job_gets_its_clip_and_its_own_file_name_and_steps_are_set():
     assert by_type[library.LOAD_VIDEO]["video"] == "motion_library_walk.mp4"
     assert by_type[library.SAVE]["filename_prefix"] == "library/walk" and by_type[library.SAVE]["folder"] == "output"
     assert by_type[library.LEARN]["steps"] == 7
-    assert library._node(workflow, library.LOAD_VIDEO)["inputs"]["video"] != "motion_library_walk.mp4"   # a copy
+    assert prompt_node(workflow, library.LOAD_VIDEO)["inputs"]["video"] != "motion_library_walk.mp4"   # a copy
 
 
 def test_a_workflow_that_is_not_a_learning_one_is_refused(tmp_path):

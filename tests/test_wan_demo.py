@@ -5,10 +5,9 @@ import socket
 
 import pytest
 
+from motion_core.comfy_client import PACK, prompt_node
 from motion_core.toy import wan_demo
 from motion_core.toy.demo import main as demo_main
-
-PACK = "MotionInversion_"
 
 
 def _shipped():
@@ -21,9 +20,9 @@ def test_the_shipped_workflow_becomes_an_api_prompt_with_its_links_and_values():
     kinds = {node["class_type"] for node in prompt.values()}
     assert "MarkdownNote" not in kinds and {PACK + "LoadToyWanModel", PACK + "LearnMotionEmbedding",
                                             PACK + "MotionFidelityScore", "SaveAnimatedWEBP"} <= kinds
-    clip = wan_demo._node(prompt, PACK + "ToyMotionClip")["inputs"]
+    clip = prompt_node(prompt, PACK + "ToyMotionClip")["inputs"]
     assert clip == {"motion": "translate_E_2", "seed": 0, "palette": "heldout", "frames": 13}   # "fixed" skipped
-    learn = wan_demo._node(prompt, PACK + "LearnMotionEmbedding")["inputs"]
+    learn = prompt_node(prompt, PACK + "LearnMotionEmbedding")["inputs"]
     assert learn["representation"] == "temporal" and learn["seed"] == 0 and learn["tokens_per_frame"] == 3
     source = prompt[learn["reference_frames"][0]]
     assert source["class_type"] == PACK + "ToyMotionClip" and learn["reference_frames"][1] == 0
@@ -34,18 +33,18 @@ def test_the_shipped_workflow_becomes_an_api_prompt_with_its_links_and_values():
 def test_the_demo_sets_motion_scenes_and_steps_and_its_baseline_turns_the_motion_off():
     workflow = _shipped()
     moved = wan_demo.demo_prompt(workflow, "pan_W", 4, 9, 7, 3)
-    assert wan_demo._node(moved, PACK + "ToyMotionClip")["inputs"]["motion"] == "pan_W"
-    assert wan_demo._node(moved, PACK + "ToyMotionClip")["inputs"]["seed"] == 4
-    assert wan_demo._node(moved, PACK + "ToyTargetImage")["inputs"]["seed"] == 9
-    assert wan_demo._node(moved, PACK + "LearnMotionEmbedding")["inputs"]["steps"] == 7
-    assert wan_demo._node(moved, "BasicScheduler")["inputs"]["steps"] == 3
-    assert wan_demo._node(moved, PACK + "ApplyMotion")["inputs"]["strength"] == 1.0
+    assert prompt_node(moved, PACK + "ToyMotionClip")["inputs"]["motion"] == "pan_W"
+    assert prompt_node(moved, PACK + "ToyMotionClip")["inputs"]["seed"] == 4
+    assert prompt_node(moved, PACK + "ToyTargetImage")["inputs"]["seed"] == 9
+    assert prompt_node(moved, PACK + "LearnMotionEmbedding")["inputs"]["steps"] == 7
+    assert prompt_node(moved, "BasicScheduler")["inputs"]["steps"] == 3
+    assert prompt_node(moved, PACK + "ApplyMotion")["inputs"]["strength"] == 1.0
     still = wan_demo.demo_prompt(workflow, "pan_W", 4, 9, None, None, with_motion=False)
-    assert wan_demo._node(still, PACK + "ApplyMotion")["inputs"]["strength"] == 0.0
-    assert wan_demo._node(still, PACK + "ReferenceNoise")["inputs"]["prior"] == 0.0
-    assert wan_demo._node(still, PACK + "LearnMotionEmbedding")["inputs"] == \
-        wan_demo._node(workflow, PACK + "LearnMotionEmbedding")["inputs"]        # the same Learn: ComfyUI caches it
-    assert wan_demo._node(workflow, PACK + "ApplyMotion")["inputs"]["strength"] == 1.0    # the workflow untouched
+    assert prompt_node(still, PACK + "ApplyMotion")["inputs"]["strength"] == 0.0
+    assert prompt_node(still, PACK + "ReferenceNoise")["inputs"]["prior"] == 0.0
+    assert prompt_node(still, PACK + "LearnMotionEmbedding")["inputs"] == \
+        prompt_node(workflow, PACK + "LearnMotionEmbedding")["inputs"]        # the same Learn: ComfyUI caches it
+    assert prompt_node(workflow, PACK + "ApplyMotion")["inputs"]["strength"] == 1.0    # the workflow untouched
 
 
 def test_a_history_entry_gives_the_score_and_the_saved_video():

@@ -13,6 +13,7 @@ clip's Motion Fidelity Score on moving points).
 from __future__ import annotations
 
 import copy
+import io
 import json
 import logging
 import os
@@ -20,7 +21,8 @@ import sys
 import time
 from typing import Callable, Optional
 
-from ..comfy_client import ComfyServer, JobFailed, ServerGone
+from ..comfy_client import PACK, ComfyServer, JobFailed, ServerGone, prompt_node
+from ..fileio import write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,6 @@ WORKFLOW = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
 FRONTEND_ONLY = {"Note", "MarkdownNote"}
 CONTROL_VALUES = {"fixed", "increment", "decrement", "randomize"}     # "control after generate", after a seed
 SCORE_PREFIX = "Motion Fidelity Score (moving points): "
-PACK = "MotionInversion_"
-
-
-def _node(prompt: dict, class_type: str) -> dict:
-    (node,) = [node for node in prompt.values() if node["class_type"] == class_type]
-    return node
 
 
 def api_prompt(workflow: dict) -> dict:
@@ -70,15 +66,15 @@ def demo_prompt(workflow: dict, motion: str, seed: int, target_seed: int, steps:
     the workflow's); without motion: Apply Motion's strength and Reference Noise's prior at 0 (fresh noise, the
     plain model)."""
     prompt = copy.deepcopy(workflow)
-    _node(prompt, PACK + "ToyMotionClip")["inputs"].update(motion=motion, seed=seed)
-    _node(prompt, PACK + "ToyTargetImage")["inputs"].update(seed=target_seed)
+    prompt_node(prompt, PACK + "ToyMotionClip")["inputs"].update(motion=motion, seed=seed)
+    prompt_node(prompt, PACK + "ToyTargetImage")["inputs"].update(seed=target_seed)
     if steps is not None:
-        _node(prompt, PACK + "LearnMotionEmbedding")["inputs"].update(steps=steps)
+        prompt_node(prompt, PACK + "LearnMotionEmbedding")["inputs"].update(steps=steps)
     if sample_steps is not None:
-        _node(prompt, "BasicScheduler")["inputs"].update(steps=sample_steps)
+        prompt_node(prompt, "BasicScheduler")["inputs"].update(steps=sample_steps)
     if not with_motion:
-        _node(prompt, PACK + "ApplyMotion")["inputs"].update(strength=0.0)
-        _node(prompt, PACK + "ReferenceNoise")["inputs"].update(prior=0.0)
+        prompt_node(prompt, PACK + "ApplyMotion")["inputs"].update(strength=0.0)
+        prompt_node(prompt, PACK + "ReferenceNoise")["inputs"].update(prior=0.0)
     return prompt
 
 
@@ -105,8 +101,8 @@ def run_demo(server: ComfyServer, out: str, motion: str, seed: int, targets: int
     os.makedirs(out, exist_ok=True)
     report = {"model": "wan_toy", "server": server.url, "workflow": os.path.basename(workflow_path),
               "reference": {"motion": motion, "seed": seed, "palette": "heldout"},
-              "learning_steps": steps or _node(workflow, PACK + "LearnMotionEmbedding")["inputs"]["steps"],
-              "sample_steps": sample_steps or _node(workflow, "BasicScheduler")["inputs"]["steps"], "targets": []}
+              "learning_steps": steps or prompt_node(workflow, PACK + "LearnMotionEmbedding")["inputs"]["steps"],
+              "sample_steps": sample_steps or prompt_node(workflow, "BasicScheduler")["inputs"]["steps"], "targets": []}
     started = time.time()
     for index in range(targets):
         record = {"target": index + 1, "seed": seed + 1 + index}
@@ -121,7 +117,7 @@ def run_demo(server: ComfyServer, out: str, motion: str, seed: int, targets: int
                                 f"{json.dumps(entry.get('outputs', {}))[:500]}")
             name = f"target_{index + 1}{'' if with_motion else '_no_motion'}.webp"
             video = videos[0]
-            _write_atomically(os.path.join(out, name),
+            write_atomically(os.path.join(out, name),
                               server.download("output", os.path.join(video.get("subfolder", ""), video["filename"])))
             record["with_motion" if with_motion else "no_motion"] = {"motion_fidelity_moving": score, "video": name}
         report["targets"].append(record)
@@ -131,15 +127,8 @@ def run_demo(server: ComfyServer, out: str, motion: str, seed: int, targets: int
     for which in ("with_motion", "no_motion"):
         values = [t[which]["motion_fidelity_moving"] for t in report["targets"]]
         report.setdefault("summary", {})[which] = {"motion_fidelity_moving": sum(values) / len(values)}
-    _write_atomically(os.path.join(out, "report.json"), json.dumps(report, indent=2).encode())
+    write_atomically(os.path.join(out, "report.json"), json.dumps(report, indent=2).encode())
     return report
-
-
-def _write_atomically(path: str, content: bytes) -> None:
-    partial = path + ".partial"
-    with open(partial, "wb") as fh:
-        fh.write(content)
-    os.replace(partial, path)
 
 
 def frames_picture(videos: list[str], path: str, every: int = 2, scale: int = 2) -> None:
@@ -159,8 +148,9 @@ def frames_picture(videos: list[str], path: str, every: int = 2, scale: int = 2)
     for r, row in enumerate(rows):
         for c, frame in enumerate(row):
             sheet.paste(frame, (c * width, r * height))
-    sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST).save(path + ".partial", format="PNG")
-    os.replace(path + ".partial", path)
+    picture = io.BytesIO()
+    sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST).save(picture, format="PNG")
+    write_atomically(path, picture.getvalue())
 
 
 def main(args) -> int:
